@@ -1,0 +1,197 @@
+"""Input statistics of prunable layers, gathered with forward hooks over calibration data.
+
+Two modes:
+
+* one-shot (:func:`collect_input_statistics`): one forward pass of the (dense) model with
+  hooks on every prunable layer; only per-channel running sums are kept, never activations.
+* sequential (:func:`sequential_blocks`): block by block, as Wanda and SparseGPT do. The
+  inputs of block *l* are the outputs of blocks ``0..l-1`` *after* they were pruned; only one
+  block's inputs (``n_samples x seq_len x hidden``) are held at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models.adapters import PrunableLayer, get_adapter
+
+
+class InputStatistics:
+    """Running float32 statistics of the inputs ``x`` (``(..., in_features)``) of one layer.
+
+    ``sum_sq[j]`` is the sum of ``x_j**2`` over all calibration tokens, so ``l2_norm`` is the
+    ``‖X_j‖₂`` of Wanda. ``gram`` (``X Xᵀ``, ``(in, in)``) is kept only when asked for (SparseGPT).
+    """
+
+    def __init__(self, in_features: int, device: torch.device, with_gram: bool = False):
+        self.count = 0
+        self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.sum_sq = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.gram = (
+            torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+            if with_gram
+            else None
+        )
+
+    def update(self, inputs: torch.Tensor) -> None:
+        x = inputs.detach().reshape(-1, inputs.shape[-1]).float()
+        self.count += x.shape[0]
+        self.sum += x.sum(dim=0)
+        self.sum_sq += x.square().sum(dim=0)
+        if self.gram is not None:
+            self.gram.addmm_(x.t(), x)
+
+    @property
+    def l2_norm(self) -> torch.Tensor:
+        """``‖X_j‖₂`` per input channel, ``(in_features,)``."""
+        return self.sum_sq.sqrt()
+
+    @property
+    def mean_sq(self) -> torch.Tensor:
+        """Mean of ``x_j**2`` over tokens, ``(in_features,)``."""
+        return self.sum_sq / max(self.count, 1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (self.mean_sq - self.mean.square()).clamp_min(0.0)
+
+
+@contextlib.contextmanager
+def recording_inputs(
+    layers: list[PrunableLayer], with_gram: bool = False
+) -> Iterator[dict[str, InputStatistics]]:
+    """Hooks that accumulate :class:`InputStatistics` per layer name; removed on exit."""
+    statistics = {
+        layer.name: InputStatistics(layer.in_features, layer.weight.device, with_gram)
+        for layer in layers
+    }
+    handles = []
+    try:
+        for layer in layers:
+            def hook(_module, args, _output, stats=statistics[layer.name]):
+                stats.update(args[0])
+
+            handles.append(layer.module.register_forward_hook(hook))
+        yield statistics
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _batches(calibration: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    if calibration.ndim != 2 or calibration.shape[0] == 0:
+        raise ValueError(
+            f"calibration must be a non-empty (n_samples, seq_len) tensor of token ids, got shape "
+            f"{tuple(calibration.shape)}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return list(torch.split(calibration, batch_size))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def collect_input_statistics(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    batch_size: int = 8,
+    layers: list[PrunableLayer] | None = None,
+    with_gram: bool = False,
+    progress: bool = False,
+) -> dict[str, InputStatistics]:
+    """One-shot statistics of every prunable layer's inputs in one pass of ``model`` as it is."""
+    layers = layers if layers is not None else get_adapter(model).prunable_layers(model)
+    device = model_device(model)
+    with recording_inputs(layers, with_gram) as statistics:
+        for batch in tqdm(_batches(calibration, batch_size), desc="activation statistics",
+                          disable=not progress, leave=False):
+            model(input_ids=batch.to(device), use_cache=False)
+    return statistics
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the first block's inputs are caught."""
+
+
+@dataclass
+class BlockInputs:
+    """The inputs of one decoder block for every calibration batch.
+
+    ``hidden[i]`` is ``(batch, seq_len, hidden)`` in the model's dtype; ``kwargs[i]`` the
+    keyword arguments the model passed to the block (masks, rotary embeddings...).
+    """
+
+    hidden: list[torch.Tensor]
+    kwargs: list[dict]
+
+
+@torch.no_grad()
+def capture_first_block_inputs(
+    model: nn.Module, calibration: torch.Tensor, batch_size: int = 8
+) -> BlockInputs:
+    """Run the model up to its first decoder block and keep that block's inputs."""
+    first_block = get_adapter(model).blocks(model)[0]
+    device = model_device(model)
+    caught = BlockInputs([], [])
+
+    def catch(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        caught.hidden.append(hidden)
+        caught.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for batch in _batches(calibration, batch_size):
+            with contextlib.suppress(_StopForward):
+                model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        handle.remove()
+    return caught
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """One decoder block's output hidden states (blocks return a tensor or a tuple)."""
+    output = block(hidden, **kwargs)
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.no_grad()
+def sequential_blocks(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    batch_size: int = 8,
+    with_gram: bool = False,
+    progress: bool = True,
+) -> Iterator[tuple[int, list[PrunableLayer], dict[str, InputStatistics]]]:
+    """Walk the decoder blocks in order, yielding ``(index, layers, statistics)`` per block.
+
+    The statistics describe the block's inputs as produced by the blocks before it *in their
+    current state*: a consumer that prunes the yielded layers in place before asking for the
+    next block gets the Wanda/SparseGPT sequential scheme. After the consumer returns, the
+    block's outputs are recomputed through the (possibly pruned) block and become the next
+    block's inputs.
+    """
+    adapter = get_adapter(model)
+    inputs = capture_first_block_inputs(model, calibration, batch_size)
+    blocks = adapter.blocks(model)
+    for index, block in enumerate(tqdm(blocks, desc="blocks", disable=not progress, leave=False)):
+        layers = adapter.block_layers(block, index)
+        with recording_inputs(layers, with_gram) as statistics:
+            for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
+                run_block(block, hidden, kwargs)
+        yield index, layers, statistics
+        inputs.hidden = [run_block(block, h, k) for h, k in zip(inputs.hidden, inputs.kwargs)]

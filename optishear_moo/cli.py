@@ -1,0 +1,170 @@
+"""Command line: ``optishear-moo prune ...``. Thin: parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger("optishear_moo")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="embedded name, local directory, .gguf file or hub id (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument("--calibration", default="gutenberg",
+                        help="shipped corpus (gutenberg, wikitext2-valid), text file or hf:NAME")
+    parser.add_argument("--n-samples", type=int, default=32, help="calibration windows (default: 32)")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default: 512)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
+    parser.add_argument("--eval-seq-len", type=int, default=1024,
+                        help="WikiText-2 test segment length (default: 1024)")
+    parser.add_argument("--eval-segments", default="16",
+                        help="segments to evaluate, or 'all' for the full split (default: 16)")
+    parser.add_argument("--output", required=True, help="directory for the pruned model and report.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optishear-moo", description="Evolutionary multi-objective pruning of LLMs (pymoo)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    prune = commands.add_parser("prune", help="prune with a baseline method and save the model")
+    prune.add_argument("--method", default="wanda", help="magnitude, wanda, ria or sparsegpt")
+    prune.add_argument("--sparsity", type=float, default=0.5, help="target sparsity in [0, 1)")
+    prune.add_argument("--nm", default=None, help="N:M semi-structured pattern, e.g. 2:4")
+    prune.add_argument("--allocation", default="uniform", help="uniform or owl")
+    prune.add_argument("--owl-lambda", type=float, default=0.08)
+    _add_model_arguments(prune)
+    prune.set_defaults(handler=run_prune)
+    return parser
+
+
+def _eval_segments(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"--eval-segments must be a positive integer or 'all', got {value!r}")
+    return count
+
+
+def _prepare_output(output: str, overwrite: bool) -> Path:
+    path = Path(output)
+    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"output {output!r} already exists: choose another --output or pass --overwrite")
+    return path
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"optishear_moo": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
+def _save_atomically(output: Path, write) -> None:
+    """Write into a temporary sibling directory and move it into place only when complete."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        write(staging)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def run_prune(args: argparse.Namespace) -> dict:
+    from .data import load_calibration
+    from .evaluation import perplexity
+    from .models import load_model
+    from .pruning import PruningConfig, parse_nm, prune_model
+
+    config = PruningConfig(args.method, args.sparsity, parse_nm(args.nm), args.allocation,
+                           owl_lambda=args.owl_lambda, batch_size=args.batch_size)
+    max_segments = _eval_segments(args.eval_segments)
+    output = _prepare_output(args.output, args.overwrite)
+    progress = not args.quiet
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed, args.calibration)
+    evaluate = lambda: perplexity(model, tokenizer, args.eval_seq_len, max_segments,  # noqa: E731
+                                  progress=progress)
+    dense = evaluate()
+    logger.info("dense perplexity %.3f (%d tokens of WikiText-2 test)", dense.perplexity, dense.n_tokens)
+    result = prune_model(model, calibration, config=config, progress=progress)
+    pruned = evaluate()
+    logger.info("pruned perplexity %.3f at achieved sparsity %.4f", pruned.perplexity, result.report.total)
+    report = {
+        "model": args.model,
+        "method": config.method,
+        "target_sparsity": config.sparsity,
+        "nm": f"{config.nm[0]}:{config.nm[1]}" if config.nm else None,
+        "allocation": config.allocation,
+        "dense_ppl": dense.perplexity,
+        "pruned_ppl": pruned.perplexity,
+        "evaluation": {k: v for k, v in pruned.to_dict().items() if k not in ("perplexity", "mean_nll")},
+        "calibration": {"source": args.calibration, "n_samples": args.n_samples,
+                        "seq_len": args.seq_len, "seed": args.seed},
+        "prune_seconds": result.seconds,
+        "total_seconds": time.perf_counter() - started,
+        "versions": _versions(),
+        **result.report.to_dict(),
+    }
+
+    def write(directory: Path) -> None:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        (directory / "report.json").write_text(json.dumps(report, indent=2))
+
+    _save_atomically(output, write)
+    print(f"dense ppl {dense.perplexity:.3f} -> pruned ppl {pruned.perplexity:.3f}; "
+          f"sparsity {result.report.total:.4f} ({config.method}); saved to {output}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    try:
+        args.handler(args)
+    except (ValueError, FloatingPointError) as error:
+        print(f"optishear-moo: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optishear-moo: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Model access: loading and architecture adapters."""
+
+from .adapters import (
+    ArchitectureAdapter,
+    PrunableLayer,
+    get_adapter,
+    register_adapter,
+    supported_model_types,
+)
+from .loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_device
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ArchitectureAdapter",
+    "PrunableLayer",
+    "get_adapter",
+    "load_model",
+    "load_tokenizer",
+    "register_adapter",
+    "resolve_device",
+    "supported_model_types",
+]

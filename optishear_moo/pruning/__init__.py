@@ -1,0 +1,35 @@
+"""Score metrics, masks, layerwise allocation, SparseGPT and whole-model pruning."""
+
+from .allocation import ALLOCATIONS, outlier_ratio, owl_allocation, uniform_allocation
+from .masks import build_mask, layer_mask, nm_mask, parse_nm, row_mask
+from .metrics import SCORE_METRICS, magnitude_score, relative_importance, ria_score, wanda_score
+from .prune import METHODS, PruningConfig, PruningResult, prune_model
+from .sparsegpt import sparsegpt_prune_
+from .weights import DenseSnapshot, SparsityReport, apply_masks_, masks_applied, sparsity_report
+
+__all__ = [
+    "ALLOCATIONS",
+    "METHODS",
+    "SCORE_METRICS",
+    "DenseSnapshot",
+    "PruningConfig",
+    "PruningResult",
+    "SparsityReport",
+    "apply_masks_",
+    "build_mask",
+    "layer_mask",
+    "magnitude_score",
+    "masks_applied",
+    "nm_mask",
+    "outlier_ratio",
+    "owl_allocation",
+    "parse_nm",
+    "prune_model",
+    "relative_importance",
+    "ria_score",
+    "row_mask",
+    "sparsegpt_prune_",
+    "sparsity_report",
+    "uniform_allocation",
+    "wanda_score",
+]

@@ -1,0 +1,76 @@
+"""Mask builders. A mask is a ``bool`` tensor shaped like the weight: ``True`` keeps a weight."""
+
+from __future__ import annotations
+
+import torch
+
+
+def parse_nm(nm: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"2:4"`` or ``(2, 4)`` to ``(n, m)``: keep ``n`` weights of every ``m`` consecutive inputs."""
+    if nm is None:
+        return None
+    if isinstance(nm, str):
+        try:
+            n, m = (int(part) for part in nm.split(":"))
+        except ValueError:
+            raise ValueError(f"N:M sparsity must look like '2:4', got {nm!r}") from None
+    else:
+        n, m = nm
+    if not (0 < n < m):
+        raise ValueError(f"N:M sparsity needs 0 < N < M, got {n}:{m}")
+    return n, m
+
+
+def check_sparsity(sparsity: float) -> float:
+    sparsity = float(sparsity)
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}: e.g. 0.5 prunes half the weights")
+    return sparsity
+
+
+def _keep_all_but_lowest(scores: torch.Tensor, n_pruned: int, dim: int) -> torch.Tensor:
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if n_pruned > 0:
+        lowest = torch.topk(scores, n_pruned, dim=dim, largest=False).indices
+        mask.scatter_(dim, lowest, False)
+    return mask
+
+
+def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the ``round(sparsity · in_features)`` lowest scores of every output row."""
+    sparsity = check_sparsity(sparsity)
+    return _keep_all_but_lowest(scores, round(sparsity * scores.shape[1]), dim=1)
+
+
+def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the ``round(sparsity · numel)`` lowest scores of the whole layer."""
+    sparsity = check_sparsity(sparsity)
+    flat = _keep_all_but_lowest(scores.reshape(-1), round(sparsity * scores.numel()), dim=0)
+    return flat.reshape(scores.shape)
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest scores in every group of ``m`` consecutive inputs of a row."""
+    out_features, in_features = scores.shape
+    if in_features % m:
+        raise ValueError(f"{n}:{m} sparsity needs in_features divisible by {m}, got {in_features}")
+    groups = scores.reshape(out_features, in_features // m, m)
+    return _keep_all_but_lowest(groups, m - n, dim=2).reshape(out_features, in_features)
+
+
+def build_mask(
+    scores: torch.Tensor,
+    sparsity: float | None = None,
+    nm: tuple[int, int] | None = None,
+    scope: str = "row",
+) -> torch.Tensor:
+    """N:M when ``nm`` is given, else unstructured at ``sparsity`` per ``scope`` (row or layer)."""
+    if nm is not None:
+        return nm_mask(scores, *nm)
+    if sparsity is None:
+        raise ValueError("give a sparsity or an N:M pattern")
+    if scope == "row":
+        return row_mask(scores, sparsity)
+    if scope == "layer":
+        return layer_mask(scores, sparsity)
+    raise ValueError(f"unknown mask scope {scope!r}: use 'row' or 'layer'")

@@ -1,0 +1,146 @@
+"""One-shot pruning of a whole model with a baseline method and a layerwise allocation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..activations import collect_input_statistics, sequential_blocks
+from ..models.adapters import PrunableLayer, get_adapter
+from .allocation import ALLOCATIONS, outlier_ratio, owl_allocation, uniform_allocation
+from .masks import build_mask, check_sparsity, parse_nm
+from .metrics import SCORE_METRICS, wanda_score
+from .sparsegpt import sparsegpt_prune_
+from .weights import SparsityReport, apply_masks_, sparsity_report
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("magnitude", "wanda", "ria", "sparsegpt")
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """What to prune and how. ``nm=(2, 4)`` overrides ``sparsity`` with ``1 - n/m``."""
+
+    method: str = "wanda"
+    sparsity: float = 0.5
+    nm: tuple[int, int] | None = None
+    allocation: str = "uniform"
+    owl_lambda: float = 0.08
+    owl_threshold: float = 5.0
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown pruning method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(
+                f"unknown allocation {self.allocation!r}: use one of {', '.join(ALLOCATIONS)}"
+            )
+        nm = parse_nm(self.nm)
+        object.__setattr__(self, "nm", nm)
+        if nm is not None:
+            if self.allocation != "uniform":
+                raise ValueError("N:M sparsity fixes every layer's sparsity: use allocation 'uniform'")
+            object.__setattr__(self, "sparsity", 1.0 - nm[0] / nm[1])
+        check_sparsity(self.sparsity)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method != "magnitude" or self.allocation != "uniform"
+
+
+@dataclass
+class PruningResult:
+    config: PruningConfig
+    block_sparsity: list[float]
+    report: SparsityReport
+    seconds: float
+    masks: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+
+def check_nm_divides(layers: list[PrunableLayer], nm: tuple[int, int] | None) -> None:
+    if nm is None:
+        return
+    bad = [layer for layer in layers if layer.in_features % nm[1]]
+    if bad:
+        raise ValueError(
+            f"{nm[0]}:{nm[1]} sparsity needs every layer's input size divisible by {nm[1]}, but "
+            f"{bad[0].name} has {bad[0].in_features} inputs: choose an M that divides it"
+        )
+
+
+def allocate_block_sparsity(
+    model: nn.Module, calibration: torch.Tensor | None, config: PruningConfig
+) -> np.ndarray:
+    """Per-block sparsity for ``config.allocation`` (OWL reads the dense model's Wanda scores)."""
+    adapter = get_adapter(model)
+    n_blocks = len(adapter.blocks(model))
+    if config.allocation == "uniform":
+        return uniform_allocation(n_blocks, config.sparsity)
+    layers = adapter.prunable_layers(model)
+    statistics = collect_input_statistics(model, calibration, config.batch_size, layers)
+    ratios, sizes = np.zeros(n_blocks), np.zeros(n_blocks)
+    for index in range(n_blocks):
+        block_layers = [layer for layer in layers if layer.block_index == index]
+        scores = [wanda_score(layer.weight, statistics[layer.name]) for layer in block_layers]
+        ratios[index] = outlier_ratio(scores, config.owl_threshold)
+        sizes[index] = sum(layer.numel for layer in block_layers)
+    return owl_allocation(ratios, config.sparsity, config.owl_lambda, sizes)
+
+
+def _prune_layer_(layer: PrunableLayer, statistics, sparsity: float, config: PruningConfig):
+    if config.method == "sparsegpt":
+        return sparsegpt_prune_(layer.weight, statistics.gram, statistics.count, sparsity, config.nm)
+    scores = SCORE_METRICS[config.method](layer.weight, statistics)
+    mask = build_mask(scores, sparsity, config.nm)
+    apply_masks_([layer], {layer.name: mask})
+    return mask
+
+
+def prune_model(
+    model: nn.Module,
+    calibration: torch.Tensor | None = None,
+    method: str = "wanda",
+    sparsity: float = 0.5,
+    nm: str | tuple[int, int] | None = None,
+    allocation: str = "uniform",
+    *,
+    config: PruningConfig | None = None,
+    progress: bool = True,
+) -> PruningResult:
+    """Prune ``model`` **in place** with a baseline method; returns masks and the achieved sparsity.
+
+    ``calibration`` is a ``(n_samples, seq_len)`` token batch (see :func:`load_calibration`);
+    magnitude with uniform allocation needs none. Data-aware methods run sequentially: each
+    block is pruned from inputs that went through the already-pruned blocks before it.
+    Take a :class:`~optishear_moo.pruning.weights.DenseSnapshot` first to undo it.
+    """
+    config = config or PruningConfig(method, sparsity, parse_nm(nm), allocation)
+    if config.needs_calibration and calibration is None:
+        raise ValueError(f"{config.method} with {config.allocation} allocation needs calibration data")
+    start = time.perf_counter()
+    adapter = get_adapter(model)
+    check_nm_divides(adapter.prunable_layers(model), config.nm)
+    block_sparsity = allocate_block_sparsity(model, calibration, config)
+    masks = {}
+    if config.method == "magnitude":
+        for layer in adapter.prunable_layers(model):
+            masks[layer.name] = _prune_layer_(layer, None, block_sparsity[layer.block_index], config)
+    else:
+        walk = sequential_blocks(model, calibration, config.batch_size,
+                                 with_gram=config.method == "sparsegpt", progress=progress)
+        for index, layers, statistics in walk:
+            for layer in layers:
+                masks[layer.name] = _prune_layer_(
+                    layer, statistics[layer.name], block_sparsity[index], config
+                )
+    report = sparsity_report(model)
+    seconds = time.perf_counter() - start
+    logger.info("%s pruned to %.4f sparsity in %.1fs", config.method, report.total, seconds)
+    return PruningResult(config, [float(s) for s in block_sparsity], report, seconds, masks)

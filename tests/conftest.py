@@ -1,0 +1,94 @@
+"""Fixtures: tiny random-initialised models built from configs (no download) and a tiny tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from optishear_moo.data import load_corpus
+
+VOCAB = 384
+
+
+def tiny_config(family: str):
+    common = dict(vocab_size=VOCAB)
+    if family == "llama":
+        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=256, **common)
+    if family == "mistral":
+        return MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=256, **common)
+    if family == "qwen2":
+        return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=256, **common)
+    if family == "gpt2":
+        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **common)
+    if family == "opt":
+        return OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=256, word_embed_proj_dim=64, **common)
+    raise KeyError(family)
+
+
+def make_tiny_model(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family))
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_model("llama")
+
+
+@pytest.fixture
+def tiny_gpt2():
+    return make_tiny_model("gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE with a few hundred tokens trained on shipped text in well under a second."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([load_corpus("gutenberg")[:200_000]], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
+
+
+@pytest.fixture
+def calibration(tiny_tokenizer):
+    from optishear_moo import load_calibration
+
+    return load_calibration(tiny_tokenizer, n_samples=6, seq_len=32, seed=0)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_tokenizer):
+    """A saved tiny Llama with its tokenizer: a local model directory for load_model and the CLI."""
+    directory = tmp_path / "tiny-llama"
+    make_tiny_model("llama").save_pretrained(directory)
+    tiny_tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M (slow tests only)."""
+    from optishear_moo import load_model
+
+    return load_model("smollm2-135m", device="cpu")

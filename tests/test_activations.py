@@ -1,0 +1,80 @@
+import torch
+
+from optishear_moo.activations import (
+    InputStatistics,
+    capture_first_block_inputs,
+    collect_input_statistics,
+    run_block,
+    sequential_blocks,
+)
+from optishear_moo.models import get_adapter
+
+
+def _raw_inputs(model, calibration):
+    """Every prunable layer's full inputs, gathered naively, for hand computation."""
+    layers = get_adapter(model).prunable_layers(model)
+    captured = {layer.name: [] for layer in layers}
+    handles = [layer.module.register_forward_hook(
+        lambda m, args, out, name=layer.name: captured[name].append(args[0].reshape(-1, args[0].shape[-1])))
+        for layer in layers]
+    with torch.no_grad():
+        model(calibration)
+    for handle in handles:
+        handle.remove()
+    return {name: torch.cat(chunks) for name, chunks in captured.items()}
+
+
+def test_one_shot_statistics_match_hand_computation(tiny_llama, calibration):
+    statistics = collect_input_statistics(tiny_llama, calibration, batch_size=4, with_gram=True)
+    raw = _raw_inputs(tiny_llama, calibration)
+    assert set(statistics) == set(raw)
+    for name, x in raw.items():
+        s = statistics[name]
+        assert s.count == calibration.numel() == x.shape[0]
+        torch.testing.assert_close(s.l2_norm, x.norm(dim=0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(s.mean, x.mean(dim=0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(s.variance, x.var(dim=0, unbiased=False), rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(s.gram, x.t() @ x, rtol=1e-4, atol=1e-4)
+
+
+def test_hooks_are_removed(tiny_llama, calibration):
+    collect_input_statistics(tiny_llama, calibration)
+    list(sequential_blocks(tiny_llama, calibration, progress=False))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny_llama.modules())
+
+
+def test_blocks_replayed_from_captured_inputs_reproduce_the_model(tiny_gpt2, calibration):
+    inputs = capture_first_block_inputs(tiny_gpt2, calibration, batch_size=4)
+    hidden = inputs.hidden
+    for block in get_adapter(tiny_gpt2).blocks(tiny_gpt2):
+        hidden = [run_block(block, h, k) for h, k in zip(hidden, inputs.kwargs)]
+    final = tiny_gpt2.transformer.ln_f(torch.cat(hidden))
+    expected = tiny_gpt2(calibration, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(final, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sequential_mode_sees_the_already_pruned_blocks(tiny_llama, calibration):
+    dense = collect_input_statistics(tiny_llama, calibration)
+    seen = {}
+    for index, layers, statistics in sequential_blocks(tiny_llama, calibration, 4, progress=False):
+        seen.update(statistics)
+        if index == 0:  # prune block 0 heavily before block 1 is visited
+            for layer in layers:
+                layer.weight[:, ::2] = 0.0
+    # block 0 saw the dense inputs; block 1 saw the outputs of the pruned block 0, exactly what a
+    # one-shot pass of the now-pruned model gives
+    after = collect_input_statistics(tiny_llama, calibration)
+    name0 = "model.layers.0.self_attn.q_proj"
+    name1 = "model.layers.1.self_attn.q_proj"
+    torch.testing.assert_close(seen[name0].sum_sq, dense[name0].sum_sq)
+    torch.testing.assert_close(seen[name1].sum_sq, after[name1].sum_sq, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(seen[name1].sum_sq, dense[name1].sum_sq, rtol=1e-2)
+
+
+def test_statistics_accumulate_in_float32():
+    stats = InputStatistics(3, torch.device("cpu"))
+    stats.update(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.bfloat16))
+    stats.update(torch.tensor([[3.0, 2.0, 1.0]], dtype=torch.bfloat16))
+    assert stats.sum_sq.dtype == torch.float32 and stats.count == 2
+    torch.testing.assert_close(stats.mean_sq, torch.tensor([5.0, 4.0, 5.0]))
+    torch.testing.assert_close(stats.variance, torch.tensor([1.0, 0.0, 1.0]))
