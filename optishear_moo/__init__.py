@@ -4,8 +4,11 @@ from .activations import InputStatistics, collect_input_statistics, sequential_b
 from .data import load_calibration, load_corpus
 from .evaluation import PerplexityResult, perplexity
 from .models import DEFAULT_MODEL, get_adapter, load_model, load_tokenizer
+from .plan import PruningPlan
+from .problems import OptiShearProblem
 from .pruning import (
     DenseSnapshot,
+    MetaMetric,
     PruningConfig,
     PruningResult,
     masks_applied,
@@ -19,8 +22,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "DenseSnapshot",
     "InputStatistics",
+    "MetaMetric",
+    "OptiShearProblem",
     "PerplexityResult",
     "PruningConfig",
+    "PruningPlan",
     "PruningResult",
     "collect_input_statistics",
     "get_adapter",

@@ -2,6 +2,7 @@
 
 from .allocation import ALLOCATIONS, outlier_ratio, owl_allocation, uniform_allocation
 from .masks import build_mask, layer_mask, nm_mask, parse_nm, row_mask
+from .meta_metric import MetaMetric, metric_masks
 from .metrics import SCORE_METRICS, magnitude_score, relative_importance, ria_score, wanda_score
 from .prune import METHODS, PruningConfig, PruningResult, prune_model
 from .sparsegpt import sparsegpt_prune_
@@ -12,6 +13,7 @@ __all__ = [
     "METHODS",
     "SCORE_METRICS",
     "DenseSnapshot",
+    "MetaMetric",
     "PruningConfig",
     "PruningResult",
     "SparsityReport",
@@ -20,6 +22,7 @@ __all__ = [
     "layer_mask",
     "magnitude_score",
     "masks_applied",
+    "metric_masks",
     "nm_mask",
     "outlier_ratio",
     "owl_allocation",

@@ -1,0 +1,53 @@
+"""Shared helpers for the benchmark scripts: environment record, JSON/markdown output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict:
+    import pymoo
+    import transformers
+
+    import optishear_moo
+
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "versions": {"optishear_moo": optishear_moo.__version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "pymoo": pymoo.__version__},
+    }
+
+
+def save_json(name: str, payload: dict) -> Path:
+    """Write atomically so an interrupted run never leaves a truncated file."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.2f}" if value < 1e5 else f"{value:.3g}"
+        return "–" if value is None else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
