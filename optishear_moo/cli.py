@@ -48,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--owl-lambda", type=float, default=0.08)
     _add_model_arguments(prune)
     prune.set_defaults(handler=run_prune)
+
+    search = commands.add_parser("search", help="OptiShear search with a pymoo algorithm")
+    search.add_argument("--target-sparsity", default="0.5",
+                        help="target sparsity, or LOW:HIGH to search size too (default: 0.5)")
+    search.add_argument("--objectives", default="kl,reconstruction",
+                        help="comma-separated: kl, output_error, reconstruction, density")
+    search.add_argument("--layerwise", default="continuous", help="continuous, discrete or uniform")
+    search.add_argument("--nm", default=None, help="N:M pattern (searches the metric only)")
+    search.add_argument("--algorithm", default="nsga2",
+                        help="nsga2, nsga3, agemoea, smsemoa; ga, de, cmaes with one objective")
+    search.add_argument("--pop", type=int, default=16, help="population size (default: 16)")
+    search.add_argument("--gens", type=int, default=10, help="generations (default: 10)")
+    search.add_argument("--resume", action="store_true",
+                        help="continue the interrupted search in --output (its settings are reused)")
+    _add_model_arguments(search)
+    search.set_defaults(handler=run_search_command, n_samples=8, seq_len=128)
     return parser
 
 
@@ -93,6 +109,73 @@ def _save_atomically(output: Path, write) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def _target_sparsity(value: str) -> float | tuple[float, float]:
+    try:
+        parts = [float(v) for v in value.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise ValueError(f"--target-sparsity must be a number or LOW:HIGH, got {value!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+_SEARCH_SETTINGS = ("model", "device", "dtype", "calibration", "n_samples", "seq_len", "seed",
+                    "batch_size", "eval_seq_len", "eval_segments", "target_sparsity", "objectives",
+                    "layerwise", "nm", "algorithm", "pop", "gens")
+
+
+def run_search_command(args: argparse.Namespace) -> dict:
+    from .data import load_calibration
+    from .evaluation import perplexity
+    from .models import load_model
+    from .problems import OptiShearProblem
+    from .search import load_checkpoint, make_algorithm, run_search, write_search_outputs
+
+    output = Path(args.output)
+    if args.resume:
+        _, state = load_checkpoint(output)
+        gens = args.gens if "--gens" in sys.argv else None
+        for key, value in state["config"].items():
+            setattr(args, key, value)
+        args.gens = gens or args.gens
+    else:
+        _prepare_output(args.output, args.overwrite)
+    settings = {key: getattr(args, key) for key in _SEARCH_SETTINGS}
+    target = _target_sparsity(args.target_sparsity)
+    objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
+    max_segments = _eval_segments(args.eval_segments)
+    if args.gens < 1:
+        raise ValueError(f"--gens must be at least 1, got {args.gens}")
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed, args.calibration)
+    problem = OptiShearProblem(model, calibration, target, objectives, args.layerwise, args.nm,
+                               batch_size=args.batch_size, progress=not args.quiet)
+    algorithm = make_algorithm(args.algorithm, problem, args.pop)
+    if output.exists() and not args.resume and args.overwrite:
+        shutil.rmtree(output)
+    try:
+        result = run_search(problem, algorithm, ("n_gen", args.gens), seed=args.seed,
+                            checkpoint_dir=output, config=settings, resume=args.resume,
+                            verbose=not args.quiet)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"search interrupted; continue with: optishear-moo search --output "
+                                f"{output} --resume") from None
+    search_seconds = time.perf_counter() - started
+
+    def evaluate():
+        return perplexity(model, tokenizer, args.eval_seq_len, max_segments, progress=not args.quiet)
+
+    report = write_search_outputs(problem, result, output, tokenizer, evaluate)
+    report.update({"search_seconds": search_seconds, "settings": settings, "versions": _versions()})
+    (output / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"front of {len(report['front'])} plans after {report['n_evaluations']} evaluations; chosen: "
+          f"{report['chosen_plan']['formula']}; ppl {report['dense_ppl']:.3f} -> "
+          f"{report['pruned_ppl']:.3f} at sparsity {report['sparsity']:.4f}; saved to {output}")
+    return report
 
 
 def run_prune(args: argparse.Namespace) -> dict:
@@ -160,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FloatingPointError) as error:
         print(f"optishear-moo: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("optishear-moo: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"optishear-moo: {interrupt or 'interrupted; nothing was written'}", file=sys.stderr)
         return 130
     return 0
 

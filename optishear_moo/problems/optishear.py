@@ -12,8 +12,10 @@ from torch import nn
 from ..fitness import FitnessEvaluator, build_reference, check_objectives
 from ..models.adapters import get_adapter
 from ..plan import PruningPlan
+from ..pruning.allocation import outlier_ratio, owl_allocation
 from ..pruning.masks import parse_nm
 from ..pruning.meta_metric import MetaMetric, metric_masks
+from ..pruning.metrics import wanda_score
 from ..pruning.prune import check_nm_divides
 from .encoding import BalancedSparsityRepair, SearchSpace
 
@@ -99,6 +101,22 @@ class OptiShearProblem(Problem):
         masks = metric_masks(metric, self.layers, sparsity, self.reference.statistics, self.nm)
         values = self.evaluator.evaluate(masks, self.fidelity if fidelity is None else fidelity)
         return values, self.space.sparsity_discrepancy(sparsity, target)
+
+    def baseline_vectors(self, target: float | None = None) -> dict[str, np.ndarray]:
+        """Decision vectors of the baselines users compare against, at ``target`` sparsity:
+        magnitude, uniform Wanda, and Wanda with OWL allocation (unstructured runs only)."""
+        target = self.space.target_range[0] if target is None else target
+        vectors = {"magnitude": self.encode(MetaMetric.magnitude(), target=target),
+                   "uniform Wanda": self.encode(MetaMetric.wanda(), target=target)}
+        if self.nm is None and self.space.layerwise != "uniform":
+            statistics = self.reference.statistics
+            ratios = [outlier_ratio([wanda_score(layer.weight, statistics[layer.name])
+                                     for layer in self.layers if layer.block_index == b])
+                      for b in range(self.space.n_blocks)]
+            owl = owl_allocation(np.array(ratios), target, min(0.08, self.space.max_deviation),
+                                 np.array(self.space.block_sizes))
+            vectors["OWL-Wanda"] = self.encode(MetaMetric.wanda(), owl, target)
+        return vectors
 
     def _evaluate(self, X, out, *args, **kwargs):
         F = np.empty((len(X), self.n_obj))

@@ -1,0 +1,60 @@
+"""Pareto-front plots with matplotlib (PNG + SVG)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+LABELS = {"kl": "KL divergence to dense", "output_error": "final hidden-state error (rel.)",
+          "reconstruction": "layer reconstruction error (rel.)", "density": "weights kept (share)",
+          "ppl": "WikiText-2 perplexity"}
+
+
+def plot_pareto(
+    F: np.ndarray,
+    objectives: Sequence[str],
+    path: str | Path | None = None,
+    x: int = 0,
+    y: int = 1,
+    baselines: Mapping[str, Sequence[float]] | None = None,
+    history: np.ndarray | None = None,
+    title: str | None = None,
+):
+    """Scatter the front ``F`` (``(n_points, n_obj)``) on objectives ``x`` and ``y``.
+
+    ``baselines`` maps a label to a point (one value per objective) drawn for reference;
+    ``history`` (all evaluated F) is drawn faintly underneath. With ``path``, saves
+    ``path.png`` and ``path.svg`` (any suffix of ``path`` is replaced). Returns the figure.
+    ``F`` may also be a pymoo ``Result`` (its ``F`` is used).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    F = np.asarray(getattr(F, "F", F), dtype=float)
+    F = F.reshape(len(F), -1) if F.ndim == 1 and len(objectives) > 1 else np.atleast_2d(F)
+    if F.shape[1] < 2:
+        raise ValueError("a Pareto plot needs at least two objectives")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if history is not None and len(history):
+        ax.scatter(history[:, x], history[:, y], s=8, color="0.8", label="evaluated")
+    order = np.argsort(F[:, x])
+    ax.plot(F[order, x], F[order, y], "o-", color="tab:blue", label="Pareto front")
+    for (label, point), marker in zip((baselines or {}).items(), "s^vDP*X"):
+        ax.scatter([point[x]], [point[y]], marker=marker, s=60, label=label, zorder=3)
+    ax.set_xlabel(LABELS.get(objectives[x], objectives[x]))
+    ax.set_ylabel(LABELS.get(objectives[y], objectives[y]))
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        stem = Path(path).with_suffix("")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".png", ".svg"):
+            fig.savefig(stem.with_suffix(suffix), dpi=120)
+    return fig
