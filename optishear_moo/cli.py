@@ -154,7 +154,7 @@ def run_search_command(args: argparse.Namespace) -> dict:
     calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed, args.calibration)
     problem = OptiShearProblem(model, calibration, target, objectives, args.layerwise, args.nm,
                                batch_size=args.batch_size, progress=not args.quiet)
-    algorithm = make_algorithm(args.algorithm, problem, args.pop)
+    algorithm = make_algorithm(args.algorithm, problem, args.pop, args.seed)
     if output.exists() and not args.resume and args.overwrite:
         shutil.rmtree(output)
     try:

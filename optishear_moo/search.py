@@ -185,9 +185,10 @@ MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "agemoea", "smsemoa")
 SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "de", "cmaes")
 
 
-def make_algorithm(name: str, problem: Problem, pop_size: int = 16) -> Algorithm:
-    """A pymoo algorithm by name, configured for ``problem`` (reference directions for NSGA-III,
-    the discrete-sparsity repair where the problem needs one)."""
+def make_algorithm(name: str, problem: Problem, pop_size: int = 16, seed: int = 0) -> Algorithm:
+    """A pymoo algorithm by name, configured for ``problem``: reference directions for NSGA-III,
+    the discrete-sparsity repair where the problem needs one, and an initial population that
+    holds the baselines (``problem.initial_population``) so the search starts from them."""
     name = name.lower()
     n_obj = problem.n_obj
     if name in SINGLE_OBJECTIVE_ALGORITHMS and n_obj != 1:
@@ -199,6 +200,8 @@ def make_algorithm(name: str, problem: Problem, pop_size: int = 16) -> Algorithm
         raise ValueError(f"population size must be at least 2, got {pop_size}")
     discrete = getattr(getattr(problem, "space", None), "layerwise", "") == "discrete"
     kwargs = {"repair": problem.repair} if discrete else {}
+    if hasattr(problem, "initial_population") and name != "cmaes":
+        kwargs["sampling"] = problem.initial_population(pop_size, seed)
     if name == "nsga2":
         from pymoo.algorithms.moo.nsga2 import NSGA2
 

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -60,3 +61,24 @@ def test_cli_saved_model_reloads_with_the_same_perplexity(tmp_path):
     reloaded = perplexity(model, tokenizer, seq_len=1024, max_segments=2)
     assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-4)
     assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.ci
+def test_small_search_is_no_worse_than_uniform_wanda(smollm2):
+    from optishear_moo import MetaMetric, OptiShearProblem
+    from optishear_moo.search import make_algorithm, run_search
+
+    model, tokenizer = smollm2
+    calibration = load_calibration(tokenizer, n_samples=8, seq_len=128, seed=0)
+    problem = OptiShearProblem(model, calibration, target_sparsity=0.5)
+    result = run_search(problem, make_algorithm("nsga2", problem, pop_size=6), ("n_gen", 2), seed=1)
+    best = result.X[np.argmin(result.F[:, 0])]
+    ppl = {}
+    for label, x in (("search", best), ("wanda", problem.encode(MetaMetric.wanda()))):
+        snapshot = DenseSnapshot.of(model)
+        try:
+            problem.decode(x).apply(model)
+            ppl[label] = perplexity(model, tokenizer, **EVAL).perplexity
+        finally:
+            snapshot.restore()
+    assert ppl["search"] <= ppl["wanda"] * 1.01, ppl

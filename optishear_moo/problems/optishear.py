@@ -118,6 +118,14 @@ class OptiShearProblem(Problem):
             vectors["OWL-Wanda"] = self.encode(MetaMetric.wanda(), owl, target)
         return vectors
 
+    def initial_population(self, pop_size: int, seed: int = 0) -> np.ndarray:
+        """Warm start for ``sampling=``: the baselines (uniform Wanda, magnitude, OWL-Wanda, RIA)
+        followed by uniform random vectors, ``(pop_size, n_var)``."""
+        seeds = list(self.baseline_vectors().values()) + [self.encode(MetaMetric.ria())]
+        rng = np.random.default_rng(seed)
+        rest = rng.uniform(self.xl, self.xu, size=(max(pop_size - len(seeds), 0), self.n_var))
+        return np.vstack([np.array(seeds[:pop_size]), rest])
+
     def _evaluate(self, X, out, *args, **kwargs):
         F = np.empty((len(X), self.n_obj))
         G = np.empty((len(X), 1))

@@ -1,0 +1,113 @@
+"""Fitness evaluation speed of OptiShearProblem on SmolLM2-135M.
+
+    python benchmarks/fitness_speed.py [--candidates 8] [--naive 3]
+
+Compares candidate evaluations per second of (a) ``OptiShearProblem._evaluate`` on a population
+(masks from cached statistics, applied in place to one working model and restored), (b) a naive
+loop (deep-copy the model, collect its activation statistics, prune with the candidate's
+metric, forward, compare with the dense logits), and (c) one dense forward of the same
+calibration batch, the floor. Writes results/fitness_speed.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from _common import RESULTS, environment, save_json  # noqa: E402
+
+from optishear_moo import OptiShearProblem, load_calibration, load_model  # noqa: E402
+from optishear_moo.activations import collect_input_statistics  # noqa: E402
+from optishear_moo.models import get_adapter  # noqa: E402
+from optishear_moo.pruning import apply_masks_, metric_masks  # noqa: E402
+
+
+@torch.no_grad()
+def dense_forward_seconds(model, calibration, batch_size) -> float:
+    start = time.perf_counter()
+    for batch in torch.split(calibration, batch_size):
+        model(input_ids=batch, use_cache=False)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def naive_kl(model, calibration, dense_log_probs, metric, block_sparsity, batch_size) -> float:
+    candidate = copy.deepcopy(model)
+    layers = get_adapter(candidate).prunable_layers(candidate)
+    statistics = collect_input_statistics(candidate, calibration, batch_size, layers)
+    apply_masks_(layers, metric_masks(metric, layers, block_sparsity, statistics))
+    log_probs = F.log_softmax(candidate(input_ids=calibration, use_cache=False).logits, -1)
+    return float(F.kl_div(log_probs.flatten(0, 1), dense_log_probs.flatten(0, 1), log_target=True,
+                          reduction="sum")) / calibration.numel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--naive", type=int, default=3, help="candidates for the naive loop")
+    parser.add_argument("--n-samples", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    args = parser.parse_args()
+
+    model, tokenizer = load_model("smollm2-135m")
+    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed=0)
+    batch_size = args.n_samples
+    floor = min(dense_forward_seconds(model, calibration, batch_size) for _ in range(3))
+
+    results = {}
+    for objectives in (("kl",), ("kl", "reconstruction")):
+        start = time.perf_counter()
+        problem = OptiShearProblem(model, calibration, 0.5, objectives, batch_size=batch_size)
+        setup = time.perf_counter() - start
+        X = np.random.default_rng(0).uniform(problem.xl, problem.xu, (args.candidates, problem.n_var))
+        start = time.perf_counter()
+        problem.evaluate(X, return_values_of=["F"])
+        seconds = (time.perf_counter() - start) / args.candidates
+        results["+".join(objectives)] = {"setup_seconds": setup, "seconds_per_candidate": seconds,
+                                         "candidates_per_second": 1 / seconds,
+                                         "ratio_to_dense_forward": seconds / floor}
+        print(f"problem ({'+'.join(objectives)}): {seconds:.2f} s/candidate "
+              f"({seconds / floor:.2f}x a dense forward); setup {setup:.1f} s", flush=True)
+
+    with torch.no_grad():
+        dense_log_probs = F.log_softmax(model(input_ids=calibration, use_cache=False).logits, -1)
+    problem_kl = OptiShearProblem(model, calibration, 0.5, ("kl",), batch_size=batch_size)
+    start = time.perf_counter()
+    naive = []
+    for x in X[: args.naive]:
+        metric, sparsity, _ = problem_kl.space.decode(x)
+        naive.append(naive_kl(model, calibration, dense_log_probs, metric, sparsity, batch_size))
+    naive_seconds = (time.perf_counter() - start) / args.naive
+    ours_kl = problem_kl.evaluate(X[: args.naive], return_values_of=["F"])[:, 0]
+    agreement = float(np.max(np.abs(np.array(naive) - ours_kl) / np.maximum(ours_kl, 1e-12)))
+    print(f"naive loop: {naive_seconds:.2f} s/candidate; dense forward {floor:.2f} s; "
+          f"speed-up {naive_seconds / results['kl']['seconds_per_candidate']:.2f}x; "
+          f"max relative KL difference {agreement:.2e}", flush=True)
+
+    payload = {"benchmark": "fitness_speed", "model": "smollm2-135m",
+               "calibration": {"n_samples": args.n_samples, "seq_len": args.seq_len},
+               "candidates": args.candidates, "dense_forward_seconds": floor,
+               "naive_seconds_per_candidate": naive_seconds, "problem": results,
+               "speedup_vs_naive_kl": naive_seconds / results["kl"]["seconds_per_candidate"],
+               "max_relative_kl_difference_naive_vs_problem": agreement,
+               "environment": environment()}
+    save_json("fitness_speed", payload)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    labels = ["dense forward", *[f"problem {k}" for k in results], "naive loop"]
+    values = [floor, *[r["seconds_per_candidate"] for r in results.values()], naive_seconds]
+    ax.barh(labels, values)
+    ax.set_xlabel("seconds per candidate (SmolLM2, 8x128 tokens)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "fitness_speed.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
