@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--algorithm", default="nsga2",
                         help="nsga2, nsga3, agemoea, smsemoa; ga, de, cmaes with one objective")
     search.add_argument("--pop", type=int, default=16, help="population size (default: 16)")
-    search.add_argument("--gens", type=int, default=10, help="generations (default: 10)")
+    search.add_argument("--gens", type=int, default=None,
+                        help="generations (default: 10; with --resume: those of the first run)")
     search.add_argument("--resume", action="store_true",
                         help="continue the interrupted search in --output (its settings are reused)")
     _add_model_arguments(search)
@@ -136,12 +137,13 @@ def run_search_command(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     if args.resume:
         _, state = load_checkpoint(output)
-        gens = args.gens if "--gens" in sys.argv else None
+        gens = args.gens
         for key, value in state["config"].items():
             setattr(args, key, value)
         args.gens = gens or args.gens
     else:
         _prepare_output(args.output, args.overwrite)
+        args.gens = 10 if args.gens is None else args.gens
     settings = {key: getattr(args, key) for key in _SEARCH_SETTINGS}
     target = _target_sparsity(args.target_sparsity)
     objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
