@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--pop", type=int, default=16, help="population size (default: 16)")
     search.add_argument("--gens", type=int, default=None,
                         help="generations (default: 10; with --resume: those of the first run)")
+    search.add_argument("--low-fidelity", type=float, default=1.0,
+                        help="share of calibration samples for the first --low-fidelity-gens "
+                             "generations (default 1: off); the front is re-scored on all of them")
+    search.add_argument("--low-fidelity-gens", type=int, default=3)
     search.add_argument("--resume", action="store_true",
                         help="continue the interrupted search in --output (its settings are reused)")
     _add_model_arguments(search)
@@ -124,7 +128,8 @@ def _target_sparsity(value: str) -> float | tuple[float, float]:
 
 _SEARCH_SETTINGS = ("model", "device", "dtype", "calibration", "n_samples", "seq_len", "seed",
                     "batch_size", "eval_seq_len", "eval_segments", "target_sparsity", "objectives",
-                    "layerwise", "nm", "algorithm", "pop", "gens")
+                    "layerwise", "nm", "algorithm", "pop", "gens", "low_fidelity",
+                    "low_fidelity_gens")
 
 
 def run_search_command(args: argparse.Namespace) -> dict:
@@ -132,7 +137,14 @@ def run_search_command(args: argparse.Namespace) -> dict:
     from .evaluation import perplexity
     from .models import load_model
     from .problems import OptiShearProblem
-    from .search import load_checkpoint, make_algorithm, run_search, write_search_outputs
+    from .search import (
+        FidelitySchedule,
+        load_checkpoint,
+        make_algorithm,
+        reevaluate_at_full_fidelity,
+        run_search,
+        write_search_outputs,
+    )
 
     output = Path(args.output)
     if args.resume:
@@ -160,9 +172,13 @@ def run_search_command(args: argparse.Namespace) -> dict:
     if output.exists() and not args.resume and args.overwrite:
         shutil.rmtree(output)
     try:
+        schedule = ({"callback": FidelitySchedule(args.low_fidelity, args.low_fidelity_gens)}
+                    if args.low_fidelity < 1 else {})
         result = run_search(problem, algorithm, ("n_gen", args.gens), seed=args.seed,
                             checkpoint_dir=output, config=settings, resume=args.resume,
-                            verbose=not args.quiet)
+                            verbose=not args.quiet, **schedule)
+        if schedule:
+            reevaluate_at_full_fidelity(problem, result)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"search interrupted; continue with: optishear-moo search --output "
                                 f"{output} --resume") from None

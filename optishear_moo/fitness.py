@@ -139,7 +139,7 @@ class FitnessEvaluator:
     @torch.no_grad()
     def evaluate(self, masks: Mapping[str, torch.Tensor], fidelity: float = 1.0) -> dict[str, float]:
         """Objective values of the model pruned by ``masks``; ``fidelity`` in (0, 1] uses that
-        share of the calibration batches for the forward objectives."""
+        share of the calibration samples (the first ones) for the forward objectives."""
         values = {}
         if "density" in self.objectives:
             kept = sum(int(mask.sum()) for mask in masks.values())
@@ -167,12 +167,13 @@ class FitnessEvaluator:
     def _forward_objectives(self, fidelity: float) -> dict[str, float]:
         if not 0 < fidelity <= 1:
             raise ValueError(f"fidelity must be in (0, 1], got {fidelity}")
-        batches = torch.split(self.reference.calibration, self.reference.batch_size)
-        n_batches = max(1, round(fidelity * len(batches)))
+        n_samples = max(1, round(fidelity * len(self.reference.calibration)))
+        batches = torch.split(self.reference.calibration[:n_samples], self.reference.batch_size)
         head = self.model.get_output_embeddings()
         device = model_device(self.model)
         kl_sum, n_tokens, error_sq, dense_sq = 0.0, 0, 0.0, 0.0
-        for batch, dense_hidden in zip(batches[:n_batches], self.reference.head_inputs[:n_batches]):
+        for batch, dense_hidden in zip(batches, self.reference.head_inputs):
+            dense_hidden = dense_hidden[: len(batch)]  # the last batch may be cut by the fidelity
             hidden: list[torch.Tensor] = []
             with _head_inputs(self.model, hidden):
                 logits = self.model(input_ids=batch.to(device), use_cache=False).logits.float()

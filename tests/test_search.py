@@ -75,7 +75,7 @@ def test_cli_search_writes_front_plan_plot_history_and_model(tiny_model_dir, tmp
     output = tmp_path / "search"
     argv = ["search", "--model", str(tiny_model_dir), "--pop", "4", "--gens", "2", "--n-samples",
             "4", "--seq-len", "32", "--eval-seq-len", "32", "--eval-segments", "2", "--device", "cpu",
-            "--output", str(output), "--quiet"]
+            "--output", str(output), "--quiet", "--low-fidelity", "0.5", "--low-fidelity-gens", "1"]
     assert main(argv) == 0
     for name in ("front.json", "front.csv", "best_plan.json", "pareto.png", "pareto.svg",
                  "evaluations.jsonl", "report.json", "state.json", "algorithm.pkl"):
@@ -103,3 +103,27 @@ def test_cli_search_bad_input(tiny_model_dir, tmp_path, capsys):
     assert main(["search", "--output", str(tmp_path / "none"), "--resume", "--quiet"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert torch.is_grad_enabled()
+
+
+def test_fidelity_schedule_uses_fewer_samples_early_and_front_is_rescored(tiny_llama, calibration):
+    from optishear_moo.search import FidelitySchedule, reevaluate_at_full_fidelity
+
+    problem = OptiShearProblem(tiny_llama, calibration, 0.5, objectives=("kl",), batch_size=4)
+    x = problem.encode()
+    full = problem.evaluate(x[None], return_values_of=["F"])[0, 0]
+    problem.fidelity = 0.5  # 3 of the 6 samples: a different (cheaper) estimate
+    half = problem.evaluate(x[None], return_values_of=["F"])[0, 0]
+    assert half != pytest.approx(full)
+    seen = []
+
+    class Spy(FidelitySchedule):
+        def notify(self, algorithm):
+            super().notify(algorithm)
+            seen.append(algorithm.problem.fidelity)
+
+    result = run_search(problem, make_algorithm("ga", problem, 4), ("n_gen", 4), seed=0,
+                        callback=Spy(low=0.5, until_generation=2))
+    assert seen == [0.5, 1.0, 1.0, 1.0]
+    F = reevaluate_at_full_fidelity(problem, result)
+    assert problem.fidelity == 1.0
+    assert F[0, 0] == pytest.approx(problem.evaluate(np.atleast_2d(result.X), return_values_of=["F"])[0, 0])
