@@ -76,3 +76,36 @@ def test_mask_input_errors():
     with pytest.raises(ValueError, match="scope"):
         build_mask(torch.rand(2, 4), 0.5, scope="column")
     assert parse_nm("2:4") == (2, 4) and parse_nm(None) is None
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
+def test_masks_from_ranks_equal_topk_masks(sparsity):
+    from optishear_moo.pruning.masks import row_mask_from_ranks, row_ranks
+
+    torch.manual_seed(3)
+    scores = torch.rand(9, 50)
+    scores[0, :10] = 0.5  # ties are broken consistently and counts stay exact
+    ranks = row_ranks(scores)
+    assert ranks.dtype == torch.int16
+    mask = row_mask_from_ranks(ranks, sparsity)
+    assert (~mask).sum(1).tolist() == [round(sparsity * 50)] * 9
+    if sparsity not in (0.0,):
+        torch.testing.assert_close(mask[1:], row_mask(scores[1:], sparsity))
+
+
+def test_ranked_metric_masks_match_direct_masks(tiny_llama, calibration):
+    import numpy as np
+
+    from optishear_moo.activations import collect_input_statistics
+    from optishear_moo.models import get_adapter
+    from optishear_moo.pruning import MetaMetric, metric_masks
+    from optishear_moo.pruning.meta_metric import RankedMetricMasks
+
+    layers = get_adapter(tiny_llama).prunable_layers(tiny_llama)
+    statistics = collect_input_statistics(tiny_llama, calibration)
+    ranked = RankedMetricMasks(layers, statistics)
+    for metric, sparsity in [(MetaMetric.wanda(), [0.5, 0.6, 0.4]), (MetaMetric.wanda(), [0.2] * 3),
+                             (MetaMetric("relative", "log", "mean", "softmax", 0.25), [0.7, 0.5, 0.3])]:
+        fast = ranked.masks(metric, np.array(sparsity))
+        direct = metric_masks(metric, layers, sparsity, statistics)
+        assert all(torch.equal(fast[name], direct[name]) for name in direct)

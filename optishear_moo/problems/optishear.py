@@ -14,7 +14,7 @@ from ..models.adapters import get_adapter
 from ..plan import PruningPlan
 from ..pruning.allocation import outlier_ratio, owl_allocation
 from ..pruning.masks import parse_nm
-from ..pruning.meta_metric import MetaMetric, metric_masks
+from ..pruning.meta_metric import MetaMetric, RankedMetricMasks
 from ..pruning.metrics import wanda_score
 from ..pruning.prune import check_nm_divides
 from .encoding import BalancedSparsityRepair, SearchSpace
@@ -75,10 +75,12 @@ class OptiShearProblem(Problem):
         self.reference = build_reference(model, calibration, self.objectives, batch_size,
                                          reconstruction_tokens, progress=progress)
         self.evaluator = FitnessEvaluator(model, self.reference, self.objectives)
+        self.mask_builder = RankedMetricMasks(layers, self.reference.statistics, self.nm)
         xl, xu = self.space.bounds()
         super().__init__(n_var=self.space.n_var, n_obj=len(self.objectives), n_ieq_constr=1,
                          xl=xl, xu=xu,
-                         exclude_from_serialization=["model", "layers", "reference", "evaluator"])
+                         exclude_from_serialization=["model", "layers", "reference", "evaluator",
+                                                     "mask_builder"])
 
     @property
     def repair(self) -> BalancedSparsityRepair:
@@ -98,7 +100,7 @@ class OptiShearProblem(Problem):
     def evaluate_plan(self, x: np.ndarray, fidelity: float | None = None) -> tuple[dict, float]:
         """``(objective values, sparsity discrepancy)`` of one decision vector."""
         metric, sparsity, target = self.space.decode(x)
-        masks = metric_masks(metric, self.layers, sparsity, self.reference.statistics, self.nm)
+        masks = self.mask_builder.masks(metric, sparsity)
         values = self.evaluator.evaluate(masks, self.fidelity if fidelity is None else fidelity)
         return values, self.space.sparsity_discrepancy(sparsity, target)
 
@@ -129,7 +131,10 @@ class OptiShearProblem(Problem):
     def _evaluate(self, X, out, *args, **kwargs):
         F = np.empty((len(X), self.n_obj))
         G = np.empty((len(X), 1))
-        for i, x in enumerate(X):
+        # candidates sharing a metric run back to back, so its score ranks are computed once
+        metrics = [repr(self.space.decode(x)[0]) for x in X]
+        for i in sorted(range(len(X)), key=lambda i: metrics[i]):
+            x = X[i]
             values, discrepancy = self.evaluate_plan(x)
             F[i] = [values[name] for name in self.objectives]
             G[i, 0] = discrepancy - SPARSITY_TOLERANCE

@@ -74,3 +74,22 @@ def build_mask(
     if scope == "layer":
         return layer_mask(scores, sparsity)
     raise ValueError(f"unknown mask scope {scope!r}: use 'row' or 'layer'")
+
+
+def row_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of every score within its row (0 = lowest), ``int16`` where it fits, else ``int32``.
+
+    ``row_mask_from_ranks(ranks, s)`` then equals ``row_mask(scores, s)`` for any sparsity at the
+    cost of one comparison, which is what a search that tries many sparsities per metric needs.
+    """
+    in_features = scores.shape[1]
+    dtype = torch.int16 if in_features <= torch.iinfo(torch.int16).max else torch.int32
+    order = torch.argsort(scores, dim=1, stable=True)
+    positions = torch.arange(in_features, device=scores.device, dtype=dtype).expand_as(order)
+    return torch.empty(scores.shape, dtype=dtype, device=scores.device).scatter_(1, order, positions)
+
+
+def row_mask_from_ranks(ranks: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask pruning the ``round(sparsity · in_features)`` lowest-ranked weights of each row."""
+    sparsity = check_sparsity(sparsity)
+    return ranks >= round(sparsity * ranks.shape[1])

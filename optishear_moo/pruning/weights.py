@@ -51,7 +51,7 @@ def apply_masks_(layers: list[PrunableLayer], masks: Mapping[str, torch.Tensor])
         weight = by_name[name].weight
         if mask.shape != weight.shape:
             raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight {tuple(weight.shape)}")
-        weight.mul_(mask.to(weight.device, weight.dtype))
+        weight.masked_fill_(~mask.to(weight.device), 0)
 
 
 @contextlib.contextmanager
