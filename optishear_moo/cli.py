@@ -135,10 +135,13 @@ _SEARCH_SETTINGS = ("model", "device", "dtype", "calibration", "n_samples", "seq
 def run_search_command(args: argparse.Namespace) -> dict:
     from .data import load_calibration
     from .evaluation import perplexity
+    from .fitness import check_objectives
     from .models import load_model
     from .problems import OptiShearProblem
+    from .pruning.masks import check_sparsity
     from .search import (
         FidelitySchedule,
+        check_algorithm,
         load_checkpoint,
         make_algorithm,
         reevaluate_at_full_fidelity,
@@ -162,6 +165,10 @@ def run_search_command(args: argparse.Namespace) -> dict:
     max_segments = _eval_segments(args.eval_segments)
     if args.gens < 1:
         raise ValueError(f"--gens must be at least 1, got {args.gens}")
+    # cheap checks first, so bad input fails before the model loads
+    for value in (target if isinstance(target, tuple) else (target,)):
+        check_sparsity(value)
+    check_algorithm(args.algorithm, len(check_objectives(objectives)))
 
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)

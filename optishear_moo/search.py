@@ -218,17 +218,26 @@ MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "agemoea", "smsemoa")
 SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "de", "cmaes")
 
 
-def make_algorithm(name: str, problem: Problem, pop_size: int = 16, seed: int = 0) -> Algorithm:
-    """A pymoo algorithm by name, configured for ``problem``: reference directions for NSGA-III,
-    the discrete-sparsity repair where the problem needs one, and an initial population that
-    holds the baselines (``problem.initial_population``) so the search starts from them."""
+def check_algorithm(name: str, n_obj: int) -> str:
+    """The lower-cased algorithm name, if it exists and suits ``n_obj`` objectives."""
     name = name.lower()
-    n_obj = problem.n_obj
+    if name not in MULTI_OBJECTIVE_ALGORITHMS + SINGLE_OBJECTIVE_ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}: use one of "
+                         f"{', '.join(MULTI_OBJECTIVE_ALGORITHMS + SINGLE_OBJECTIVE_ALGORITHMS)}")
     if name in SINGLE_OBJECTIVE_ALGORITHMS and n_obj != 1:
         raise ValueError(f"{name} is single-objective but {n_obj} objectives were chosen: "
                          f"use one of {', '.join(MULTI_OBJECTIVE_ALGORITHMS)} or one objective")
     if name in MULTI_OBJECTIVE_ALGORITHMS and n_obj < 2 and name != "nsga2":
         raise ValueError(f"{name} needs at least two objectives")
+    return name
+
+
+def make_algorithm(name: str, problem: Problem, pop_size: int = 16, seed: int = 0) -> Algorithm:
+    """A pymoo algorithm by name, configured for ``problem``: reference directions for NSGA-III,
+    the discrete-sparsity repair where the problem needs one, and an initial population that
+    holds the baselines (``problem.initial_population``) so the search starts from them."""
+    name = check_algorithm(name, problem.n_obj)
+    n_obj = problem.n_obj
     if pop_size < 2:
         raise ValueError(f"population size must be at least 2, got {pop_size}")
     discrete = getattr(getattr(problem, "space", None), "layerwise", "") == "discrete"
@@ -266,8 +275,7 @@ def make_algorithm(name: str, problem: Problem, pop_size: int = 16, seed: int = 
         from pymoo.algorithms.soo.nonconvex.cmaes import CMAES
 
         return CMAES(popsize=pop_size)
-    raise ValueError(f"unknown algorithm {name!r}: use one of "
-                     f"{', '.join(MULTI_OBJECTIVE_ALGORITHMS + SINGLE_OBJECTIVE_ALGORITHMS)}")
+    raise AssertionError(name)
 
 
 def write_search_outputs(problem, result: Result, directory: str | Path, tokenizer=None,

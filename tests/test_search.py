@@ -100,6 +100,12 @@ def test_cli_search_bad_input(tiny_model_dir, tmp_path, capsys):
     assert main([*base, "--target-sparsity", "half"]) == 2
     assert main([*base, "--objectives", "kl,density"]) == 2
     assert "density objective needs" in capsys.readouterr().err
+    # these fail before the model loads: the missing model is never reached
+    early = ["search", "--model", "./missing-model", "--output", str(tmp_path / "e"), "--quiet"]
+    assert main([*early, "--target-sparsity", "1.2"]) == 2
+    assert "sparsity must be in [0, 1)" in capsys.readouterr().err
+    assert main([*early, "--algorithm", "de"]) == 2
+    assert "single-objective" in capsys.readouterr().err
     assert main(["search", "--output", str(tmp_path / "none"), "--resume", "--quiet"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert torch.is_grad_enabled()
