@@ -46,7 +46,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     def cell(value):
         if isinstance(value, float):
             return f"{value:.2f}" if value < 1e5 else f"{value:.3g}"
-        return "–" if value is None else str(value)
+        return "–" if value is None else str(value).replace("|", "\\|")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

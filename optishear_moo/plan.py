@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import InputStatistics, collect_input_statistics
+from .activations import InputStatistics, collect_input_statistics, sequential_blocks
 from .models.adapters import get_adapter
 from .pruning.masks import check_sparsity, parse_nm
 from .pruning.meta_metric import MetaMetric, metric_masks
@@ -59,9 +59,14 @@ class PruningPlan:
         for value in self.block_sparsity:
             check_sparsity(value)
 
-    def bind_statistics(self, model: nn.Module, statistics: dict[str, InputStatistics]) -> PruningPlan:
-        self._bound = (weakref.ref(model), statistics)
+    def bind_statistics(self, model: nn.Module, statistics: dict[str, InputStatistics],
+                        calibration: torch.Tensor | None = None) -> PruningPlan:
+        """Remember the search's one-shot statistics (and calibration tokens) for ``model``."""
+        self._bound = (weakref.ref(model), statistics, calibration)
         return self
+
+    def _bound_to(self, model: nn.Module) -> tuple | None:
+        return self._bound if self._bound is not None and self._bound[0]() is model else None
 
     def block_sparsity_for(self, n_blocks: int, weights: np.ndarray | None = None) -> np.ndarray:
         """The per-block profile resampled to ``n_blocks`` blocks with the same mean (transfer)."""
@@ -77,7 +82,7 @@ class PruningPlan:
         layers = get_adapter(model).prunable_layers(model)
         statistics = None
         if self.metric.needs_activations:
-            if self._bound is not None and self._bound[0]() is model:
+            if self._bound_to(model):
                 statistics = self._bound[1]
             elif calibration is not None:
                 statistics = collect_input_statistics(model, calibration, batch_size, layers)
@@ -85,18 +90,35 @@ class PruningPlan:
                 raise ValueError(
                     f"the metric {self.metric.formula()} needs activations of this model: pass "
                     "calibration=load_calibration(its_tokenizer, ...) to apply()")
+        return metric_masks(self.metric, layers, self._sparsity_for(layers), statistics, self.nm)
+
+    def _sparsity_for(self, layers) -> np.ndarray:
         sizes = np.zeros(max(layer.block_index for layer in layers) + 1)
         for layer in layers:
             sizes[layer.block_index] += layer.numel
-        sparsity = self.block_sparsity_for(len(sizes), sizes)
-        return metric_masks(self.metric, layers, sparsity, statistics, self.nm)
+        return self.block_sparsity_for(len(sizes), sizes)
 
     @torch.no_grad()
     def apply(self, model: nn.Module, calibration: torch.Tensor | None = None,
-              batch_size: int = 8) -> nn.Module:
-        """Prune ``model`` **in place** following this plan; returns the model."""
-        masks = self.masks(model, calibration, batch_size)
-        apply_masks_(get_adapter(model).prunable_layers(model), masks)
+              batch_size: int = 8, sequential: bool = True) -> nn.Module:
+        """Prune ``model`` **in place** following this plan; returns the model.
+
+        With calibration tokens (given, or remembered from the search for its own model) and
+        ``sequential=True``, blocks are pruned in order from inputs that went through the
+        already-pruned blocks, as Wanda and SparseGPT do; the search itself scores candidates
+        with one-shot dense statistics. ``sequential=False`` gives exactly :meth:`masks`.
+        """
+        bound = self._bound_to(model)
+        if calibration is None and bound is not None:
+            calibration = bound[2]
+        if not (sequential and self.metric.needs_activations and calibration is not None):
+            masks = self.masks(model, calibration, batch_size)
+            apply_masks_(get_adapter(model).prunable_layers(model), masks)
+            return model
+        sparsity = self._sparsity_for(get_adapter(model).prunable_layers(model))
+        for _index, layers, statistics in sequential_blocks(model, calibration, batch_size,
+                                                             progress=False):
+            apply_masks_(layers, metric_masks(self.metric, layers, sparsity, statistics, self.nm))
         return model
 
     def describe(self) -> str:

@@ -152,3 +152,15 @@ def test_problem_input_errors(tiny_llama, calibration):
         OptiShearProblem(tiny_llama, calibration, 1.2)
     with pytest.raises(ValueError, match="layerwise"):
         OptiShearProblem(tiny_llama, calibration, 0.5, layerwise="random")
+
+
+def test_sequential_apply_of_the_wanda_point_equals_sequential_wanda(problem, calibration):
+    from optishear_moo import prune_model
+
+    reference = make_tiny_model("llama")
+    expected = prune_model(reference, calibration, method="wanda", sparsity=0.5, progress=False)
+    plan = problem.decode(problem.encode(MetaMetric.wanda()))
+    model = problem.model
+    plan.apply(model)  # sequential with the search's calibration
+    for layer in get_adapter(model).prunable_layers(model):
+        assert torch.equal(layer.weight != 0, expected.masks[layer.name]), layer.name

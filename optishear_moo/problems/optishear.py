@@ -91,7 +91,7 @@ class OptiShearProblem(Problem):
         """The readable :class:`PruningPlan` of a decision vector (e.g. ``res.X[0]``)."""
         metric, sparsity, target = self.space.decode(x)
         plan = PruningPlan(metric, [float(s) for s in sparsity], target, self.nm)
-        return plan.bind_statistics(self.model, self.reference.statistics)
+        return plan.bind_statistics(self.model, self.reference.statistics, self.reference.calibration)
 
     def encode(self, metric: MetaMetric | None = None, block_sparsity=None,
                target: float | None = None) -> np.ndarray:
