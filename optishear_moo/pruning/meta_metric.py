@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..activations import InputStatistics
+from .masks import build_mask, nm_mask, row_mask_from_ranks, row_ranks
 
 NORMALISERS = ("one", "row_sum", "column_sum", "relative", "total_sum", "mean", "frobenius")
 TRANSFORMS = ("identity", "sqrt", "square", "exp", "log", "sigmoid", "softmax")
@@ -158,8 +159,6 @@ def metric_masks(
     nm: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Row-wise (or N:M) keep-masks of every layer from ``metric`` at its block's sparsity."""
-    from .masks import build_mask
-
     masks = {}
     for layer in layers:
         stats = statistics.get(layer.name) if statistics is not None else None
@@ -184,8 +183,6 @@ class RankedMetricMasks:
         self._cached: dict[str, torch.Tensor] = {}
 
     def masks(self, metric: MetaMetric, block_sparsity) -> dict[str, torch.Tensor]:
-        from .masks import nm_mask, row_mask_from_ranks, row_ranks
-
         if metric != self._metric:
             self._cached, self._metric = {}, None  # free the old ranks before building new ones
             for layer in self.layers:
