@@ -5,9 +5,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .cluster_sampling import (
+    DiversityReport,
+    Embedder,
+    candidate_windows,
+    cluster_embeddings,
+    diversity_of,
+    draw_across_clusters,
+    hidden_state_embedder,
+)
 from .corpora import corpus_text
 
 DEFAULT_CALIBRATION_SOURCE = "gutenberg"
+SAMPLINGS = ("random", "cluster")
+DEFAULT_N_CLUSTERS = 8
 
 
 def tokenize_text(tokenizer, text: str) -> torch.Tensor:
@@ -39,22 +50,84 @@ def random_windows(tokens: torch.Tensor, n_samples: int, seq_len: int, seed: int
     return torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])
 
 
+def _source_tokens(tokenizer, source: str) -> torch.Tensor:
+    text = corpus_text(source)
+    if not text.strip():
+        raise ValueError(f"calibration source {source!r} holds no text")
+    return tokenize_text(tokenizer, text)
+
+
+def _embedder(model, embedder: Embedder | None, batch_size: int, progress: bool) -> Embedder:
+    if embedder is not None:
+        return embedder
+    if model is None:
+        raise ValueError("cluster sampling embeds the candidate windows: pass model= (the model being "
+                         "pruned) or embedder= (any callable from token ids to embeddings)")
+    return hidden_state_embedder(model, batch_size, progress)
+
+
 def load_calibration(
     tokenizer,
     n_samples: int = 32,
     seq_len: int = 512,
     seed: int = 0,
     source: str = DEFAULT_CALIBRATION_SOURCE,
+    sampling: str = "random",
+    n_clusters: int | None = None,
+    model=None,
+    embedder: Embedder | None = None,
+    pool_size: int | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
 ) -> torch.Tensor:
     """A calibration batch of token ids, shape ``(n_samples, seq_len)``, dtype ``int64``.
 
     ``source`` is a shipped corpus (``"gutenberg"``, ``"wikitext2-valid"``), a text file path,
-    or ``"hf:NAME[:CONFIG][:SPLIT]"``. Windows start at seeded random offsets of the tokenized
-    text, so the same seed gives the same batch. The papers use 128 x 2048 tokens; the
-    default 32 x 512 keeps one dense pass of a 135M model under a minute on two CPU cores.
+    or ``"hf:NAME[:CONFIG][:SPLIT]"``. The papers use 128 x 2048 tokens; the default 32 x 512
+    keeps one dense pass of a 135M model under a minute on two CPU cores.
+
+    ``sampling="random"`` (default): windows at seeded random offsets of the tokenized text.
+    ``sampling="cluster"`` (EvoP's CCDS): ``pool_size`` (default ``4 * n_samples``) non-overlapping
+    candidate windows are embedded with ``embedder`` (default: mean-pooled last hidden states of
+    ``model``), clustered into ``n_clusters`` (default 8, at most ``n_samples``) with k-means, and
+    the batch is drawn evenly across the clusters. Both are deterministic for a given ``seed``.
     """
     _validate(n_samples, seq_len)
-    text = corpus_text(source)
-    if not text.strip():
-        raise ValueError(f"calibration source {source!r} holds no text")
-    return random_windows(tokenize_text(tokenizer, text), n_samples, seq_len, seed)
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown calibration sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    if sampling == "random":
+        return random_windows(_source_tokens(tokenizer, source), n_samples, seq_len, seed)
+    n_clusters = min(DEFAULT_N_CLUSTERS, n_samples) if n_clusters is None else n_clusters
+    if not isinstance(n_clusters, int) or not 1 <= n_clusters <= n_samples:
+        raise ValueError(f"n_clusters must be an integer between 1 and n_samples={n_samples}, "
+                         f"got {n_clusters!r}")
+    embed = _embedder(model, embedder, batch_size, progress)
+    pool = candidate_windows(_source_tokens(tokenizer, source), seq_len, pool_size or 4 * n_samples, seed)
+    if len(pool) < n_samples:
+        raise ValueError(f"the calibration text holds only {len(pool)} windows of {seq_len} tokens, fewer "
+                         f"than n_samples={n_samples}: use a longer text or a shorter --seq-len")
+    embeddings = embed(pool)
+    labels = cluster_embeddings(embeddings, n_clusters, seed).labels_
+    return pool[torch.as_tensor(draw_across_clusters(labels, n_samples, seed))]
+
+
+def calibration_diversity(
+    calibration: torch.Tensor,
+    tokenizer,
+    model=None,
+    embedder: Embedder | None = None,
+    source: str = DEFAULT_CALIBRATION_SOURCE,
+    n_clusters: int = DEFAULT_N_CLUSTERS,
+    pool_size: int = 128,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> DiversityReport:
+    """How diverse ``calibration`` (``(n_samples, seq_len)`` ids) is, as a :class:`DiversityReport`.
+
+    The reference clusters are k-means clusters of ``pool_size`` windows of ``source`` (same
+    ``seq_len``, fixed ``seed``), so reports of different samplings of one source compare.
+    """
+    embed = _embedder(model, embedder, batch_size, progress=False)
+    pool = candidate_windows(_source_tokens(tokenizer, source), calibration.shape[1], pool_size, seed)
+    reference = cluster_embeddings(embed(pool), min(n_clusters, len(pool)), seed)
+    return diversity_of(embed(calibration), reference)
