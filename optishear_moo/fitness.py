@@ -42,6 +42,15 @@ def check_objectives(objectives) -> tuple[str, ...]:
     return objectives
 
 
+def kl_sum_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
+    """Sum over positions of KL(dense ‖ pruned) of the next-token distributions.
+
+    Both ``(batch, seq_len, vocab)``; computed in float32."""
+    dense_log_probs = F.log_softmax(dense_logits.float(), dim=-1).flatten(0, 1)
+    log_probs = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)
+    return float(F.kl_div(log_probs, dense_log_probs, log_target=True, reduction="sum"))
+
+
 @contextlib.contextmanager
 def _head_inputs(model: nn.Module, sink: list):
     """Record the inputs of the LM head (the final hidden states) while the block runs."""
@@ -178,11 +187,7 @@ class FitnessEvaluator:
             with _head_inputs(self.model, hidden):
                 logits = self.model(input_ids=batch.to(device), use_cache=False).logits.float()
             if "kl" in self.objectives:
-                dense_log_probs = F.log_softmax(head(dense_hidden).float(), dim=-1)
-                log_probs = F.log_softmax(logits, dim=-1)
-                kl = F.kl_div(log_probs.flatten(0, 1), dense_log_probs.flatten(0, 1),
-                              log_target=True, reduction="sum")
-                kl_sum += float(kl)
+                kl_sum += kl_sum_to_dense(logits, head(dense_hidden))
                 n_tokens += batch.numel()
             if "output_error" in self.objectives:
                 error_sq += float((hidden[0].float() - dense_hidden.float()).square().sum())

@@ -70,11 +70,16 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
 
 
-@pytest.fixture
-def calibration(tiny_tokenizer):
+@pytest.fixture(scope="session")
+def _calibration_batch(tiny_tokenizer):
     from optishear_moo import load_calibration
 
     return load_calibration(tiny_tokenizer, n_samples=6, seq_len=32, seed=0)
+
+
+@pytest.fixture
+def calibration(_calibration_batch):
+    return _calibration_batch.clone()  # tokenizing the corpus once per session; a fresh copy per test
 
 
 @pytest.fixture

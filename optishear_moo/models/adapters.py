@@ -63,12 +63,24 @@ class ArchitectureAdapter:
     family: str
     model_types: tuple[str, ...]
     blocks_path: str
+    final_paths: tuple[str, ...] = ()
+    """Modules between the last block and the LM head, in order (final norm, projections);
+    a path that is missing or ``None`` on a given model is skipped."""
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
-        obj = model
-        for attribute in self.blocks_path.split("."):
-            obj = getattr(obj, attribute)
-        return obj
+        return _attribute(model, self.blocks_path)
+
+    def set_blocks(self, model: nn.Module, blocks: nn.ModuleList) -> None:
+        parent, _, name = self.blocks_path.rpartition(".")
+        setattr(_attribute(model, parent) if parent else model, name, blocks)
+
+    def head_inputs(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head's inputs from the last block's output ``hidden`` (``(batch, seq, hidden)``)."""
+        for path in self.final_paths:
+            module = _attribute(model, path, missing_ok=True)
+            if module is not None:
+                hidden = module(hidden)
+        return hidden
 
     def prunable_layers(self, model: nn.Module) -> list[PrunableLayer]:
         """All prunable linear layers, block by block, in module order."""
@@ -86,6 +98,12 @@ class ArchitectureAdapter:
         ]
 
 
+def _attribute(obj, path: str, missing_ok: bool = False):
+    for attribute in path.split("."):
+        obj = getattr(obj, attribute, None) if missing_ok else getattr(obj, attribute)
+    return obj
+
+
 _ADAPTERS: dict[str, ArchitectureAdapter] = {}
 
 
@@ -96,9 +114,11 @@ def register_adapter(adapter: ArchitectureAdapter) -> None:
 
 
 for _adapter in (
-    ArchitectureAdapter("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma3_text"), "model.layers"),
-    ArchitectureAdapter("gpt2", ("gpt2",), "transformer.h"),
-    ArchitectureAdapter("opt", ("opt",), "model.decoder.layers"),
+    ArchitectureAdapter("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma3_text"), "model.layers",
+                        ("model.norm",)),
+    ArchitectureAdapter("gpt2", ("gpt2",), "transformer.h", ("transformer.ln_f",)),
+    ArchitectureAdapter("opt", ("opt",), "model.decoder.layers",
+                        ("model.decoder.final_layer_norm", "model.decoder.project_out")),
 ):
     register_adapter(_adapter)
 
