@@ -6,7 +6,6 @@ from pymoo.operators.mutation.bitflip import BitflipMutation
 from pymoo.optimize import minimize
 from transformers import AutoModelForCausalLM
 
-from .conftest import tiny_config
 from optishear_moo.block_fitness import BlockRemovalEvaluator, greedy_removal_order
 from optishear_moo.models import get_adapter
 from optishear_moo.problems.block_removal import (
@@ -18,6 +17,8 @@ from optishear_moo.problems.block_removal import (
     block_removal_algorithm,
 )
 from optishear_moo.pruning.blocks import block_influence, last_blocks, remove_blocks_, shortgpt_blocks
+
+from .conftest import tiny_config
 
 
 def deep_model(family="llama", n_layers=6, seed=0):

@@ -84,7 +84,8 @@ class BlockRemovalSampling(Sampling):
         low, high = _count_range(problem)
         X = np.zeros((n_samples, problem.n_var), dtype=bool)
         for row in X:
-            row[random_state.choice(problem.n_var, random_state.integers(low, high + 1), replace=False)] = True
+            count = random_state.integers(low, high + 1)
+            row[random_state.choice(problem.n_var, count, replace=False)] = True
         return X
 
 
