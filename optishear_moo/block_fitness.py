@@ -30,12 +30,13 @@ class BlockRemovalEvaluator:
     token) and ``ppl`` (calibration perplexity of the candidate).
 
     Memory: the dense input of every block, ``n_blocks x (n_samples, seq_len, hidden)``, plus up
-    to ``cache_size`` shared-prefix states of the same size.
+    to ``cache_size`` shared-prefix states of the same size, plus the dense log-probabilities
+    when ``vocab x n_samples x seq_len <= cached_logits_limit`` (float32; recomputed otherwise).
     """
 
     @torch.no_grad()
     def __init__(self, model: nn.Module, calibration: torch.Tensor, batch_size: int = 8,
-                 cache_size: int = 32, progress: bool = False):
+                 cache_size: int = 32, cached_logits_limit: int = 2**26, progress: bool = False):
         if calibration.ndim != 2 or calibration.shape[0] == 0 or calibration.shape[1] < 2:
             raise ValueError("calibration must be a non-empty (n_samples, seq_len >= 2) batch of ids")
         self.model = model
@@ -51,13 +52,17 @@ class BlockRemovalEvaluator:
             self.dense_inputs.append(self._run(block, self.dense_inputs[-1]))
         self._cache: OrderedDict[tuple[bool, ...], list[torch.Tensor]] = OrderedDict()
         self.n_block_forwards = 0
+        # dense log-probs cost vocab x tokens floats: kept when that is at most cached_logits_limit
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.dense_log_probs = None
+        if vocab * calibration.numel() <= cached_logits_limit:
+            self.dense_log_probs = [F.log_softmax(self._logits(h), dim=-1) for h in self.dense_inputs[-1]]
         self.dense_ppl = self.evaluate([])["ppl"]
 
     def _run(self, block, hidden):
         return [run_block(block, h, k) for h, k in zip(hidden, self.kwargs)]
 
     def _logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
-        # dense logits are recomputed too: storing them would cost vocab x tokens floats
         head = self.model.get_output_embeddings()
         return head(self.adapter.head_inputs(self.model, final_hidden)).float()
 
@@ -96,9 +101,11 @@ class BlockRemovalEvaluator:
 
     def _scores(self, final_hidden: list[torch.Tensor]) -> dict[str, float]:
         kl, nll, n_kl, n_nll = 0.0, 0.0, 0, 0
-        for hidden, dense, labels in zip(final_hidden, self.dense_inputs[-1], self.labels):
+        for b, (hidden, labels) in enumerate(zip(final_hidden, self.labels)):
             logits = self._logits(hidden)
-            kl += kl_sum_to_dense(logits, self._logits(dense))
+            dense = (self.dense_log_probs[b] if self.dense_log_probs is not None
+                     else self._logits(self.dense_inputs[-1][b]))
+            kl += kl_sum_to_dense(logits, dense)  # log_softmax of log-probs leaves them unchanged
             n_kl += labels.numel()
             nll += float(F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
                                          reduction="sum"))

@@ -92,6 +92,9 @@ def test_evaluator_scores_equal_those_of_the_really_removed_model(calibration):
     scores = [evaluator.evaluate(c) for c in candidates]
     assert evaluator.n_block_forwards < sum(6 - c[0] - len(c) + 1 for c in candidates)
     assert scores[1] == scores[5]
+    uncached = BlockRemovalEvaluator(model, calibration, batch_size=4, cached_logits_limit=0)
+    assert uncached.dense_log_probs is None and evaluator.dense_log_probs is not None
+    assert uncached.evaluate([1, 4])["kl"] == pytest.approx(scores[2]["kl"], rel=1e-5)
     for removed, score in zip(candidates[:5], scores):
         pruned = deep_model()
         remove_blocks_(pruned, removed)

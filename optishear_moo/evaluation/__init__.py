@@ -1,5 +1,6 @@
 """Evaluation of pruned models."""
 
 from .perplexity import PerplexityResult, eval_segments, perplexity
+from .speed import SpeedResult, measure_speed
 
-__all__ = ["PerplexityResult", "eval_segments", "perplexity"]
+__all__ = ["PerplexityResult", "SpeedResult", "eval_segments", "measure_speed", "perplexity"]

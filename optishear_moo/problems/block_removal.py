@@ -152,9 +152,19 @@ class BlockCountRepair(Repair):
         return X
 
 
-def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_swaps: int = 1):
-    """GA (one objective) or NSGA-II (count range) with the count-preserving operators above."""
-    operators = dict(sampling=BlockRemovalSampling(), crossover=CountPreservingCrossover(),
+def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_swaps: int = 1,
+                            initial=None, seed: int = 0):
+    """GA (one objective) or NSGA-II (count range) with the count-preserving operators above.
+
+    ``initial``: removal sets (lists of block indices, e.g. the heuristics' choices) placed in
+    the first population; random ones (seeded by ``seed``) fill the rest.
+    """
+    sampling = BlockRemovalSampling()
+    if initial:
+        warm = np.array([problem.encode(removed) for removed in initial], dtype=bool)
+        rest = sampling(problem, max(pop_size - len(warm), 0), random_state=np.random.default_rng(seed))
+        sampling = np.vstack([warm, rest.get("X")]) if len(rest) else warm
+    operators = dict(sampling=sampling, crossover=CountPreservingCrossover(),
                      mutation=BlockSwapMutation(n_swaps), repair=BlockCountRepair(),
                      eliminate_duplicates=True)
     if problem.multi_objective:
