@@ -22,6 +22,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--calibration", default="gutenberg",
                         help="shipped corpus (gutenberg, wikitext2-valid), text file or hf:NAME")
+    parser.add_argument("--calibration-sampling", default="random", choices=["random", "cluster"],
+                        help="random windows, or EvoP's cluster-based sampling (default: random)")
+    parser.add_argument("--n-clusters", type=int, default=None,
+                        help="k-means clusters for --calibration-sampling cluster (default: 8)")
     parser.add_argument("--n-samples", type=int, default=32, help="calibration windows (default: 32)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default: 512)")
     parser.add_argument("--seed", type=int, default=0)
@@ -69,7 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the interrupted search in --output (its settings are reused)")
     _add_model_arguments(search)
     search.set_defaults(handler=run_search_command, n_samples=8, seq_len=128)
+
+    blocks = commands.add_parser("remove-blocks", help="remove whole decoder blocks (EvoP and baselines)")
+    blocks.add_argument("--n-remove", default="6",
+                        help="blocks to remove, or LOW:HIGH for a size-vs-quality front (evop)")
+    blocks.add_argument("--method", default="evop", help="evop, shortgpt, sleb or last (default: evop)")
+    blocks.add_argument("--objective", default="kl", help="evop fitness: kl or ppl (default: kl)")
+    blocks.add_argument("--pop", type=int, default=16, help="evop population size (default: 16)")
+    blocks.add_argument("--gens", type=int, default=10, help="evop generations (default: 10)")
+    blocks.add_argument("--resume", action="store_true",
+                        help="continue the interrupted evop search in --output (settings are reused)")
+    _add_model_arguments(blocks)
+    blocks.set_defaults(handler=run_remove_blocks, n_samples=8, seq_len=128)
     return parser
+
+
+def _load_calibration(args: argparse.Namespace, tokenizer, model):
+    from .data import load_calibration
+
+    return load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed, args.calibration,
+                            sampling=args.calibration_sampling, n_clusters=args.n_clusters,
+                            model=model, batch_size=args.batch_size, progress=not args.quiet)
+
+
+def _calibration_settings(args: argparse.Namespace) -> dict:
+    return {"source": args.calibration, "sampling": args.calibration_sampling,
+            "n_clusters": args.n_clusters, "n_samples": args.n_samples, "seq_len": args.seq_len,
+            "seed": args.seed}
 
 
 def _eval_segments(value: str) -> int | None:
@@ -126,14 +156,14 @@ def _target_sparsity(value: str) -> float | tuple[float, float]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
-_SEARCH_SETTINGS = ("model", "device", "dtype", "calibration", "n_samples", "seq_len", "seed",
+_SEARCH_SETTINGS = ("model", "device", "dtype", "calibration", "calibration_sampling", "n_clusters",
+                    "n_samples", "seq_len", "seed",
                     "batch_size", "eval_seq_len", "eval_segments", "target_sparsity", "objectives",
                     "layerwise", "nm", "algorithm", "pop", "gens", "low_fidelity",
                     "low_fidelity_gens")
 
 
 def run_search_command(args: argparse.Namespace) -> dict:
-    from .data import load_calibration
     from .evaluation import perplexity
     from .fitness import check_objectives
     from .models import load_model
@@ -172,7 +202,7 @@ def run_search_command(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed, args.calibration)
+    calibration = _load_calibration(args, tokenizer, model)
     problem = OptiShearProblem(model, calibration, target, objectives, args.layerwise, args.nm,
                                batch_size=args.batch_size, progress=not args.quiet)
     algorithm = make_algorithm(args.algorithm, problem, args.pop, args.seed)
@@ -203,8 +233,74 @@ def run_search_command(args: argparse.Namespace) -> dict:
     return report
 
 
+_BLOCK_SETTINGS = ("model", "device", "dtype", "calibration", "calibration_sampling", "n_clusters",
+                   "n_samples", "seq_len", "seed", "batch_size", "eval_seq_len", "eval_segments",
+                   "n_remove", "method", "objective", "pop", "gens")
+
+
+def _n_remove(value: str) -> int | tuple[int, int]:
+    try:
+        parts = [int(v) for v in value.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise ValueError(f"--n-remove must be an integer or LOW:HIGH, got {value!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def run_remove_blocks(args: argparse.Namespace) -> dict:
+    from .block_search import choose_blocks
+    from .evaluation import perplexity
+    from .models import load_model
+    from .pruning.blocks import remove_blocks_
+    from .search import load_checkpoint
+
+    output = Path(args.output)
+    if args.resume:
+        for key, value in load_checkpoint(output)[1]["config"].items():
+            setattr(args, key, value)
+    else:
+        _prepare_output(args.output, args.overwrite)
+    settings = {key: getattr(args, key) for key in _BLOCK_SETTINGS}
+    n_remove = _n_remove(args.n_remove)
+    max_segments = _eval_segments(args.eval_segments)
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = _load_calibration(args, tokenizer, model)
+    if output.exists() and not args.resume and args.overwrite:
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        choice = choose_blocks(model, calibration, n_remove, args.method, args.objective, args.pop,
+                               args.gens, args.seed, args.batch_size, checkpoint_dir=output,
+                               config=settings, resume=args.resume, verbose=not args.quiet)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"search interrupted; continue with: optishear-moo remove-blocks "
+                                f"--output {output} --resume") from None
+    search_seconds = time.perf_counter() - started
+    dense = perplexity(model, tokenizer, args.eval_seq_len, max_segments, progress=not args.quiet)
+    n_blocks = model.config.num_hidden_layers
+    remove_blocks_(model, choice.removed_blocks)
+    pruned = perplexity(model, tokenizer, args.eval_seq_len, max_segments, progress=not args.quiet)
+    report = {**choice.to_dict(), "n_blocks": n_blocks, "dense_ppl": dense.perplexity,
+              "pruned_ppl": pruned.perplexity, "calibration": _calibration_settings(args),
+              "search_seconds": search_seconds, "settings": settings, "versions": _versions()}
+    if choice.front:
+        from .plotting import plot_pareto
+
+        F = [[point[args.objective], n_blocks - len(point["removed_blocks"])] for point in choice.front]
+        plot_pareto(F, [args.objective, "blocks_kept"], output / "pareto",
+                    title="EvoP block removal")
+    _save_atomically(output / "model", lambda directory: (model.save_pretrained(directory),
+                                                           tokenizer.save_pretrained(directory)))
+    (output / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"removed blocks {choice.removed_blocks} ({args.method}); ppl {dense.perplexity:.3f} -> "
+          f"{pruned.perplexity:.3f}; {model.config.num_hidden_layers} of {n_blocks} blocks kept; "
+          f"saved to {output / 'model'}")
+    return report
+
+
 def run_prune(args: argparse.Namespace) -> dict:
-    from .data import load_calibration
     from .evaluation import perplexity
     from .models import load_model
     from .pruning import PruningConfig, parse_nm, prune_model
@@ -217,7 +313,7 @@ def run_prune(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed, args.calibration)
+    calibration = _load_calibration(args, tokenizer, model)
     evaluate = lambda: perplexity(model, tokenizer, args.eval_seq_len, max_segments,  # noqa: E731
                                   progress=progress)
     dense = evaluate()
@@ -234,8 +330,7 @@ def run_prune(args: argparse.Namespace) -> dict:
         "dense_ppl": dense.perplexity,
         "pruned_ppl": pruned.perplexity,
         "evaluation": {k: v for k, v in pruned.to_dict().items() if k not in ("perplexity", "mean_nll")},
-        "calibration": {"source": args.calibration, "n_samples": args.n_samples,
-                        "seq_len": args.seq_len, "seed": args.seed},
+        "calibration": _calibration_settings(args),
         "prune_seconds": result.seconds,
         "total_seconds": time.perf_counter() - started,
         "versions": _versions(),

@@ -9,7 +9,7 @@ import numpy as np
 
 LABELS = {"kl": "KL divergence to dense", "output_error": "final hidden-state error (rel.)",
           "reconstruction": "layer reconstruction error (rel.)", "density": "weights kept (share)",
-          "ppl": "WikiText-2 perplexity"}
+          "ppl": "WikiText-2 perplexity", "blocks_kept": "decoder blocks kept"}
 
 
 def plot_pareto(

@@ -57,6 +57,8 @@ _ALLOWED_FUNCTIONS = {
     # pure reductions that pymoo objects keep as attributes (e.g. constraint aggregation)
     ("numpy", "sum"), ("numpy", "max"), ("numpy", "min"), ("numpy", "mean"),
     ("numpy", "ndarray"),
+    # our picklable delegate of pymoo's GA tournament comparison
+    ("optishear_moo.problems.selection", "compare_by_cv_then_fitness"),
 }
 _PYMOO_NUMERICAL_FUNCTIONS = ("pymoo.algorithms.", "pymoo.operators.", "pymoo.util.", "pymoo.functions.",
                               "pymoo.core.", "pymoo.termination.", "pymoo.constraints.")
@@ -266,7 +268,9 @@ def make_algorithm(name: str, problem: Problem, pop_size: int = 16, seed: int = 
     if name == "ga":
         from pymoo.algorithms.soo.nonconvex.ga import GA
 
-        return GA(pop_size=pop_size, **kwargs)
+        from .problems.selection import ga_tournament_selection
+
+        return GA(pop_size=pop_size, selection=ga_tournament_selection(), **kwargs)
     if name == "de":
         from pymoo.algorithms.soo.nonconvex.de import DE
 

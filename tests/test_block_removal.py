@@ -17,6 +17,7 @@ from optishear_moo.problems.block_removal import (
     block_removal_algorithm,
 )
 from optishear_moo.pruning.blocks import block_influence, last_blocks, remove_blocks_, shortgpt_blocks
+from optishear_moo.search import run_search
 
 from .conftest import tiny_config
 
@@ -158,6 +159,18 @@ def test_search_finds_the_exhaustive_optimum_and_a_size_front(calibration):
     kept = sorted(front.F[:, 1].tolist())
     assert multi.n_obj == 2 and set(kept) <= {3, 4, 5} and len(set(kept)) >= 2
     assert all(multi.n_var - len(multi.decode(x)) == f for x, f in zip(front.X, front.F[:, 1]))
+
+
+def test_block_search_checkpoints_and_resumes_like_an_uninterrupted_run(calibration, tmp_path):
+    model = deep_model()
+    evaluator = BlockRemovalEvaluator(model, calibration)
+    problem = BlockRemovalProblem(model, calibration, 2, evaluator=evaluator)
+    full = run_search(problem, block_removal_algorithm(problem, pop_size=4), ("n_gen", 4), seed=1,
+                      checkpoint_dir=tmp_path / "a")
+    run_search(problem, block_removal_algorithm(problem, pop_size=4), ("n_gen", 2), seed=1,
+               checkpoint_dir=tmp_path / "b")
+    resumed = run_search(problem, None, ("n_gen", 4), checkpoint_dir=tmp_path / "b", resume=True)
+    assert np.array_equal(resumed.X, full.X) and resumed.F[0] == full.F[0]
 
 
 def test_bad_input_names_the_fix(calibration):

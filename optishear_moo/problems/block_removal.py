@@ -22,6 +22,7 @@ from pymoo.core.sampling import Sampling
 
 from ..block_fitness import BlockRemovalEvaluator, check_block_objective
 from ..pruning.blocks import check_n_remove
+from .selection import ga_tournament_selection
 
 
 class BlockRemovalProblem(Problem):
@@ -169,4 +170,4 @@ def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_
                      eliminate_duplicates=True)
     if problem.multi_objective:
         return NSGA2(pop_size=pop_size, **operators)
-    return GA(pop_size=pop_size, **operators)
+    return GA(pop_size=pop_size, selection=ga_tournament_selection(), **operators)
