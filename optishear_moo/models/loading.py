@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,12 @@ def _forget_gguf_quantization(model: nn.Module) -> None:
         del model.config.quantization_config
 
 
+def _is_sliced(source: str) -> bool:
+    """A local directory holding a structurally pruned model (``config.structured_layers``)."""
+    config = Path(source) / "config.json"
+    return config.is_file() and "structured_layers" in json.loads(config.read_text())
+
+
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     """The tokenizer of a model (see :func:`load_model` for accepted names)."""
     from transformers import AutoTokenizer
@@ -128,7 +135,8 @@ def load_model(
 
     ``name_or_path`` is ``"smollm2-135m"`` (the embedded default, offline), a local
     directory written by ``save_pretrained``, a ``.gguf`` file, or a transformers hub id.
-    GGUF weights are dequantised to ``dtype``.
+    GGUF weights are dequantised to ``dtype``. A directory holding a structurally pruned
+    (non-uniform) model is rebuilt with its per-block sizes (``config.structured_layers``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,7 +147,12 @@ def load_model(
     source, gguf_file = resolve_model_source(name_or_path)
     logger.info("loading %s%s", source, f" ({gguf_file})" if gguf_file else "")
     tokenizer = _from_pretrained(AutoTokenizer, source, gguf_file)
-    model = _from_pretrained(AutoModelForCausalLM, source, gguf_file, dtype=dtype)
+    if gguf_file is None and _is_sliced(source):
+        from .sliced import load_sliced_model
+
+        model = load_sliced_model(source, dtype)
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, source, gguf_file, dtype=dtype)
     get_adapter(model)  # fail early, with the list of supported families
     if gguf_file is not None:
         _forget_gguf_quantization(model)

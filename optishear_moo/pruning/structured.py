@@ -1,0 +1,312 @@
+"""Structured pruning units, the DarwinLM level database, and physically sliced blocks.
+
+Units per decoder block (Llama-family attention + gated MLP):
+
+* ``attention``: key/value head groups. Removing a group removes its key and value head and
+  the query heads that share it, so every block keeps the model's query-per-key ratio and
+  grouped-query attention runs unchanged. Levels ``0..n_kv_heads`` (groups removed); the top
+  level skips attention entirely.
+* ``mlp``: intermediate channels, ``mlp_levels`` equal steps; the top level skips the MLP.
+
+For every unit and level the database holds which input columns of the unit's output
+projection (``o_proj`` / ``down_proj``) stay and that projection's weights re-fitted by least
+squares so the unit's output on calibration data is reconstructed (greedy OBS / ZipLM-style
+structured removal: the cheapest group under the current inverse Hessian goes first, and the
+remaining columns are updated optimally after each removal). The rows of the input projections
+are simply sliced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..activations import collect_input_statistics
+from ..models.adapters import get_adapter
+from ..models.sliced import SkippedAttention, SkippedMLP, new_linear, structured_layers_config
+
+UNITS = ("attention", "mlp")
+STRUCTURED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Sizes of one block: ``n_kv_heads`` groups of ``heads_per_group`` query heads of
+    ``head_dim``; ``intermediate_size`` MLP channels; ``hidden_size`` the residual width."""
+
+    hidden_size: int
+    n_kv_heads: int
+    heads_per_group: int
+    head_dim: int
+    intermediate_size: int
+
+
+def default_mlp_levels(intermediate_size: int, about: int = 10) -> int:
+    """The divisor of ``intermediate_size`` closest to ``about`` (larger on ties): equal level
+    steps make every level switch change the parameter count by exactly the same amount."""
+    divisors = [d for d in range(2, intermediate_size + 1) if intermediate_size % d == 0]
+    return min(divisors, key=lambda d: (abs(d - about), -d)) if divisors else 1
+
+
+def check_structured_model(model: nn.Module) -> None:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in STRUCTURED_MODEL_TYPES:
+        raise ValueError(f"structured pruning supports model types {', '.join(STRUCTURED_MODEL_TYPES)} "
+                         f"(attention with q/k/v/o_proj and a gated MLP); got {model_type!r}")
+
+
+def block_layout(model: nn.Module) -> BlockLayout:
+    """The dense layout every block of ``model`` starts from."""
+    check_structured_model(model)
+    config = model.config
+    n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    return BlockLayout(config.hidden_size, n_kv, n_heads // n_kv, head_dim, config.intermediate_size)
+
+
+@dataclass
+class LevelEntry:
+    """One unit at one level: the kept input columns of its output projection (``(n_kept,)``
+    int64, in the dense numbering) and that projection's re-fitted weight ``(hidden, n_kept)``."""
+
+    kept: torch.Tensor
+    weight: torch.Tensor
+
+
+def _damped_inverse(gram: torch.Tensor, damping: float) -> torch.Tensor:
+    gram = gram.double().clone()
+    diagonal = gram.diagonal()
+    dead = diagonal == 0
+    diagonal[dead] = 1.0  # never-active channels: removing them costs nothing
+    diagonal += damping * diagonal.mean()
+    return torch.cholesky_inverse(torch.linalg.cholesky(gram))
+
+
+def removal_path(weight: torch.Tensor, gram: torch.Tensor, group_size: int, counts: list[int],
+                 damping: float = 0.01, chunk: int = 1) -> dict[int, LevelEntry]:
+    """Greedy structured OBS removal of column groups from ``weight`` (``(out, in)``).
+
+    ``gram`` is ``X Xᵀ`` (``(in, in)``) of the layer's calibration inputs; columns form
+    consecutive groups of ``group_size``. Groups are removed cheapest first, ``chunk`` groups at
+    a time at most, and after each removal the remaining columns are updated to minimise
+    ``‖W X − W' X‖``. Returns the state after removing each number of groups in ``counts``.
+    """
+    n_groups = weight.shape[1] // group_size
+    W = weight.double().clone()
+    inverse = _damped_inverse(gram, damping)
+    columns = torch.arange(weight.shape[1]).view(n_groups, group_size)
+    alive = torch.ones(n_groups, dtype=torch.bool)
+    path, removed = {}, 0
+    targets = sorted(set(counts))
+    for target in targets:
+        while removed < target:
+            candidates = torch.nonzero(alive).flatten()
+            costs = torch.stack([_group_cost(W, inverse, columns[g]) for g in candidates]) \
+                if group_size > 1 else W[:, candidates].square().sum(0) / inverse.diagonal()[candidates]
+            take = candidates[torch.argsort(costs)[: min(chunk, target - removed)]]
+            S = columns[take].flatten()
+            block_inverse = torch.linalg.inv(inverse[S][:, S])
+            W -= W[:, S] @ block_inverse @ inverse[S, :]
+            inverse -= inverse[:, S] @ block_inverse @ inverse[S, :]
+            W[:, S] = 0
+            alive[take] = False
+            removed += len(take)
+        kept = columns[alive].flatten()
+        path[target] = LevelEntry(kept, W[:, kept].to(weight.dtype).contiguous())
+    return path
+
+
+def _group_cost(W: torch.Tensor, inverse: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """Output error of removing columns ``S`` with the optimal update: tr(W_S (H⁻¹_SS)⁻¹ W_Sᵀ)."""
+    W_S = W[:, S]
+    return torch.trace(W_S @ torch.linalg.solve(inverse[S][:, S], W_S.t()))
+
+
+class LevelDatabase:
+    """Precomputed :class:`LevelEntry` per block, unit and level (built once, then only read).
+
+    With ``directory`` the entries live on disk (one file per block and unit, memory-mapped
+    when read) instead of in memory. The dense weights the slicing starts from are kept too.
+    """
+
+    def __init__(self, layout: BlockLayout, n_blocks: int, mlp_levels: int, directory=None):
+        self.layout, self.n_blocks, self.mlp_levels = layout, n_blocks, mlp_levels
+        self.directory = Path(directory) if directory is not None else None
+        self._entries: dict[tuple[int, str], list[LevelEntry]] = {}
+        self.dense: list[dict[str, torch.Tensor]] = []
+
+    @property
+    def n_levels(self) -> dict[str, int]:
+        """Highest level per unit (that level removes the whole sub-block)."""
+        return {"attention": self.layout.n_kv_heads, "mlp": self.mlp_levels}
+
+    def removed_count(self, unit: str, level: int) -> int:
+        """Groups (attention) or channels (mlp) removed at ``level``."""
+        if unit == "attention":
+            return level
+        return level * self.layout.intermediate_size // self.mlp_levels
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: nn.Module, calibration: torch.Tensor, mlp_levels: int | None = None,
+              damping: float = 0.01, batch_size: int = 8, directory=None,
+              progress: bool = False) -> LevelDatabase:
+        """Statistics of the output projections' inputs in one dense pass, then the removal
+        path of every unit. ``mlp_levels`` defaults to :func:`default_mlp_levels`."""
+        layout = block_layout(model)
+        mlp_levels = mlp_levels or default_mlp_levels(layout.intermediate_size)
+        if layout.intermediate_size % mlp_levels:
+            raise ValueError(f"mlp_levels={mlp_levels} must divide intermediate_size="
+                             f"{layout.intermediate_size} so every level step is equal")
+        adapter = get_adapter(model)
+        blocks = adapter.blocks(model)
+        database = cls(layout, len(blocks), mlp_levels, directory)
+        outputs = [layer for layer in adapter.prunable_layers(model)
+                   if layer.role in ("self_attn.o_proj", "mlp.down_proj")]
+        statistics = collect_input_statistics(model, calibration, batch_size, outputs, with_gram=True,
+                                              progress=progress)
+        group = layout.heads_per_group * layout.head_dim
+        mlp_chunk = max(1, layout.intermediate_size // mlp_levels // 8)
+        for index, block in enumerate(tqdm(blocks, desc="level database", disable=not progress, leave=False)):
+            attention, mlp = block.self_attn, block.mlp
+            database.dense.append({name: module.weight.detach().clone() for name, module in (
+                ("q", attention.q_proj), ("k", attention.k_proj), ("v", attention.v_proj),
+                ("gate", mlp.gate_proj), ("up", mlp.up_proj))})
+            database.dense[-1].update({f"{name}_bias": module.bias.detach().clone() for name, module in (
+                ("q", attention.q_proj), ("k", attention.k_proj), ("v", attention.v_proj))
+                if module.bias is not None})
+            for unit, layer, group_size, chunk in (
+                    ("attention", attention.o_proj, group, 1), ("mlp", mlp.down_proj, 1, mlp_chunk)):
+                gram = statistics[f"{adapter.blocks_path}.{index}.{layer_role(unit)}"].gram
+                counts = [database.removed_count(unit, level)
+                          for level in range(database.n_levels[unit] + 1)]
+                path = removal_path(layer.weight.detach(), gram, group_size, counts, damping, chunk)
+                database._store(index, unit, [path[count] for count in counts])
+        return database
+
+    def _store(self, block: int, unit: str, entries: list[LevelEntry]) -> None:
+        if self.directory is None:
+            self._entries[block, unit] = entries
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        torch.save([(e.kept, e.weight) for e in entries], self.directory / f"block{block}_{unit}.pt")
+
+    def get(self, block: int, unit: str, level: int) -> LevelEntry:
+        if not 0 <= level <= self.n_levels[unit]:
+            raise ValueError(f"{unit} level must be in 0..{self.n_levels[unit]}, got {level}")
+        if self.directory is None:
+            return self._entries[block, unit][level]
+        kept, weight = torch.load(self.directory / f"block{block}_{unit}.pt", mmap=True,
+                                  weights_only=True)[level]
+        return LevelEntry(kept, weight)
+
+    def unit_parameters(self, unit: str) -> int:
+        """Parameters of one dense unit (weights of its four or three projections, no biases)."""
+        layout = self.layout
+        if unit == "attention":
+            q = layout.n_kv_heads * layout.heads_per_group * layout.head_dim
+            kv = layout.n_kv_heads * layout.head_dim
+            return layout.hidden_size * (2 * q + 2 * kv)
+        return 3 * layout.hidden_size * layout.intermediate_size
+
+    def parameters_at(self, unit: str, level: int) -> int:
+        """Parameters one unit keeps at ``level``."""
+        total = self.n_levels[unit] if unit == "attention" else self.layout.intermediate_size
+        kept = total - self.removed_count(unit, level)
+        return self.unit_parameters(unit) * kept // total
+
+
+def layer_role(unit: str) -> str:
+    return "self_attn.o_proj" if unit == "attention" else "mlp.down_proj"
+
+
+def slice_attention_(attention: nn.Module, dense: dict, entry: LevelEntry, layout: BlockLayout) -> None:
+    """Give ``attention`` the kept head groups of ``entry`` (in place; sizes shrink)."""
+    group_width = layout.heads_per_group * layout.head_dim
+    groups = (entry.kept[::group_width] // group_width).to(dense["q"].device)
+    q_rows = _expand(groups, group_width)
+    kv_rows = _expand(groups, layout.head_dim)
+    attention.q_proj = new_linear(dense["q"][q_rows], _rows(dense.get("q_bias"), q_rows))
+    attention.k_proj = new_linear(dense["k"][kv_rows], _rows(dense.get("k_bias"), kv_rows))
+    attention.v_proj = new_linear(dense["v"][kv_rows], _rows(dense.get("v_bias"), kv_rows))
+    attention.o_proj = new_linear(entry.weight.to(dense["q"].device), _bias_of(attention.o_proj))
+
+
+def slice_mlp_(mlp: nn.Module, dense: dict, entry: LevelEntry) -> None:
+    """Give ``mlp`` the kept channels of ``entry`` (in place; sizes shrink)."""
+    rows = entry.kept.to(dense["gate"].device)
+    mlp.gate_proj = new_linear(dense["gate"][rows], _bias_of(mlp.gate_proj, rows))
+    mlp.up_proj = new_linear(dense["up"][rows], _bias_of(mlp.up_proj, rows))
+    mlp.down_proj = new_linear(entry.weight.to(dense["gate"].device), _bias_of(mlp.down_proj))
+
+
+def _expand(groups: torch.Tensor, width: int) -> torch.Tensor:
+    """Row indices of ``groups`` of ``width`` consecutive rows each."""
+    return (groups[:, None] * width + torch.arange(width, device=groups.device)).flatten()
+
+
+def _rows(bias, rows):
+    return None if bias is None else bias[rows]
+
+
+def _bias_of(layer, rows=None):
+    bias = getattr(layer, "bias", None)
+    return None if bias is None else (bias.detach() if rows is None else bias.detach()[rows])
+
+
+def check_levels(levels, database: LevelDatabase) -> torch.Tensor:
+    """``levels`` as a ``(n_blocks, 2)`` int tensor (attention, mlp), validated."""
+    levels = torch.as_tensor(levels, dtype=torch.long).reshape(-1, 2)
+    if len(levels) != database.n_blocks:
+        raise ValueError(f"levels must give (attention, mlp) for each of the {database.n_blocks} blocks, "
+                         f"got {len(levels)}")
+    tops = torch.tensor([database.n_levels["attention"], database.n_levels["mlp"]])
+    if (levels < 0).any() or (levels > tops).any():
+        raise ValueError(f"levels must lie in 0..{tops.tolist()} (attention, mlp)")
+    return levels
+
+
+def apply_levels_(model: nn.Module, database: LevelDatabase, levels, blocks=None,
+                  originals: list[tuple[nn.Module, nn.Module]] | None = None) -> nn.Module:
+    """Physically slice ``model``'s blocks to ``levels`` **in place**; returns ``model``.
+
+    ``blocks`` limits the work to those block indices (the others must already be right);
+    ``originals`` holds each block's dense ``(self_attn, mlp)`` modules so a model can be
+    re-sliced many times (the search does); without it, slice a dense model once.
+    Sets ``config.structured_layers`` so the result saves and reloads with ``load_model``.
+    """
+    levels = check_levels(levels, database)
+    layout, tops = database.layout, database.n_levels
+    model_blocks = get_adapter(model).blocks(model)
+    for index in range(database.n_blocks) if blocks is None else blocks:
+        block = model_blocks[index]
+        attention, mlp = originals[index] if originals else (block.self_attn, block.mlp)
+        if isinstance(attention, SkippedAttention) or isinstance(mlp, SkippedMLP):
+            raise ValueError("this model is already sliced: apply levels to a dense model")
+        attention_level, mlp_level = levels[index].tolist()
+        dense = database.dense[index]
+        if attention_level == tops["attention"]:
+            block.self_attn = SkippedAttention()
+        else:
+            slice_attention_(attention, dense, database.get(index, "attention", attention_level), layout)
+            block.self_attn = attention
+        if mlp_level == tops["mlp"]:
+            block.mlp = SkippedMLP()
+        else:
+            slice_mlp_(mlp, dense, database.get(index, "mlp", mlp_level))
+            block.mlp = mlp
+    kv = [layout.n_kv_heads - database.removed_count("attention", a) for a in levels[:, 0].tolist()]
+    inter = [layout.intermediate_size - database.removed_count("mlp", m) for m in levels[:, 1].tolist()]
+    model.config.structured_layers = structured_layers_config(kv, inter, layout.heads_per_group)
+    return model
+
+
+def kept_parameters(database: LevelDatabase, levels) -> int:
+    """Weights the blocks keep at ``levels`` (attention and MLP projections; norms excluded)."""
+    levels = check_levels(levels, database)
+    return sum(database.parameters_at("attention", a) + database.parameters_at("mlp", m)
+               for a, m in levels.tolist())
