@@ -233,7 +233,7 @@ def slice_attention_(attention: nn.Module, dense: dict, entry: LevelEntry, layou
     attention.q_proj = new_linear(dense["q"][q_rows], _rows(dense.get("q_bias"), q_rows))
     attention.k_proj = new_linear(dense["k"][kv_rows], _rows(dense.get("k_bias"), kv_rows))
     attention.v_proj = new_linear(dense["v"][kv_rows], _rows(dense.get("v_bias"), kv_rows))
-    attention.o_proj = new_linear(entry.weight.to(dense["q"].device), _bias_of(attention.o_proj))
+    attention.o_proj = new_linear(entry.weight.to(dense["q"].device, copy=True), _bias_of(attention.o_proj))
 
 
 def slice_mlp_(mlp: nn.Module, dense: dict, entry: LevelEntry) -> None:
@@ -241,7 +241,7 @@ def slice_mlp_(mlp: nn.Module, dense: dict, entry: LevelEntry) -> None:
     rows = entry.kept.to(dense["gate"].device)
     mlp.gate_proj = new_linear(dense["gate"][rows], _bias_of(mlp.gate_proj, rows))
     mlp.up_proj = new_linear(dense["up"][rows], _bias_of(mlp.up_proj, rows))
-    mlp.down_proj = new_linear(entry.weight.to(dense["gate"].device), _bias_of(mlp.down_proj))
+    mlp.down_proj = new_linear(entry.weight.to(dense["gate"].device, copy=True), _bias_of(mlp.down_proj))
 
 
 def _expand(groups: torch.Tensor, width: int) -> torch.Tensor:

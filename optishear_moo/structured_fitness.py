@@ -1,0 +1,106 @@
+"""Fitness of structured-pruning candidates: stitch levels from the database, optionally
+fine-tune briefly, and measure KL to the dense model on calibration tokens.
+
+One working model is re-sliced per candidate; only blocks whose levels changed since the last
+candidate are rebuilt (EvoPress-style). A fine-tune changes weights, so every block is rebuilt
+from the database afterwards: fine-tuning only ever serves to *judge* a candidate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import model_device
+from .fitness import DenseReference, kl_sum_to_dense
+from .models.adapters import get_adapter
+from .pruning.structured import LevelDatabase, apply_levels_, check_levels
+
+
+class StructuredEvaluator:
+    """KL(dense ‖ candidate) per token on calibration samples, for level matrices
+    ``(n_blocks, 2)`` (attention, mlp). ``model`` becomes the working model: it is sliced in
+    place (call :meth:`restore_dense` to get the dense model back)."""
+
+    def __init__(self, model: nn.Module, database: LevelDatabase, calibration: torch.Tensor,
+                 batch_size: int = 8, progress: bool = False):
+        self.model, self.database, self.batch_size = model, database, batch_size
+        self.reference = DenseReference.build(model, calibration, batch_size, progress=progress)
+        blocks = get_adapter(model).blocks(model)
+        self.originals = [(block.self_attn, block.mlp) for block in blocks]
+        self.levels: torch.Tensor | None = None  # what the working model holds now
+        self.n_finetune_steps = 0
+
+    def stitch(self, levels) -> None:
+        """Slice the working model to ``levels``, rebuilding only the blocks that changed."""
+        levels = check_levels(levels, self.database)
+        changed = (range(len(levels)) if self.levels is None
+                   else torch.nonzero((levels != self.levels).any(1)).flatten().tolist())
+        apply_levels_(self.model, self.database, levels, blocks=changed, originals=self.originals)
+        self.levels = levels
+
+    def restore_dense(self) -> nn.Module:
+        self.stitch(torch.zeros(self.database.n_blocks, 2, dtype=torch.long))
+        del self.model.config.structured_layers
+        return self.model
+
+    @torch.no_grad()
+    def kl(self, n_samples: int | None = None) -> float:
+        """Mean KL per token over the first ``n_samples`` calibration samples (all by default)."""
+        calibration = self.reference.calibration[:n_samples]
+        head = self.model.get_output_embeddings()
+        device = model_device(self.model)
+        total, tokens = 0.0, 0
+        for batch, dense_hidden in zip(torch.split(calibration, self.batch_size), self.reference.head_inputs):
+            logits = self.model(input_ids=batch.to(device), use_cache=False).logits
+            total += kl_sum_to_dense(logits, head(dense_hidden[: len(batch)]))
+            tokens += batch.numel()
+        value = total / tokens
+        if value != value:
+            raise FloatingPointError("the pruned model produced NaN logits")
+        return value
+
+    def evaluate(self, levels, n_samples: int | None = None) -> float:
+        self.stitch(levels)
+        return self.kl(n_samples)
+
+    def finetune_and_evaluate(self, levels, training: torch.Tensor, learning_rate: float = 1e-4,
+                              batch_size: int = 4, n_samples: int | None = None) -> float:
+        """KL after fine-tuning the candidate's sliced projections on ``training``
+        (``(n, seq_len)`` ids, next-token loss, AdamW), then rebuilds the candidate."""
+        self.stitch(levels)
+        parameters = [p for attention, mlp in self.originals for module in (attention, mlp)
+                      for p in module.parameters()]
+        finetune_(self.model, parameters, training, learning_rate, batch_size)
+        self.n_finetune_steps += -(-len(training) // batch_size)
+        try:
+            return self.kl(n_samples)
+        finally:
+            self.levels = None  # weights were trained: rebuild every block next time
+
+
+def finetune_(model: nn.Module, parameters, training: torch.Tensor, learning_rate: float = 1e-4,
+              batch_size: int = 4, teacher_logits=None) -> list[float]:
+    """Train ``parameters`` of ``model`` **in place** for one pass over ``training`` windows with
+    AdamW on the next-token loss; returns the loss of every step."""
+    parameters = list(parameters)
+    for p in parameters:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+    device, losses = model_device(model), []
+    model.train()
+    try:
+        for batch in torch.split(training, batch_size):
+            batch = batch.to(device)
+            logits = model(input_ids=batch, use_cache=False).logits
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+    finally:
+        model.eval()
+        for p in parameters:
+            p.requires_grad_(False)
+    return losses
