@@ -112,9 +112,10 @@ def main() -> None:
             for method, blocks in choices.items():
                 if method == "last" and sampling != args.samplings[0]:
                     continue  # does not depend on the calibration data
+                scores = evaluator.evaluate(blocks)
                 row = {"method": method, "sampling": sampling, "n_removed": n_remove,
-                       "removed_blocks": blocks, "calibration_kl": evaluator.evaluate(blocks)["kl"],
-                       "calibration_ppl": evaluator.evaluate(blocks)["ppl"],
+                       "removed_blocks": blocks, "calibration_kl": scores["kl"],
+                       "calibration_ppl": scores["ppl"],
                        "test_ppl": test_ppl(model, tokenizer, blocks, args.eval_segments),
                        "search_seconds": seconds.get(method),
                        "evaluations": n_eval if method == "evop" else None}

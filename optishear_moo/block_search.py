@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .block_fitness import BlockRemovalEvaluator, greedy_removal_order
 from .problems.block_removal import BlockRemovalProblem, block_removal_algorithm
-from .pruning.blocks import check_n_remove, last_blocks, shortgpt_blocks
+from .pruning.blocks import block_influence, check_n_remove, last_blocks, shortgpt_blocks
 from .search import front_arrays, run_search
 
 BLOCK_METHODS = ("evop", "shortgpt", "sleb", "last")
@@ -71,17 +73,17 @@ def _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, batch_
           checkpoint_dir, config, resume, verbose) -> BlockChoice:
     problem = BlockRemovalProblem(model, calibration, n_remove, objective, evaluator=evaluator)
     low, high = problem.n_remove_range
+    least_influential = np.argsort(block_influence(model, calibration, batch_size), kind="stable")
     initial = [last_blocks(problem.n_var, n) for n in {low, high}]
-    initial += [shortgpt_blocks(model, calibration, n, batch_size) for n in {low, high}]
+    initial += [sorted(least_influential[:n].tolist()) for n in {low, high}]  # ShortGPT's choices
     algorithm = block_removal_algorithm(problem, pop_size, initial=initial, seed=seed)
     result = run_search(problem, algorithm, ("n_gen", n_gen), seed=seed,
                         checkpoint_dir=checkpoint_dir, config=config, resume=resume, verbose=verbose)
     X, F = front_arrays(result)
     front = sorted(({"removed_blocks": problem.decode(x), **evaluator.evaluate(problem.decode(x))}
                     for x in X), key=lambda point: point[objective])
-    if problem.multi_objective:
-        removed = max(front, key=lambda point: len(point["removed_blocks"]))["removed_blocks"]
-    else:
-        removed = front[0]["removed_blocks"]
-    return BlockChoice("evop", removed, evaluator.evaluate(removed),
+    chosen = max(front, key=lambda point: len(point["removed_blocks"])) if problem.multi_objective \
+        else front[0]
+    scores = {name: chosen[name] for name in ("kl", "ppl")}
+    return BlockChoice("evop", chosen["removed_blocks"], scores,
                        int(result.algorithm.evaluator.n_eval), front if problem.multi_objective else [])

@@ -156,11 +156,11 @@ def _target_sparsity(value: str) -> float | tuple[float, float]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
-_SEARCH_SETTINGS = ("model", "device", "dtype", "calibration", "calibration_sampling", "n_clusters",
-                    "n_samples", "seq_len", "seed",
-                    "batch_size", "eval_seq_len", "eval_segments", "target_sparsity", "objectives",
-                    "layerwise", "nm", "algorithm", "pop", "gens", "low_fidelity",
-                    "low_fidelity_gens")
+# settings of _add_model_arguments that a resumed run must reuse
+_MODEL_SETTINGS = ("model", "device", "dtype", "calibration", "calibration_sampling", "n_clusters",
+                   "n_samples", "seq_len", "seed", "batch_size", "eval_seq_len", "eval_segments")
+_SEARCH_SETTINGS = _MODEL_SETTINGS + ("target_sparsity", "objectives", "layerwise", "nm", "algorithm",
+                                      "pop", "gens", "low_fidelity", "low_fidelity_gens")
 
 
 def run_search_command(args: argparse.Namespace) -> dict:
@@ -233,9 +233,7 @@ def run_search_command(args: argparse.Namespace) -> dict:
     return report
 
 
-_BLOCK_SETTINGS = ("model", "device", "dtype", "calibration", "calibration_sampling", "n_clusters",
-                   "n_samples", "seq_len", "seed", "batch_size", "eval_seq_len", "eval_segments",
-                   "n_remove", "method", "objective", "pop", "gens")
+_BLOCK_SETTINGS = _MODEL_SETTINGS + ("n_remove", "method", "objective", "pop", "gens")
 
 
 def _n_remove(value: str) -> int | tuple[int, int]:

@@ -35,19 +35,20 @@ def _save(directory: Path, model, optimizer, step: int, losses: list[float]) -> 
 def post_train(model: nn.Module, training: torch.Tensor, learning_rate: float = 1e-4,
                batch_size: int = 4, teacher: nn.Module | None = None, temperature: float = 1.0,
                checkpoint_dir: str | Path | None = None, checkpoint_every: int = 10,
-               resume: bool = False, progress: bool = False) -> list[float]:
+               resume: bool = False, progress: bool = False, parameters=None) -> list[float]:
     """Train ``model`` **in place** for one pass over ``training`` (``(n, seq_len)`` ids), AdamW.
 
     Loss: next-token cross-entropy, or with ``teacher`` (the dense model) the KL divergence
     from the teacher's next-token distribution (distillation). With ``checkpoint_dir`` the model,
     optimizer and step are saved every ``checkpoint_every`` steps; ``resume=True`` restarts from
-    the saved step with the same data order. Returns the loss of every step.
+    the saved step with the same data order. ``parameters`` (default: all but the token
+    embeddings) are the ones trained. Returns the loss of every step.
     """
     if training.ndim != 2 or len(training) == 0:
         raise ValueError("training must be a non-empty (n_windows, seq_len) batch of token ids")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate}")
-    parameters = _trainable(model)
+    parameters = list(parameters) if parameters is not None else _trainable(model)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
     step, losses = 0, []
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None

@@ -9,10 +9,10 @@ from the database afterwards: fine-tuning only ever serves to *judge* a candidat
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .activations import model_device
+from .finetuning import post_train
 from .fitness import DenseReference, kl_sum_to_dense
 from .models.adapters import get_adapter
 from .pruning.structured import LevelDatabase, apply_levels_, check_levels
@@ -72,35 +72,10 @@ class StructuredEvaluator:
         self.stitch(levels)
         parameters = [p for attention, mlp in self.originals for module in (attention, mlp)
                       for p in module.parameters()]
-        finetune_(self.model, parameters, training, learning_rate, batch_size)
+        post_train(self.model, training, learning_rate, batch_size, parameters=parameters)
         self.n_finetune_steps += -(-len(training) // batch_size)
         try:
             return self.kl(n_samples)
         finally:
             self.levels = None  # weights were trained: rebuild every block next time
 
-
-def finetune_(model: nn.Module, parameters, training: torch.Tensor, learning_rate: float = 1e-4,
-              batch_size: int = 4, teacher_logits=None) -> list[float]:
-    """Train ``parameters`` of ``model`` **in place** for one pass over ``training`` windows with
-    AdamW on the next-token loss; returns the loss of every step."""
-    parameters = list(parameters)
-    for p in parameters:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
-    device, losses = model_device(model), []
-    model.train()
-    try:
-        for batch in torch.split(training, batch_size):
-            batch = batch.to(device)
-            logits = model(input_ids=batch, use_cache=False).logits
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-    finally:
-        model.eval()
-        for p in parameters:
-            p.requires_grad_(False)
-    return losses

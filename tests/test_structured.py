@@ -15,10 +15,11 @@ from optishear_moo.pruning.structured import (
 from .conftest import make_tiny_model, tiny_config
 
 
-def masked_copy(database, levels):
-    """The dense tiny model with removed columns of o_proj/down_proj zeroed and the kept ones
-    set to the database's re-fitted weights: numerically what slicing must reproduce."""
-    model = make_tiny_model("llama")
+def masked_copy(database, levels, model=None):
+    """The dense ``model`` (default: the tiny Llama) with removed columns of o_proj/down_proj
+    zeroed and the kept ones set to the database's re-fitted weights: numerically what slicing
+    must reproduce."""
+    model = model if model is not None else make_tiny_model("llama")
     for index, block in enumerate(get_adapter(model).blocks(model)):
         for unit, layer, level in (("attention", block.self_attn.o_proj, levels[index][0]),
                                    ("mlp", block.mlp.down_proj, levels[index][1])):
@@ -105,13 +106,7 @@ def test_qwen2_biases_follow_the_kept_heads(calibration):
     levels = [[1, 1], [0, 2]]
     reference = AutoModelForCausalLM.from_config(tiny_config("qwen2")).eval().requires_grad_(False)
     reference.load_state_dict(model.state_dict())
-    for index, block in enumerate(get_adapter(reference).blocks(reference)):
-        for unit, layer, level in (("attention", block.self_attn.o_proj, levels[index][0]),
-                                   ("mlp", block.mlp.down_proj, levels[index][1])):
-            entry = database.get(index, unit, level)
-            full = torch.zeros_like(layer.weight)
-            full[:, entry.kept] = entry.weight
-            layer.weight.copy_(full)
+    masked_copy(database, levels, reference)
     apply_levels_(model, database, levels)
     torch.testing.assert_close(model(calibration).logits, reference(calibration).logits, rtol=1e-4, atol=1e-5)
 
