@@ -2,6 +2,7 @@
 
     python benchmarks/darwinlm.py                       # the budget recorded in results/darwinlm.json
     python benchmarks/darwinlm.py --gens 10 --offspring 16 --finetune-tokens 1024 4096 16384
+    python benchmarks/darwinlm.py --targets 1.5 --gens 1 --offspring 2 --post-train-tokens 512   # a smoke run
 
 For each target: uniform structured pruning (the most uniform level allocation), the
 evolutionary search with one-shot selection, and with training-aware selection (same number of
@@ -26,12 +27,9 @@ from pymoo.optimize import minimize  # noqa: E402
 from optishear_moo import load_calibration, load_model, perplexity  # noqa: E402
 from optishear_moo.evaluation import measure_speed  # noqa: E402
 from optishear_moo.finetuning import post_train  # noqa: E402
-from optishear_moo.problems.structured import (  # noqa: E402
-    SelectionStage,
-    StructuredPruningProblem,
-    darwinlm_algorithm,
-)
+from optishear_moo.problems.structured import StructuredPruningProblem, darwinlm_algorithm  # noqa: E402
 from optishear_moo.pruning.structured import LevelDatabase, apply_levels_  # noqa: E402
+from optishear_moo.structured_search import halving_stages  # noqa: E402
 
 
 def main() -> None:
@@ -39,11 +37,11 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0])
     parser.add_argument("--n-samples", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--gens", type=int, default=3)
-    parser.add_argument("--offspring", type=int, default=6)
+    parser.add_argument("--gens", type=int, default=8)
+    parser.add_argument("--offspring", type=int, default=8)
     parser.add_argument("--finetune-tokens", type=int, nargs="+", default=[1024, 2048],
                         help="tokens per selection stage; survivors halve per stage down to 1")
-    parser.add_argument("--post-train-tokens", type=int, default=4096)
+    parser.add_argument("--post-train-tokens", type=int, default=8192)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--eval-segments", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -61,9 +59,7 @@ def main() -> None:
                "dense_speed": dense_speed.to_dict(), "database_seconds": time.perf_counter() - started,
                "rows": []}
     print(f"dense ppl {dense_ppl:.2f}; level database in {payload['database_seconds']:.0f} s")
-    n_stages = len(args.finetune_tokens)
-    stages = [SelectionStage(tokens, 2 ** (n_stages - 1 - k))
-              for k, tokens in enumerate(args.finetune_tokens)]
+    stages = halving_stages(args.finetune_tokens)
     for target in args.targets:
         problem = StructuredPruningProblem(model, calibration, target, database=database, training=training,
                                            finetune_learning_rate=args.learning_rate)

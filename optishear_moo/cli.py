@@ -85,6 +85,53 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the interrupted evop search in --output (settings are reused)")
     _add_model_arguments(blocks)
     blocks.set_defaults(handler=run_remove_blocks, n_samples=8, seq_len=128)
+
+    structured = commands.add_parser(
+        "structured", help="DarwinLM: remove attention head groups and MLP channels at searched levels")
+    structured.add_argument("--compression", default="1.5",
+                            help="block-weight compression (dense / kept), or LOW:HIGH for a front "
+                                 "(default: 1.5)")
+    structured.add_argument("--selection", default="training-aware", choices=["training-aware", "one-shot"],
+                            help="judge offspring after short fine-tunes, or by one-shot KL")
+    structured.add_argument("--finetune-tokens", default="512,1024,2048",
+                            help="training-aware stages: fine-tuning tokens per stage; survivors halve "
+                                 "per stage down to --pop (default: 512,1024,2048)")
+    structured.add_argument("--training", default=None,
+                            help="text for the stage fine-tunes (default: the --calibration source)")
+    structured.add_argument("--learning-rate", type=float, default=1e-4)
+    structured.add_argument("--mlp-levels", type=int, default=None,
+                            help="MLP levels (must divide intermediate_size; default: about 10)")
+    structured.add_argument("--pop", type=int, default=1, help="parents kept per generation (default: 1)")
+    structured.add_argument("--offspring", type=int, default=16, help="offspring per generation")
+    structured.add_argument("--gens", type=int, default=10, help="generations (default: 10)")
+    structured.add_argument("--resume", action="store_true",
+                            help="continue the interrupted search in --output (settings are reused)")
+    _add_model_arguments(structured)
+    structured.set_defaults(handler=run_structured, n_samples=8, seq_len=128)
+
+    finetune = commands.add_parser("finetune", help="post-train a pruned model (optionally distilling)")
+    finetune.add_argument("--model", required=True, help="the pruned model: a directory, embedded name, ...")
+    finetune.add_argument("--teacher", default=None,
+                          help="distill from this (dense) model, e.g. smollm2-135m; default: next-token loss")
+    finetune.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
+    finetune.add_argument("--training", default="gutenberg",
+                          help="shipped corpus, text file or hf:NAME (default: %(default)s)")
+    finetune.add_argument("--tokens", type=int, default=65536, help="training tokens (default: 65536)")
+    finetune.add_argument("--seq-len", type=int, default=512, help="tokens per window (default: 512)")
+    finetune.add_argument("--batch-size", type=int, default=4, help="windows per step (default: 4)")
+    finetune.add_argument("--learning-rate", type=float, default=1e-4)
+    finetune.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints")
+    finetune.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    finetune.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--eval-seq-len", type=int, default=1024)
+    finetune.add_argument("--eval-segments", default="16", help="WikiText-2 test segments or 'all'")
+    finetune.add_argument("--output", required=True, help="directory for the trained model and report.json")
+    finetune.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    finetune.add_argument("--resume", action="store_true",
+                          help="continue the interrupted training in --output (settings are reused)")
+    finetune.add_argument("--quiet", action="store_true", help="no progress output")
+    finetune.set_defaults(handler=run_finetune)
     return parser
 
 
@@ -146,13 +193,21 @@ def _save_atomically(output: Path, write) -> None:
             shutil.rmtree(staging)
 
 
-def _target_sparsity(value: str) -> float | tuple[float, float]:
+def _write_model_and_report(output: Path, model, tokenizer, report: dict) -> None:
+    """``output/model`` (staged, moved into place when complete), then ``output/report.json``."""
+    _save_atomically(output / "model", lambda directory: (model.save_pretrained(directory),
+                                                           tokenizer.save_pretrained(directory)))
+    (output / "report.json").write_text(json.dumps(report, indent=2))
+
+
+def _value_or_range(value: str, flag: str, kind=float, example: str = "0.5"):
+    """``"X"`` -> X, ``"LOW:HIGH"`` -> (LOW, HIGH), anything else a ValueError naming the flag."""
     try:
-        parts = [float(v) for v in value.split(":")]
+        parts = [kind(v) for v in value.split(":")]
     except ValueError:
         parts = []
     if len(parts) not in (1, 2):
-        raise ValueError(f"--target-sparsity must be a number or LOW:HIGH, got {value!r}")
+        raise ValueError(f"{flag} must be a number (e.g. {example}) or LOW:HIGH, got {value!r}")
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
@@ -190,7 +245,7 @@ def run_search_command(args: argparse.Namespace) -> dict:
         _prepare_output(args.output, args.overwrite)
         args.gens = 10 if args.gens is None else args.gens
     settings = {key: getattr(args, key) for key in _SEARCH_SETTINGS}
-    target = _target_sparsity(args.target_sparsity)
+    target = _value_or_range(args.target_sparsity, "--target-sparsity")
     objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
     max_segments = _eval_segments(args.eval_segments)
     if args.gens < 1:
@@ -236,14 +291,15 @@ def run_search_command(args: argparse.Namespace) -> dict:
 _BLOCK_SETTINGS = _MODEL_SETTINGS + ("n_remove", "method", "objective", "pop", "gens")
 
 
-def _n_remove(value: str) -> int | tuple[int, int]:
-    try:
-        parts = [int(v) for v in value.split(":")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2):
-        raise ValueError(f"--n-remove must be an integer or LOW:HIGH, got {value!r}")
-    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+def _resume_settings(args: argparse.Namespace) -> None:
+    """Reuse the settings of the interrupted run in ``--output`` (or check a fresh output)."""
+    from .search import load_checkpoint
+
+    if args.resume:
+        for key, value in load_checkpoint(Path(args.output))[1]["config"].items():
+            setattr(args, key, value)
+    else:
+        _prepare_output(args.output, args.overwrite)
 
 
 def run_remove_blocks(args: argparse.Namespace) -> dict:
@@ -251,16 +307,11 @@ def run_remove_blocks(args: argparse.Namespace) -> dict:
     from .evaluation import perplexity
     from .models import load_model
     from .pruning.blocks import remove_blocks_
-    from .search import load_checkpoint
 
     output = Path(args.output)
-    if args.resume:
-        for key, value in load_checkpoint(output)[1]["config"].items():
-            setattr(args, key, value)
-    else:
-        _prepare_output(args.output, args.overwrite)
+    _resume_settings(args)
     settings = {key: getattr(args, key) for key in _BLOCK_SETTINGS}
-    n_remove = _n_remove(args.n_remove)
+    n_remove = _value_or_range(args.n_remove, "--n-remove", int, "6")
     max_segments = _eval_segments(args.eval_segments)
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -289,12 +340,137 @@ def run_remove_blocks(args: argparse.Namespace) -> dict:
         F = [[point[args.objective], n_blocks - len(point["removed_blocks"])] for point in choice.front]
         plot_pareto(F, [args.objective, "blocks_kept"], output / "pareto",
                     title="EvoP block removal")
-    _save_atomically(output / "model", lambda directory: (model.save_pretrained(directory),
-                                                           tokenizer.save_pretrained(directory)))
-    (output / "report.json").write_text(json.dumps(report, indent=2))
+    _write_model_and_report(output, model, tokenizer, report)
     print(f"removed blocks {choice.removed_blocks} ({args.method}); ppl {dense.perplexity:.3f} -> "
           f"{pruned.perplexity:.3f}; {model.config.num_hidden_layers} of {n_blocks} blocks kept; "
           f"saved to {output / 'model'}")
+    return report
+
+
+_STRUCTURED_SETTINGS = _MODEL_SETTINGS + ("compression", "selection", "finetune_tokens", "training",
+                                          "learning_rate", "mlp_levels", "pop", "offspring", "gens")
+
+
+def run_structured(args: argparse.Namespace) -> dict:
+    from .data import load_calibration
+    from .evaluation import perplexity
+    from .models import load_model
+    from .pruning.structured import LevelDatabase, apply_levels_
+    from .structured_search import halving_stages, search_structured
+
+    output = Path(args.output)
+    _resume_settings(args)
+    settings = {key: getattr(args, key) for key in _STRUCTURED_SETTINGS}
+    target = _value_or_range(args.compression, "--compression", example="1.5")
+    if not all(value > 1 for value in (target if isinstance(target, tuple) else (target,))):
+        raise ValueError(f"--compression must be above 1 (dense / kept weights), got {args.compression!r}")
+    stages = None
+    if args.selection == "training-aware":
+        if isinstance(target, tuple):
+            raise ValueError("--selection training-aware needs one --compression; use --selection "
+                             "one-shot for a LOW:HIGH front")
+        stages = halving_stages(args.finetune_tokens.split(","), args.pop)
+    max_segments = _eval_segments(args.eval_segments)
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = _load_calibration(args, tokenizer, model)
+    training = None
+    if stages:
+        windows = -(-stages[-1].finetune_tokens // args.seq_len)
+        training = load_calibration(tokenizer, windows, args.seq_len, args.seed + 1,
+                                    args.training or args.calibration)
+    if output.exists() and not args.resume and args.overwrite:
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    dense = perplexity(model, tokenizer, args.eval_seq_len, max_segments, progress=not args.quiet)
+    dense_parameters = sum(p.numel() for p in model.parameters())
+    database = LevelDatabase.build(model, calibration, args.mlp_levels, batch_size=args.batch_size,
+                                   progress=not args.quiet)
+    try:
+        choice = search_structured(model, calibration, target, training, stages, args.pop, args.offspring,
+                                   args.gens, args.seed, batch_size=args.batch_size,
+                                   learning_rate=args.learning_rate, database=database,
+                                   checkpoint_dir=output, config=settings, resume=args.resume,
+                                   verbose=not args.quiet)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"search interrupted; continue with: optishear-moo structured "
+                                f"--output {output} --resume") from None
+    search_seconds = time.perf_counter() - started
+    apply_levels_(model, database, choice.levels)
+    pruned = perplexity(model, tokenizer, args.eval_seq_len, max_segments, progress=not args.quiet)
+    parameters = sum(p.numel() for p in model.parameters())
+    report = {**choice.to_dict(), "dense_ppl": dense.perplexity, "pruned_ppl": pruned.perplexity,
+              "dense_parameters": dense_parameters, "parameters": parameters,
+              "calibration": _calibration_settings(args), "search_seconds": search_seconds,
+              "settings": settings, "versions": _versions()}
+    if choice.front:
+        from .plotting import plot_pareto
+
+        F = [[point["calibration_kl"], 1 / point["compression"]] for point in choice.front]
+        plot_pareto(F, ["kl", "kept_share"], output / "pareto", title="DarwinLM structured pruning")
+    _write_model_and_report(output, model, tokenizer, report)
+    print(f"block-weight compression {choice.compression:.3f}x ({args.selection}); parameters "
+          f"{dense_parameters / 1e6:.1f}M -> {parameters / 1e6:.1f}M; ppl {dense.perplexity:.3f} -> "
+          f"{pruned.perplexity:.3f}; saved to {output / 'model'} (reload with optishear_moo.load_model)")
+    return report
+
+
+_FINETUNE_SETTINGS = ("model", "teacher", "temperature", "training", "tokens", "seq_len", "batch_size",
+                      "learning_rate", "checkpoint_every", "device", "dtype", "seed", "eval_seq_len",
+                      "eval_segments")
+
+
+def run_finetune(args: argparse.Namespace) -> dict:
+    from .data import load_calibration
+    from .evaluation import perplexity
+    from .finetuning import post_train
+    from .models import load_model
+
+    output = Path(args.output)
+    checkpoint = output / "checkpoint"
+    if args.resume:
+        settings_path = checkpoint / "settings.json"
+        if not settings_path.is_file():
+            raise ValueError(f"{output} holds no interrupted post-training: start without --resume")
+        saved = json.loads(settings_path.read_text())
+        for key, value in saved["settings"].items():
+            setattr(args, key, value)
+    else:
+        _prepare_output(args.output, args.overwrite)
+    settings = {key: getattr(args, key) for key in _FINETUNE_SETTINGS}
+    max_segments = _eval_segments(args.eval_segments)
+    n_windows = args.tokens // args.seq_len
+    if n_windows < 1:
+        raise ValueError(f"--tokens {args.tokens} is less than one window of --seq-len {args.seq_len}")
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    teacher = load_model(args.teacher, dtype=args.dtype, device=args.device)[0] if args.teacher else None
+    training = load_calibration(tokenizer, n_windows, args.seq_len, args.seed, args.training)
+    if args.resume:
+        before = saved["ppl_before"]
+    else:
+        if output.exists() and args.overwrite:
+            shutil.rmtree(output)
+        before = perplexity(model, tokenizer, args.eval_seq_len, max_segments,
+                            progress=not args.quiet).perplexity
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        (checkpoint / "settings.json").write_text(json.dumps({"settings": settings, "ppl_before": before}))
+    try:
+        losses = post_train(model, training, args.learning_rate, args.batch_size, teacher,
+                            args.temperature, checkpoint_dir=checkpoint,
+                            checkpoint_every=args.checkpoint_every, resume=args.resume,
+                            progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"post-training interrupted; continue with: optishear-moo finetune "
+                                f"--output {output} --resume") from None
+    after = perplexity(model, tokenizer, args.eval_seq_len, max_segments, progress=not args.quiet).perplexity
+    report = {"ppl_before": before, "ppl_after": after, "steps": len(losses), "first_loss": losses[0],
+              "last_loss": losses[-1], "tokens": training.numel(),
+              "loss": "distillation" if teacher is not None else "next-token",
+              "seconds": time.perf_counter() - started, "settings": settings, "versions": _versions()}
+    _write_model_and_report(output, model, tokenizer, report)
+    print(f"post-trained {len(losses)} steps on {training.numel()} tokens ({report['loss']}); ppl "
+          f"{before:.3f} -> {after:.3f}; saved to {output / 'model'}")
     return report
 
 

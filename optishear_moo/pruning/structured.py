@@ -94,29 +94,33 @@ def removal_path(weight: torch.Tensor, gram: torch.Tensor, group_size: int, coun
     consecutive groups of ``group_size``. Groups are removed cheapest first, ``chunk`` groups at
     a time at most, and after each removal the remaining columns are updated to minimise
     ``‖W X − W' X‖``. Returns the state after removing each number of groups in ``counts``.
+    The weight and inverse Hessian are compacted to the surviving columns as removal goes on,
+    so later steps cost less.
     """
     n_groups = weight.shape[1] // group_size
     W = weight.double().clone()
     inverse = _damped_inverse(gram, damping)
-    columns = torch.arange(weight.shape[1]).view(n_groups, group_size)
-    alive = torch.ones(n_groups, dtype=torch.bool)
-    path, removed = {}, 0
-    targets = sorted(set(counts))
-    for target in targets:
-        while removed < target:
-            candidates = torch.nonzero(alive).flatten()
-            costs = torch.stack([_group_cost(W, inverse, columns[g]) for g in candidates]) \
-                if group_size > 1 else W[:, candidates].square().sum(0) / inverse.diagonal()[candidates]
-            take = candidates[torch.argsort(costs)[: min(chunk, target - removed)]]
-            S = columns[take].flatten()
-            block_inverse = torch.linalg.inv(inverse[S][:, S])
-            W -= W[:, S] @ block_inverse @ inverse[S, :]
-            inverse -= inverse[:, S] @ block_inverse @ inverse[S, :]
-            W[:, S] = 0
-            alive[take] = False
-            removed += len(take)
-        kept = columns[alive].flatten()
-        path[target] = LevelEntry(kept, W[:, kept].to(weight.dtype).contiguous())
+    alive = torch.arange(n_groups)  # surviving groups, in dense numbering; W/inverse hold their columns
+    path = {}
+    for target in sorted(set(counts)):
+        while n_groups - len(alive) < target:
+            take = min(chunk, target - (n_groups - len(alive)))
+            if take == len(alive):  # the unit is gone: nothing left to update
+                alive = alive[:0]
+                W, inverse = W[:, :0], inverse[:0, :0]
+                break
+            local = torch.arange(len(alive) * group_size).view(len(alive), group_size)
+            costs = torch.stack([_group_cost(W, inverse, local[g]) for g in range(len(alive))]) \
+                if group_size > 1 else W.square().sum(0) / inverse.diagonal()
+            removed = torch.zeros(len(alive), dtype=torch.bool)
+            removed[torch.argsort(costs)[:take]] = True
+            S, R = local[removed].flatten(), local[~removed].flatten()
+            solved = torch.linalg.solve(inverse[S][:, S], inverse[S][:, R])  # (H⁻¹_SS)⁻¹ H⁻¹_SR
+            W = W[:, R] - W[:, S] @ solved
+            inverse = inverse[R][:, R] - inverse[R][:, S] @ solved
+            alive = alive[~removed]
+        kept = (alive[:, None] * group_size + torch.arange(group_size)).flatten()
+        path[target] = LevelEntry(kept, W.to(weight.dtype).contiguous())
     return path
 
 

@@ -1,0 +1,142 @@
+"""The DarwinLM commands: ``optishear-moo structured`` and ``optishear-moo finetune``."""
+
+import json
+
+import pytest
+import torch
+
+from optishear_moo import finetuning, load_model
+from optishear_moo.cli import main
+from optishear_moo.evaluation import perplexity
+from optishear_moo.problems.structured import StructuredPruningProblem
+
+from .test_cli import FAST
+
+SEARCH = ["--pop", "1", "--offspring", "3", "--gens", "2", *FAST]
+
+
+def structured(model_dir, output, *extra):
+    return main(["structured", "--model", str(model_dir), "--output", str(output), *SEARCH, *extra])
+
+
+def finetune(model_dir, output, *extra):
+    return main(["finetune", "--model", str(model_dir), "--output", str(output), "--tokens", "256",
+                 "--seq-len", "32", "--batch-size", "2", "--learning-rate", "1e-3",
+                 "--eval-seq-len", "32", "--eval-segments", "2", "--device", "cpu", "--quiet", *extra])
+
+
+def test_structured_one_shot_saves_a_smaller_model_that_reloads(tiny_model_dir, tmp_path):
+    output = tmp_path / "sliced"
+    assert structured(tiny_model_dir, output, "--compression", "1.5", "--selection", "one-shot") == 0
+    report = json.loads((output / "report.json").read_text())
+    assert report["compression"] >= 1.5 and report["parameters"] < report["dense_parameters"]
+    assert report["finetuned_kl"] is None and report["n_evaluations"] >= 4
+    assert (output / "state.json").exists()  # checkpointed
+    model, tokenizer = load_model(str(output / "model"), device="cpu")
+    assert len(model.config.structured_layers) == 3
+    assert sum(p.numel() for p in model.parameters()) == report["parameters"]
+    reloaded = perplexity(model, tokenizer, seq_len=32, max_segments=2)
+    assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-5)
+
+
+def test_structured_training_aware_resumes_after_an_interruption(tiny_model_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    aware = ["--compression", "1.5", "--finetune-tokens", "32,64"]
+    whole = tmp_path / "whole"
+    assert structured(tiny_model_dir, whole, *aware) == 0
+    expected = json.loads((whole / "report.json").read_text())
+    assert expected["finetuned_kl"] is not None
+
+    calls = {"n": 0}
+    evaluate = StructuredPruningProblem._evaluate
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first generation's offspring (the first call scores the parent)
+            raise KeyboardInterrupt
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(StructuredPruningProblem, "_evaluate", interrupted)
+    output = tmp_path / "resumed"
+    assert structured(tiny_model_dir, output, *aware) == 130
+    assert "--resume" in capsys.readouterr().err and not (output / "model").exists()
+    monkeypatch.setattr(StructuredPruningProblem, "_evaluate", evaluate)
+    assert main(["structured", "--output", str(output), "--resume", "--model", "unused", "--quiet"]) == 0
+    report = json.loads((output / "report.json").read_text())
+    assert report["levels"] == expected["levels"]
+    assert report["n_evaluations"] == expected["n_evaluations"]
+
+
+def test_structured_front_over_a_compression_range(tiny_model_dir, tmp_path):
+    output = tmp_path / "front"
+    assert structured(tiny_model_dir, output, "--compression", "1.3:2.5", "--selection", "one-shot",
+                      "--offspring", "6", "--pop", "6") == 0
+    report = json.loads((output / "report.json").read_text())
+    compressions = [point["compression"] for point in report["front"]]
+    assert compressions == sorted(compressions, reverse=True) and report["compression"] == compressions[0]
+    assert all(1.3 - 1e-9 <= c <= 2.5 + 1e-9 for c in compressions)
+    assert (output / "pareto.png").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--compression", "0.8"], "above 1"),
+    (["--compression", "big"], "--compression"),
+    (["--compression", "1.3:2"], "needs one --compression"),
+    (["--finetune-tokens", "64,32"], "must grow"),
+])
+def test_structured_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
+    assert structured(tiny_model_dir, tmp_path / "o", *extra) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def sliced_dir(tiny_model_dir, tmp_path):
+    output = tmp_path / "sliced"
+    assert structured(tiny_model_dir, output, "--compression", "1.5", "--selection", "one-shot",
+                      "--gens", "1") == 0
+    return output / "model"
+
+
+def test_finetune_lowers_perplexity_and_resumes(sliced_dir, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    whole = tmp_path / "whole"
+    assert finetune(sliced_dir, whole, "--checkpoint-every", "1") == 0
+    report = json.loads((whole / "report.json").read_text())
+    assert report["steps"] == 4 and report["tokens"] == 256 and report["loss"] == "next-token"
+    assert report["ppl_after"] < report["ppl_before"]
+    trained, tokenizer = load_model(str(whole / "model"), device="cpu")
+    assert perplexity(trained, tokenizer, 32, 2).perplexity == pytest.approx(report["ppl_after"], rel=1e-5)
+
+    saves = {"n": 0}
+    save = finetuning._save
+
+    def save_then_stop(*args, **kwargs):
+        save(*args, **kwargs)
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetuning, "_save", save_then_stop)
+    output = tmp_path / "resumed"
+    assert finetune(sliced_dir, output, "--checkpoint-every", "1") == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(finetuning, "_save", save)
+    assert main(["finetune", "--model", "unused", "--output", str(output), "--resume", "--quiet"]) == 0
+    resumed = json.loads((output / "report.json").read_text())
+    assert resumed["steps"] == 4 and resumed["ppl_before"] == report["ppl_before"]
+    weights = load_model(str(output / "model"), device="cpu")[0].state_dict()
+    assert all(torch.allclose(weights[k], v, atol=1e-6) for k, v in trained.state_dict().items())
+
+    distilled = tmp_path / "distilled"
+    assert finetune(sliced_dir, distilled, "--teacher", str(tiny_model_dir)) == 0
+    distill = json.loads((distilled / "report.json").read_text())
+    # the loss is the KL to the teacher the student was sliced from (small), not cross-entropy
+    assert distill["loss"] == "distillation" and 0 <= distill["first_loss"] < 0.05 < report["first_loss"]
+
+
+def test_finetune_bad_input(sliced_dir, tmp_path, capsys):
+    assert finetune(sliced_dir, tmp_path / "a", "--tokens", "8") == 2
+    assert "less than one window" in capsys.readouterr().err
+    assert main(["finetune", "--model", "x", "--output", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no interrupted post-training" in capsys.readouterr().err
