@@ -37,9 +37,9 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0])
     parser.add_argument("--n-samples", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--gens", type=int, default=8)
+    parser.add_argument("--gens", type=int, default=6)
     parser.add_argument("--offspring", type=int, default=8)
-    parser.add_argument("--finetune-tokens", type=int, nargs="+", default=[1024, 2048],
+    parser.add_argument("--finetune-tokens", type=int, nargs="+", default=[512, 1024],
                         help="tokens per selection stage; survivors halve per stage down to 1")
     parser.add_argument("--post-train-tokens", type=int, default=8192)
     parser.add_argument("--learning-rate", type=float, default=1e-4)

@@ -370,6 +370,8 @@ def run_structured(args: argparse.Namespace) -> dict:
             raise ValueError("--selection training-aware needs one --compression; use --selection "
                              "one-shot for a LOW:HIGH front")
         stages = halving_stages(args.finetune_tokens.split(","), args.pop)
+    if min(args.pop, args.offspring, args.gens) < 1:
+        raise ValueError("--pop, --offspring and --gens must be at least 1")
     max_segments = _eval_segments(args.eval_segments)
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -458,7 +460,8 @@ def run_finetune(args: argparse.Namespace) -> dict:
     try:
         losses = post_train(model, training, args.learning_rate, args.batch_size, teacher,
                             args.temperature, checkpoint_dir=checkpoint,
-                            checkpoint_every=args.checkpoint_every, resume=args.resume,
+                            checkpoint_every=args.checkpoint_every,
+                            resume=args.resume and (checkpoint / "training_state.pt").exists(),
                             progress=not args.quiet)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"post-training interrupted; continue with: optishear-moo finetune "

@@ -83,6 +83,7 @@ def test_structured_front_over_a_compression_range(tiny_model_dir, tmp_path):
     (["--compression", "big"], "--compression"),
     (["--compression", "1.3:2"], "needs one --compression"),
     (["--finetune-tokens", "64,32"], "must grow"),
+    (["--offspring", "0"], "at least 1"),
 ])
 def test_structured_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
     assert structured(tiny_model_dir, tmp_path / "o", *extra) == 2
