@@ -32,7 +32,7 @@ from optishear_moo.problems.block_removal import (  # noqa: E402
     BlockRemovalProblem,
     block_removal_algorithm,
 )
-from optishear_moo.pruning.blocks import last_blocks, remove_blocks_, shortgpt_blocks  # noqa: E402
+from optishear_moo.pruning.blocks import last_blocks, least_influential, remove_blocks_  # noqa: E402
 
 METHODS = ["evop", "shortgpt", "sleb", "last"]
 
@@ -101,7 +101,7 @@ def main() -> None:
         sleb_order = greedy_removal_order(evaluator, max_remove, objective="ppl", progress=True)
         sleb_seconds = time.perf_counter() - started
         for n_remove in args.removals:
-            choices = {"shortgpt": shortgpt_blocks(model, calibration, n_remove),
+            choices = {"shortgpt": least_influential(evaluator.block_influence(), n_remove),
                        "sleb": sorted(sleb_order[:n_remove]),
                        "last": last_blocks(n_blocks, n_remove)}
             started = time.perf_counter()

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .activations import capture_first_block_inputs, model_device, run_block
 from .fitness import kl_sum_to_dense
 from .models.adapters import get_adapter
-from .pruning.blocks import check_n_remove, check_removed_blocks
+from .pruning.blocks import check_n_remove, check_removed_blocks, influence_between
 
 BLOCK_OBJECTIVES = ("kl", "ppl")
 
@@ -58,6 +58,12 @@ class BlockRemovalEvaluator:
         if vocab * calibration.numel() <= cached_logits_limit:
             self.dense_log_probs = [F.log_softmax(self._logits(h), dim=-1) for h in self.dense_inputs[-1]]
         self.dense_ppl = self.evaluate([])["ppl"]
+
+    def block_influence(self) -> np.ndarray:
+        """ShortGPT's block influence from the cached dense states (equals
+        :func:`~optishear_moo.pruning.blocks.block_influence` without another dense pass)."""
+        return np.array([influence_between(self.dense_inputs[i], self.dense_inputs[i + 1])
+                         for i in range(self.n_blocks)])
 
     def _run(self, block, hidden):
         return [run_block(block, h, k) for h, k in zip(hidden, self.kwargs)]

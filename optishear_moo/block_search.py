@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .block_fitness import BlockRemovalEvaluator, greedy_removal_order
 from .problems.block_removal import BlockRemovalProblem, block_removal_algorithm
-from .pruning.blocks import block_influence, check_n_remove, last_blocks, shortgpt_blocks
+from .pruning.blocks import check_n_remove, last_blocks, least_influential
 from .search import front_arrays, run_search
 
 BLOCK_METHODS = ("evop", "shortgpt", "sleb", "last")
@@ -57,25 +55,25 @@ def choose_blocks(model, calibration, n_remove: int | tuple[int, int], method: s
     evaluator = evaluator or BlockRemovalEvaluator(model, calibration, batch_size, progress=verbose)
     n_blocks = evaluator.n_blocks
     if method == "shortgpt":
-        removed = shortgpt_blocks(model, calibration, n_remove, batch_size)
+        removed = least_influential(evaluator.block_influence(), n_remove)
     elif method == "last":
         removed = last_blocks(n_blocks, n_remove)
     elif method == "sleb":
         removed = sorted(greedy_removal_order(evaluator, n_remove, objective="ppl", progress=verbose))
     else:
-        return _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, batch_size,
-                     evaluator, checkpoint_dir, config, resume, verbose)
+        return _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, evaluator,
+                     checkpoint_dir, config, resume, verbose)
     check_n_remove(len(removed), n_blocks)
     return BlockChoice(method, removed, evaluator.evaluate(removed))
 
 
-def _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, batch_size, evaluator,
+def _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, evaluator,
           checkpoint_dir, config, resume, verbose) -> BlockChoice:
     problem = BlockRemovalProblem(model, calibration, n_remove, objective, evaluator=evaluator)
     low, high = problem.n_remove_range
-    least_influential = np.argsort(block_influence(model, calibration, batch_size), kind="stable")
+    influence = evaluator.block_influence()
     initial = [last_blocks(problem.n_var, n) for n in {low, high}]
-    initial += [sorted(least_influential[:n].tolist()) for n in {low, high}]  # ShortGPT's choices
+    initial += [least_influential(influence, n) for n in {low, high}]  # ShortGPT's choices
     algorithm = block_removal_algorithm(problem, pop_size, initial=initial, seed=seed)
     result = run_search(problem, algorithm, ("n_gen", n_gen), seed=seed,
                         checkpoint_dir=checkpoint_dir, config=config, resume=resume, verbose=verbose)

@@ -111,6 +111,8 @@ def test_block_influence_finds_a_block_that_does_nothing(calibration):
     influence = block_influence(model, calibration, batch_size=4)
     assert influence[3] == pytest.approx(0.0, abs=1e-6) and (np.delete(influence, 3) > 1e-4).all()
     assert shortgpt_blocks(model, calibration, 1) == [3]
+    cached = BlockRemovalEvaluator(model, calibration, batch_size=4).block_influence()
+    np.testing.assert_allclose(cached, influence, rtol=1e-6, atol=1e-9)  # no second dense pass needed
     assert last_blocks(6, 2) == [3, 4]
 
 

@@ -81,6 +81,13 @@ def last_blocks(n_blocks: int, n_remove: int) -> list[int]:
     return list(range(n_blocks - 1 - n_remove, n_blocks - 1))
 
 
+def influence_between(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:
+    """Mean over tokens of 1 - cos(input, output) for one block's per-batch hidden states."""
+    total = sum(float((1 - torch.cosine_similarity(h.float(), o.float(), dim=-1)).sum())
+                for h, o in zip(inputs, outputs))
+    return total / sum(h[..., 0].numel() for h in inputs)
+
+
 @torch.no_grad()
 def block_influence(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8) -> np.ndarray:
     """ShortGPT's block influence per block: mean over tokens of 1 - cos(block input, block output).
@@ -89,20 +96,22 @@ def block_influence(model: nn.Module, calibration: torch.Tensor, batch_size: int
     """
     inputs = capture_first_block_inputs(model, calibration, batch_size)
     blocks = get_adapter(model).blocks(model)
-    totals = np.zeros(len(blocks))
+    influence = np.zeros(len(blocks))
     hidden = inputs.hidden
     for index, block in enumerate(blocks):
         outputs = [run_block(block, h, k) for h, k in zip(hidden, inputs.kwargs)]
-        totals[index] = sum(float((1 - torch.cosine_similarity(h.float(), o.float(), dim=-1)).sum())
-                            for h, o in zip(hidden, outputs))
+        influence[index] = influence_between(hidden, outputs)
         hidden = outputs
-    n_tokens = sum(h[..., 0].numel() for h in inputs.hidden)
-    return totals / n_tokens
+    return influence
+
+
+def least_influential(influence, n_remove: int) -> list[int]:
+    """The ``n_remove`` blocks of lowest influence (ShortGPT's choice), sorted."""
+    n_remove = check_n_remove(n_remove, len(influence))
+    return sorted(np.argsort(influence, kind="stable")[:n_remove].tolist())
 
 
 def shortgpt_blocks(model: nn.Module, calibration: torch.Tensor, n_remove: int,
                     batch_size: int = 8) -> list[int]:
     """The ``n_remove`` blocks of lowest :func:`block_influence` (ShortGPT)."""
-    influence = block_influence(model, calibration, batch_size)
-    n_remove = check_n_remove(n_remove, len(influence))
-    return sorted(np.argsort(influence, kind="stable")[:n_remove].tolist())
+    return least_influential(block_influence(model, calibration, batch_size), n_remove)
