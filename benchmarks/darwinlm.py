@@ -25,11 +25,11 @@ from _common import RESULTS, environment, markdown_table, save_json  # noqa: E40
 from pymoo.optimize import minimize  # noqa: E402
 
 from optishear_moo import load_calibration, load_model, perplexity  # noqa: E402
+from optishear_moo.darwinlm import LevelDatabase, apply_levels_  # noqa: E402
+from optishear_moo.darwinlm.problem import StructuredPruningProblem, darwinlm_algorithm  # noqa: E402
+from optishear_moo.darwinlm.search import halving_stages  # noqa: E402
 from optishear_moo.evaluation import measure_speed  # noqa: E402
 from optishear_moo.finetuning import post_train  # noqa: E402
-from optishear_moo.problems.structured import StructuredPruningProblem, darwinlm_algorithm  # noqa: E402
-from optishear_moo.pruning.structured import LevelDatabase, apply_levels_  # noqa: E402
-from optishear_moo.structured_search import halving_stages  # noqa: E402
 
 
 def main() -> None:

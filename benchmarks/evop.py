@@ -25,14 +25,14 @@ from _common import RESULTS, environment, markdown_table, save_json  # noqa: E40
 from pymoo.optimize import minimize  # noqa: E402
 
 from optishear_moo import load_calibration, load_model, perplexity  # noqa: E402
-from optishear_moo.block_fitness import BlockRemovalEvaluator, greedy_removal_order  # noqa: E402
 from optishear_moo.data import calibration_diversity  # noqa: E402
 from optishear_moo.evaluation import measure_speed  # noqa: E402
-from optishear_moo.problems.block_removal import (  # noqa: E402
+from optishear_moo.evop.blocks import last_blocks, least_influential, remove_blocks_  # noqa: E402
+from optishear_moo.evop.fitness import BlockRemovalEvaluator, greedy_removal_order  # noqa: E402
+from optishear_moo.evop.problem import (  # noqa: E402
     BlockRemovalProblem,
     block_removal_algorithm,
 )
-from optishear_moo.pruning.blocks import last_blocks, least_influential, remove_blocks_  # noqa: E402
 
 METHODS = ["evop", "shortgpt", "sleb", "last"]
 

@@ -24,10 +24,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _common import RESULTS, environment, save_json  # noqa: E402
 
-from optishear_moo import MetaMetric, OptiShearProblem, load_calibration, load_model  # noqa: E402
+from optishear_moo import OptiShearProblem, load_calibration, load_model  # noqa: E402
 from optishear_moo.activations import collect_input_statistics  # noqa: E402
 from optishear_moo.models import get_adapter  # noqa: E402
-from optishear_moo.pruning import apply_masks_, metric_masks  # noqa: E402
+from optishear_moo.optishear import MetaMetric, metric_masks  # noqa: E402
+from optishear_moo.pruning import apply_masks_  # noqa: E402
 
 
 @torch.no_grad()

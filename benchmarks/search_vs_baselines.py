@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
 
-from optishear_moo import DenseSnapshot, OptiShearProblem, load_calibration, load_model, perplexity  # noqa: E402
+from optishear_moo import OptiShearProblem, load_calibration, load_model, perplexity  # noqa: E402
+from optishear_moo.pruning import DenseSnapshot  # noqa: E402
 from optishear_moo.search import make_algorithm, run_search  # noqa: E402
 
 BASELINES = [("magnitude", "uniform"), ("wanda", "uniform"), ("ria", "uniform"),

@@ -23,9 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
 
 from optishear_moo import load_calibration, load_model  # noqa: E402
+from optishear_moo.darwinlm import LevelDatabase, apply_levels_  # noqa: E402
+from optishear_moo.darwinlm.problem import StructuredPruningProblem  # noqa: E402
 from optishear_moo.evaluation import measure_speed  # noqa: E402
-from optishear_moo.problems.structured import StructuredPruningProblem  # noqa: E402
-from optishear_moo.pruning.structured import LevelDatabase, apply_levels_  # noqa: E402
 
 SHAPES = [(1, 256), (8, 128)]  # (batch, prompt tokens)
 

@@ -1,59 +1,58 @@
-"""optishear-moo: evolutionary multi-objective pruning of LLMs as a native pymoo plugin."""
+"""optishear-moo: evolutionary multi-objective pruning of LLMs as a native pymoo plugin.
 
-from .activations import InputStatistics, collect_input_statistics, sequential_blocks
-from .block_search import BlockChoice, choose_blocks
-from .data import calibration_diversity, load_calibration, load_corpus
-from .evaluation import PerplexityResult, perplexity
-from .finetuning import post_train
-from .models import DEFAULT_MODEL, get_adapter, load_model, load_tokenizer
-from .plan import PruningPlan
-from .problems import BlockRemovalProblem, OptiShearProblem, StructuredPruningProblem
-from .pruning import (
-    DenseSnapshot,
-    MetaMetric,
-    PruningConfig,
-    PruningResult,
-    masks_applied,
-    prune_model,
-    sparsity_report,
+Three methods, each a pymoo problem with a one-call driver: OptiShear (searched pruning metric
+and layerwise sparsity), EvoP (which blocks to remove) and DarwinLM (training-aware structured
+pruning). Everything else is importable from its subpackage (``optishear_moo.pruning``,
+``optishear_moo.search``, ``optishear_moo.evaluation``...).
+"""
+
+from . import _moved
+from .darwinlm import (
+    LevelDatabase,
+    StructuredChoice,
+    StructuredPruningProblem,
+    apply_levels_,
+    halving_stages,
+    search_structured,
 )
-from .pruning.blocks import remove_blocks_
-from .pruning.structured import LevelDatabase, apply_levels_
-from .structured_search import StructuredChoice, halving_stages, search_structured
+from .data import calibration_diversity, load_calibration
+from .evaluation import perplexity
+from .evop import BlockChoice, BlockRemovalProblem, choose_blocks, remove_blocks_
+from .finetuning import post_train
+from .models import load_model
+from .optishear import OptiShearProblem, OptiShearResult, PruningPlan, search_optishear
+from .pruning import prune_model
+from .search import plot_pareto, run_search
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BlockChoice",
     "BlockRemovalProblem",
-    "DEFAULT_MODEL",
-    "DenseSnapshot",
-    "InputStatistics",
     "LevelDatabase",
-    "MetaMetric",
     "OptiShearProblem",
-    "PerplexityResult",
-    "PruningConfig",
+    "OptiShearResult",
     "PruningPlan",
-    "PruningResult",
     "StructuredChoice",
     "StructuredPruningProblem",
     "apply_levels_",
     "calibration_diversity",
     "choose_blocks",
-    "collect_input_statistics",
-    "get_adapter",
     "halving_stages",
     "load_calibration",
-    "load_corpus",
     "load_model",
-    "load_tokenizer",
-    "masks_applied",
     "perplexity",
+    "plot_pareto",
     "post_train",
     "prune_model",
     "remove_blocks_",
+    "run_search",
+    "search_optishear",
     "search_structured",
-    "sequential_blocks",
-    "sparsity_report",
 ]
+
+_moved.install()
+
+
+def __getattr__(name):  # names of the 0.1 top level that now live in a subpackage
+    return _moved.moved_attribute(__name__, name)

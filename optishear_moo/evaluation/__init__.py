@@ -1,6 +1,8 @@
-"""Evaluation of pruned models."""
+"""Evaluation of pruned models: held-out perplexity, divergence from the dense model, speed."""
 
+from .divergence import DenseOutputs, kl_sum_to_dense, kl_to_dense
 from .perplexity import PerplexityResult, eval_segments, perplexity
 from .speed import SpeedResult, measure_speed
 
-__all__ = ["PerplexityResult", "SpeedResult", "eval_segments", "measure_speed", "perplexity"]
+__all__ = ["DenseOutputs", "PerplexityResult", "SpeedResult", "eval_segments", "kl_sum_to_dense",
+           "kl_to_dense", "measure_speed", "perplexity"]

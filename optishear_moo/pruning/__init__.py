@@ -1,8 +1,8 @@
-"""Score metrics, masks, layerwise allocation, SparseGPT and whole-model pruning."""
+"""The baselines as tensor functions: score metrics, masks, layerwise allocation, SparseGPT,
+in-place masks with restore, and whole-model pruning (``prune_model``)."""
 
 from .allocation import ALLOCATIONS, outlier_ratio, owl_allocation, uniform_allocation
 from .masks import build_mask, layer_mask, nm_mask, parse_nm, row_mask
-from .meta_metric import MetaMetric, metric_masks
 from .metrics import SCORE_METRICS, magnitude_score, relative_importance, ria_score, wanda_score
 from .prune import METHODS, PruningConfig, PruningResult, prune_model
 from .sparsegpt import sparsegpt_prune_
@@ -13,7 +13,6 @@ __all__ = [
     "METHODS",
     "SCORE_METRICS",
     "DenseSnapshot",
-    "MetaMetric",
     "PruningConfig",
     "PruningResult",
     "SparsityReport",
@@ -22,7 +21,6 @@ __all__ = [
     "layer_mask",
     "magnitude_score",
     "masks_applied",
-    "metric_masks",
     "nm_mask",
     "outlier_ratio",
     "owl_allocation",
@@ -36,3 +34,9 @@ __all__ = [
     "uniform_allocation",
     "wanda_score",
 ]
+
+
+def __getattr__(name):  # names that moved to a method package
+    from .._moved import moved_attribute
+
+    return moved_attribute(__name__, name)

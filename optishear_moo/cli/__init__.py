@@ -1,0 +1,50 @@
+"""Command line: ``optishear-moo COMMAND ...``, one module per command over :mod:`.common`.
+
+Thin: each command parses its flags, checks them before any expensive work and calls the
+library; bad input gives one ``optishear-moo: error: ...`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import finetune, prune, remove_blocks, search, structured
+
+COMMANDS = (prune, search, remove_blocks, structured, finetune)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optishear-moo", description="Evolutionary multi-objective pruning of LLMs (pymoo)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    try:
+        args.handler(args)
+    except (ValueError, FloatingPointError) as error:
+        print(f"optishear-moo: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"optishear-moo: {interrupt or 'interrupted; nothing was written'}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""What every command shares: the model/calibration/evaluation flags, and :class:`Job`, one run
+of a command in its ``--output`` directory (checks before any work, resume, interruption,
+atomic writes, the report)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+MODEL_SETTINGS = ("model", "device", "dtype", "calibration", "calibration_sampling", "n_clusters",
+                  "n_samples", "seq_len", "seed", "batch_size", "eval_seq_len", "eval_segments")
+"""Settings of :func:`add_model_arguments` that a resumed run reuses."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, n_samples: int = 32, seq_len: int = 512,
+                        resumable: bool = False) -> None:
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="embedded name, local directory, .gguf file or hub id (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument("--calibration", default="gutenberg",
+                        help="shipped corpus (gutenberg, wikitext2-valid), text file or hf:NAME")
+    parser.add_argument("--calibration-sampling", default="random", choices=["random", "cluster"],
+                        help="random windows, or EvoP's cluster-based sampling (default: random)")
+    parser.add_argument("--n-clusters", type=int, default=None,
+                        help="k-means clusters for --calibration-sampling cluster (default: 8)")
+    parser.add_argument("--n-samples", type=int, default=n_samples,
+                        help="calibration windows (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=seq_len,
+                        help="tokens per window (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
+    if resumable:
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the interrupted search in --output (its settings are reused)")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval-seq-len", type=int, default=1024,
+                        help="WikiText-2 test segment length (default: %(default)s)")
+    parser.add_argument("--eval-segments", default="16",
+                        help="segments to evaluate, or 'all' for the full split (default: 16)")
+    parser.add_argument("--output", required=True, help="directory for the results and report.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def eval_segments(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"--eval-segments must be a positive integer or 'all', got {value!r}")
+    return count
+
+
+def value_or_range(value: str, flag: str, kind=float, example: str = "0.5"):
+    """``"X"`` -> X, ``"LOW:HIGH"`` -> (LOW, HIGH), anything else a ValueError naming the flag."""
+    try:
+        parts = [kind(v) for v in str(value).split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise ValueError(f"{flag} must be a number (e.g. {example}) or LOW:HIGH, got {value!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {"optishear_moo": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
+def load_calibration_for(args: argparse.Namespace, tokenizer, model):
+    from ..data import load_calibration
+
+    return load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed, args.calibration,
+                            sampling=args.calibration_sampling, n_clusters=args.n_clusters,
+                            model=model, batch_size=args.batch_size, progress=not args.quiet)
+
+
+def calibration_settings(args: argparse.Namespace) -> dict:
+    return {"source": args.calibration, "sampling": args.calibration_sampling,
+            "n_clusters": args.n_clusters, "n_samples": args.n_samples, "seq_len": args.seq_len,
+            "seed": args.seed}
+
+
+def save_atomically(output: Path, write) -> None:
+    """Write into a temporary sibling directory and move it into place only when complete."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        write(staging)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def check_output(output: str, overwrite: bool) -> Path:
+    """``--output`` as a path, refused (before any work) when it exists without ``--overwrite``."""
+    path = Path(output)
+    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"output {output!r} already exists: choose another --output or pass --overwrite")
+    return path
+
+
+class Job:
+    """One run of a command in ``args.output``.
+
+    ``resume_from(load_settings)`` copies a resumed run's saved settings onto ``args``; otherwise
+    the output is checked. ``begin()`` (after the model is loaded and every input validated)
+    clears an overwritten output and creates the directory; ``interruptible()`` turns Ctrl-C into
+    a message naming the resume command; ``finish()`` writes ``model/`` atomically and
+    ``report.json``.
+    """
+
+    def __init__(self, args: argparse.Namespace, command: str, settings: tuple[str, ...]):
+        self.args, self.command, self.setting_names = args, command, settings
+        self.output = Path(args.output)
+        self.started = time.perf_counter()
+
+    def resume_from(self, saved_settings) -> None:
+        """With ``--resume``, take the settings ``saved_settings()`` returns; else check the output."""
+        if getattr(self.args, "resume", False):
+            for key, value in saved_settings().items():
+                setattr(self.args, key, value)
+        else:
+            check_output(self.args.output, self.args.overwrite)
+
+    def resume_search(self) -> None:
+        """:meth:`resume_from` the settings a checkpointed search saved in ``--output``."""
+        from ..search import load_checkpoint
+
+        self.resume_from(lambda: load_checkpoint(self.output)[1]["config"])
+
+    @property
+    def settings(self) -> dict:
+        return {key: getattr(self.args, key) for key in self.setting_names}
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def begin(self) -> None:
+        if self.output.exists() and not getattr(self.args, "resume", False) and self.args.overwrite:
+            shutil.rmtree(self.output)
+        self.output.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def interruptible(self, what: str = "search"):
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"{what} interrupted; continue with: optishear-moo {self.command} "
+                                    f"--output {self.output} --resume") from None
+
+    def perplexity(self, model, tokenizer):
+        from ..evaluation import perplexity
+
+        return perplexity(model, tokenizer, self.args.eval_seq_len, eval_segments(self.args.eval_segments),
+                          progress=not self.args.quiet)
+
+    def finish(self, model, tokenizer, report: dict) -> dict:
+        """``output/model`` (staged, moved into place when complete), then ``output/report.json``
+        with the settings, versions and wall time added."""
+        report = {**report, "seconds": self.seconds, "settings": self.settings, "versions": versions()}
+        save_atomically(self.output / "model", lambda directory: (model.save_pretrained(directory),
+                                                                   tokenizer.save_pretrained(directory)))
+        (self.output / "report.json").write_text(json.dumps(report, indent=2))
+        return report

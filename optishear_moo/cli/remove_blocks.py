@@ -1,0 +1,61 @@
+"""``optishear-moo remove-blocks``: remove whole decoder blocks (EvoP and the baselines)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import (
+    MODEL_SETTINGS,
+    Job,
+    add_model_arguments,
+    calibration_settings,
+    load_calibration_for,
+    value_or_range,
+)
+
+SETTINGS = MODEL_SETTINGS + ("n_remove", "method", "objective", "pop", "gens")
+
+
+def add_parser(commands) -> None:
+    blocks = commands.add_parser("remove-blocks", help="remove whole decoder blocks (EvoP and baselines)")
+    blocks.add_argument("--n-remove", default="6",
+                        help="blocks to remove, or LOW:HIGH for a size-vs-quality front (evop)")
+    blocks.add_argument("--method", default="evop", help="evop, shortgpt, sleb or last (default: evop)")
+    blocks.add_argument("--objective", default="kl", help="evop fitness: kl or ppl (default: kl)")
+    blocks.add_argument("--pop", type=int, default=16, help="evop population size (default: 16)")
+    blocks.add_argument("--gens", type=int, default=10, help="evop generations (default: 10)")
+    add_model_arguments(blocks, n_samples=8, seq_len=128, resumable=True)
+    blocks.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..evop import choose_blocks, remove_blocks_
+    from ..models import load_model
+    from ..search import plot_pareto
+
+    job = Job(args, "remove-blocks", SETTINGS)
+    job.resume_search()
+    n_remove = value_or_range(args.n_remove, "--n-remove", int, "6")
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = load_calibration_for(args, tokenizer, model)
+    job.begin()
+    with job.interruptible():
+        choice = choose_blocks(model, calibration, n_remove, args.method, args.objective, args.pop,
+                               args.gens, args.seed, args.batch_size, checkpoint_dir=job.output,
+                               config=job.settings, resume=args.resume, verbose=not args.quiet)
+    search_seconds = job.seconds
+    dense = job.perplexity(model, tokenizer)
+    n_blocks = model.config.num_hidden_layers
+    remove_blocks_(model, choice.removed_blocks)
+    pruned = job.perplexity(model, tokenizer)
+    if choice.front:
+        F = [[point[args.objective], n_blocks - len(point["removed_blocks"])] for point in choice.front]
+        plot_pareto(F, [args.objective, "blocks_kept"], job.output / "pareto", title="EvoP block removal")
+    report = job.finish(model, tokenizer, {
+        **choice.to_dict(), "n_blocks": n_blocks, "dense_ppl": dense.perplexity,
+        "pruned_ppl": pruned.perplexity, "calibration": calibration_settings(args),
+        "search_seconds": search_seconds})
+    print(f"removed blocks {choice.removed_blocks} ({args.method}); ppl {dense.perplexity:.3f} -> "
+          f"{pruned.perplexity:.3f}; {model.config.num_hidden_layers} of {n_blocks} blocks kept; "
+          f"saved to {job.output / 'model'}")
+    return report

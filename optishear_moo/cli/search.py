@@ -1,0 +1,75 @@
+"""``optishear-moo search``: the OptiShear search with a pymoo algorithm (checkpointed, resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import MODEL_SETTINGS, Job, add_model_arguments, load_calibration_for, value_or_range
+
+SETTINGS = MODEL_SETTINGS + ("target_sparsity", "objectives", "layerwise", "nm", "algorithm", "pop", "gens",
+                             "low_fidelity", "low_fidelity_gens")
+
+
+def add_parser(commands) -> None:
+    search = commands.add_parser("search", help="OptiShear search with a pymoo algorithm")
+    search.add_argument("--target-sparsity", default="0.5",
+                        help="target sparsity, or LOW:HIGH to search size too (default: 0.5)")
+    search.add_argument("--objectives", default="kl,reconstruction",
+                        help="comma-separated: kl, output_error, reconstruction, density")
+    search.add_argument("--layerwise", default="continuous", help="continuous, discrete or uniform")
+    search.add_argument("--nm", default=None, help="N:M pattern (searches the metric only)")
+    search.add_argument("--algorithm", default="nsga2",
+                        help="nsga2, nsga3, agemoea, smsemoa; ga, de, cmaes with one objective")
+    search.add_argument("--pop", type=int, default=16, help="population size (default: 16)")
+    search.add_argument("--gens", type=int, default=None,
+                        help="generations (default: 10; with --resume: those of the first run)")
+    search.add_argument("--low-fidelity", type=float, default=1.0,
+                        help="share of calibration samples for the first --low-fidelity-gens "
+                             "generations (default 1: off); the front is re-scored on all of them")
+    search.add_argument("--low-fidelity-gens", type=int, default=3)
+    add_model_arguments(search, n_samples=8, seq_len=128, resumable=True)
+    search.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..models import load_model
+    from ..optishear import search_optishear
+    from ..optishear.fitness import check_objectives
+    from ..pruning.masks import check_sparsity
+    from ..pruning.weights import sparsity_report
+    from ..search import check_algorithm
+
+    job = Job(args, "search", SETTINGS)
+    gens = args.gens
+    job.resume_search()
+    if gens is not None:  # on resume: run longer than the first run asked
+        args.gens = gens
+    args.gens = 10 if args.gens is None else args.gens
+    target = value_or_range(args.target_sparsity, "--target-sparsity")
+    objectives = check_objectives(tuple(o.strip() for o in args.objectives.split(",") if o.strip()))
+    if args.gens < 1:
+        raise ValueError(f"--gens must be at least 1, got {args.gens}")
+    for value in (target if isinstance(target, tuple) else (target,)):
+        check_sparsity(value)
+    check_algorithm(args.algorithm, len(objectives))
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = load_calibration_for(args, tokenizer, model)
+    job.begin()
+    with job.interruptible():
+        result = search_optishear(model, calibration, target, objectives, args.layerwise, args.nm,
+                                  args.algorithm, args.pop, args.gens, args.seed, args.batch_size,
+                                  args.low_fidelity, args.low_fidelity_gens, checkpoint_dir=job.output,
+                                  config=job.settings, resume=args.resume, verbose=not args.quiet)
+    result.save(job.output, title=f"OptiShear search, target sparsity {args.target_sparsity}")
+    dense = job.perplexity(model, tokenizer)
+    result.chosen.apply(model)
+    pruned = job.perplexity(model, tokenizer)
+    sparsity = sparsity_report(model)
+    report = job.finish(model, tokenizer, {
+        **result.to_dict(), "dense_ppl": dense.perplexity, "pruned_ppl": pruned.perplexity,
+        "sparsity": sparsity.total, "per_layer_sparsity": sparsity.per_layer})
+    print(f"front of {len(result.front)} plans after {result.n_evaluations} evaluations; chosen: "
+          f"{result.chosen.metric.formula()}; ppl {dense.perplexity:.3f} -> {pruned.perplexity:.3f} at "
+          f"sparsity {sparsity.total:.4f}; saved to {job.output}")
+    return report

@@ -1,0 +1,173 @@
+"""EvoP's block-removal search (EPPS) as a pymoo problem, with count-preserving operators.
+
+Decision vector: one bool per decoder block, ``True`` = remove it. With ``n_remove=k`` exactly
+``k`` blocks are removed and the one objective is the calibration ``kl`` (or ``ppl``); with
+``n_remove=(lo, hi)`` the count may vary in that range and a second objective, the number of
+blocks kept, gives a size-vs-quality Pareto front in one run.
+
+The operators below keep the count in range by construction; :class:`BlockCountRepair` makes
+any other binary operator (pymoo's bit-flip mutation, uniform crossover...) safe too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.algorithms.soo.nonconvex.ga import GA
+from pymoo.core.crossover import Crossover
+from pymoo.core.mutation import Mutation
+from pymoo.core.problem import Problem
+from pymoo.core.repair import Repair
+from pymoo.core.sampling import Sampling
+
+from ..search.selection import ga_tournament_selection
+from .blocks import check_n_remove
+from .fitness import BlockRemovalEvaluator, check_block_objective
+
+
+class BlockRemovalProblem(Problem):
+    """Which decoder blocks to remove, scored on calibration data without modifying ``model``.
+
+    ``objective``: ``"kl"`` (mean KL to the dense model per token, default) or ``"ppl"``
+    (calibration perplexity, as in EvoP). Pass a prebuilt ``evaluator`` to share its dense cache
+    between problems.
+    """
+
+    def __init__(self, model, calibration, n_remove: int | tuple[int, int], objective: str = "kl",
+                 batch_size: int = 8, evaluator: BlockRemovalEvaluator | None = None,
+                 progress: bool = False):
+        self.objective = check_block_objective(objective)
+        self.evaluator = evaluator or BlockRemovalEvaluator(model, calibration, batch_size,
+                                                            progress=progress)
+        self.model = model
+        n_blocks = self.evaluator.n_blocks
+        if isinstance(n_remove, (tuple, list)):
+            low, high = (check_n_remove(n, n_blocks) for n in n_remove)
+            if low > high:
+                raise ValueError(f"n_remove range must be (low, high) with low <= high, got {n_remove}")
+        else:
+            low = high = check_n_remove(n_remove, n_blocks)
+        self.n_remove_range = (low, high)
+        self.multi_objective = isinstance(n_remove, (tuple, list))
+        self.objectives = (objective, "blocks_kept") if self.multi_objective else (objective,)
+        super().__init__(n_var=n_blocks, n_obj=len(self.objectives), xl=0, xu=1, vtype=bool,
+                         exclude_from_serialization=["model", "evaluator"])
+
+    def decode(self, x) -> list[int]:
+        """Indices of the blocks that ``x`` removes."""
+        return np.flatnonzero(np.asarray(x, dtype=bool)).tolist()
+
+    def encode(self, removed) -> np.ndarray:
+        x = np.zeros(self.n_var, dtype=bool)
+        x[list(removed)] = True
+        return x
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        X = np.asarray(X, dtype=bool)
+        F = np.empty((len(X), self.n_obj))
+        # lexicographic order lets neighbours share the longest cached prefix of decisions
+        for row in sorted(range(len(X)), key=lambda r: tuple(X[r])):
+            removed = self.decode(X[row])
+            F[row, 0] = self.evaluator.evaluate(removed)[self.objective]
+            if self.multi_objective:
+                F[row, 1] = self.n_var - len(removed)
+        out["F"] = F
+
+
+def _count_range(problem) -> tuple[int, int]:
+    return getattr(problem, "n_remove_range", (0, problem.n_var - 1))
+
+
+class BlockRemovalSampling(Sampling):
+    """Random removal sets whose size is uniform in the problem's ``n_remove_range``."""
+
+    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+        low, high = _count_range(problem)
+        X = np.zeros((n_samples, problem.n_var), dtype=bool)
+        for row in X:
+            count = random_state.integers(low, high + 1)
+            row[random_state.choice(problem.n_var, count, replace=False)] = True
+        return X
+
+
+class CountPreservingCrossover(Crossover):
+    """Two parents, two children: each child keeps the blocks both parents remove and fills up
+    to its own parent's count from the blocks only one of them removes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(n_parents=2, n_offsprings=2, **kwargs)
+
+    def _do(self, problem, X, *args, random_state=None, **kwargs):
+        _, n_matings, n_var = X.shape
+        children = np.zeros((2, n_matings, n_var), dtype=bool)
+        for k in range(n_matings):
+            a, b = X[0, k].astype(bool), X[1, k].astype(bool)
+            both, either = a & b, np.flatnonzero(a ^ b)
+            for child, parent in enumerate((a, b)):
+                extra = random_state.choice(either, parent.sum() - both.sum(), replace=False)
+                children[child, k] = both
+                children[child, k, extra] = True
+        return children
+
+
+class BlockSwapMutation(Mutation):
+    """Swap ``n_swaps`` removed blocks with kept ones (count unchanged). When the problem allows
+    a range of counts, with probability ``resize_prob`` add or drop one block instead."""
+
+    def __init__(self, n_swaps: int = 1, resize_prob: float = 0.3, **kwargs):
+        super().__init__(**kwargs)
+        self.n_swaps, self.resize_prob = n_swaps, resize_prob
+
+    def _do(self, problem, X, *args, random_state=None, **kwargs):
+        low, high = _count_range(problem)
+        X = np.asarray(X, dtype=bool).copy()
+        for row in X:
+            count = int(row.sum())
+            if low < high and random_state.random() < self.resize_prob:
+                grow = count == low or (count < high and random_state.random() < 0.5)
+                pool = np.flatnonzero(~row if grow else row)
+                row[random_state.choice(pool)] = grow
+                continue
+            for _ in range(self.n_swaps):
+                removed, kept = np.flatnonzero(row), np.flatnonzero(~row)
+                if len(removed) and len(kept):
+                    row[random_state.choice(removed)] = False
+                    row[random_state.choice(kept)] = True
+        return X
+
+
+class BlockCountRepair(Repair):
+    """Brings every removal count into the problem's ``n_remove_range`` by removing or restoring
+    random blocks, so any binary operator can be used."""
+
+    def _do(self, problem, X, *args, random_state=None, **kwargs):
+        low, high = _count_range(problem)
+        rng = random_state if random_state is not None else np.random.default_rng(0)
+        X = np.asarray(X, dtype=bool).copy()
+        for row in X:
+            count = int(row.sum())
+            if count > high:
+                row[rng.choice(np.flatnonzero(row), count - high, replace=False)] = False
+            elif count < low:
+                row[rng.choice(np.flatnonzero(~row), low - count, replace=False)] = True
+        return X
+
+
+def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_swaps: int = 1,
+                            initial=None, seed: int = 0):
+    """GA (one objective) or NSGA-II (count range) with the count-preserving operators above.
+
+    ``initial``: removal sets (lists of block indices, e.g. the heuristics' choices) placed in
+    the first population; random ones (seeded by ``seed``) fill the rest.
+    """
+    sampling = BlockRemovalSampling()
+    if initial:
+        warm = np.array([problem.encode(removed) for removed in initial], dtype=bool)
+        rest = sampling(problem, max(pop_size - len(warm), 0), random_state=np.random.default_rng(seed))
+        sampling = np.vstack([warm, rest.get("X")]) if len(rest) else warm
+    operators = dict(sampling=sampling, crossover=CountPreservingCrossover(),
+                     mutation=BlockSwapMutation(n_swaps), repair=BlockCountRepair(),
+                     eliminate_duplicates=True)
+    if problem.multi_objective:
+        return NSGA2(pop_size=pop_size, **operators)
+    return GA(pop_size=pop_size, selection=ga_tournament_selection(), **operators)

@@ -1,0 +1,175 @@
+"""Fitness of a pruning candidate: how far the pruned model is from the dense one.
+
+Everything dense is computed once (:class:`DenseReference`); a candidate is then judged by
+pruning one working model **in place**, measuring, and restoring its dense weights.
+
+Objectives (all minimised, all zero for the dense model):
+
+* ``kl`` – mean over calibration tokens of KL(dense ‖ pruned) of the next-token distributions
+  (OptiShear v2's global divergence).
+* ``output_error`` – ‖H_pruned − H_dense‖_F / ‖H_dense‖_F on the final hidden states (the
+  inputs of the LM head): the end-to-end reconstruction error.
+* ``reconstruction`` – mean over prunable layers of ‖(W − M⊙W) X‖_F / ‖W X‖_F, with X the
+  layer's dense inputs on a fixed subsample of calibration tokens (OptiShear v1's model-wise
+  reconstruction error, normalised per layer). Needs no forward pass.
+* ``density`` – share of prunable weights kept (1 − achieved sparsity): the size objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..activations import InputStatistics, model_device, recording_inputs
+from ..evaluation.divergence import DenseOutputs, kl_sum_to_dense, recording_head_inputs
+from ..models.adapters import PrunableLayer, get_adapter
+from ..pruning.weights import DenseSnapshot, apply_masks_
+
+OBJECTIVES = ("kl", "output_error", "reconstruction", "density")
+FORWARD_OBJECTIVES = {"kl", "output_error"}
+
+
+def check_objectives(objectives) -> tuple[str, ...]:
+    objectives = (objectives,) if isinstance(objectives, str) else tuple(objectives)
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown or not objectives or len(set(objectives)) != len(objectives):
+        raise ValueError(f"objectives must be distinct names from {', '.join(OBJECTIVES)}; got {objectives}")
+    return objectives
+
+
+def _layer_input_samples(model, calibration, layers, n_tokens: int, batch_size: int, seed: int):
+    """``(n_tokens, in)`` float32 dense inputs per layer at fixed random token positions.
+
+    Layers fed by the same tensor (q/k/v, gate/up) share one sample tensor."""
+    generator = torch.Generator().manual_seed(seed)
+    positions = torch.randperm(calibration.numel(), generator=generator)[:n_tokens].sort().values
+    chunks: dict[str, list[torch.Tensor]] = {}
+    aliases: dict[str, str] = {}
+    owners: dict[int, tuple[torch.Tensor, str]] = {}  # holds inputs alive so ids stay unique
+    window = [0, 0]
+
+    def hook(name, x):
+        if id(x) in owners:
+            aliases[name] = owners[id(x)][1]
+            return
+        owners[id(x)] = (x, name)
+        flat = x.reshape(-1, x.shape[-1])
+        lo, hi = window
+        local = positions[(positions >= lo) & (positions < hi)] - lo
+        chunks.setdefault(name, []).append(flat[local.to(flat.device)].float())
+
+    handles = [layer.module.register_forward_pre_hook(
+        lambda _m, args, name=layer.name: hook(name, args[0])) for layer in layers]
+    try:
+        device = model_device(model)
+        with torch.no_grad():
+            for batch in torch.split(calibration, batch_size):
+                window[:] = [window[1], window[1] + batch.numel()]
+                model(input_ids=batch.to(device), use_cache=False)
+                owners.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    samples = {name: torch.cat(parts) for name, parts in chunks.items()}
+    samples.update({name: samples[owner] for name, owner in aliases.items()})
+    return samples
+
+
+@dataclass
+class DenseReference(DenseOutputs):
+    """Dense-model quantities cached once per search: the LM-head inputs of
+    :class:`~optishear_moo.evaluation.divergence.DenseOutputs`, plus ``statistics`` (the one-shot
+    :class:`InputStatistics` of every prunable layer) and ``layer_samples`` (the ``(n_tokens, in)``
+    dense inputs used by the reconstruction objective).
+    """
+
+    statistics: dict[str, InputStatistics] = field(default_factory=dict)
+    layer_samples: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: nn.Module, calibration: torch.Tensor, batch_size: int = 8,
+              reconstruction_tokens: int = 0, seed: int = 0, progress: bool = False) -> DenseReference:
+        layers = get_adapter(model).prunable_layers(model)
+        with recording_inputs(layers) as statistics:
+            dense = DenseOutputs.build(model, calibration, batch_size, progress)
+        samples = (_layer_input_samples(model, calibration, layers, reconstruction_tokens, batch_size, seed)
+                   if reconstruction_tokens else {})
+        return cls(dense.calibration, dense.batch_size, dense.head_inputs, statistics, samples)
+
+
+class FitnessEvaluator:
+    """Scores keep-masks on one working model that it prunes in place and always restores."""
+
+    def __init__(self, model: nn.Module, reference: DenseReference, objectives=("kl",)):
+        self.model = model
+        self.reference = reference
+        self.objectives = check_objectives(objectives)
+        if "reconstruction" in self.objectives and not reference.layer_samples:
+            raise ValueError("the reconstruction objective needs a reference built with "
+                             "reconstruction_tokens > 0")
+        self.snapshot = DenseSnapshot.of(model)
+        self.layers: list[PrunableLayer] = self.snapshot.layers
+        self.n_prunable = sum(layer.numel for layer in self.layers)
+
+    @torch.no_grad()
+    def evaluate(self, masks: Mapping[str, torch.Tensor], fidelity: float = 1.0) -> dict[str, float]:
+        """Objective values of the model pruned by ``masks``; ``fidelity`` in (0, 1] uses that
+        share of the calibration samples (the first ones) for the forward objectives."""
+        values = {}
+        if "density" in self.objectives:
+            kept = sum(int(mask.sum()) for mask in masks.values())
+            pruned_elsewhere = self.n_prunable - sum(mask.numel() for mask in masks.values())
+            values["density"] = (kept + pruned_elsewhere) / self.n_prunable
+        if "reconstruction" in self.objectives:
+            values["reconstruction"] = self._reconstruction(masks)
+        if FORWARD_OBJECTIVES & set(self.objectives):
+            apply_masks_(self.layers, masks)
+            try:
+                values.update(self._forward_objectives(fidelity))
+            finally:
+                self.snapshot.restore()
+        return {name: values[name] for name in self.objectives}
+
+    def _reconstruction(self, masks) -> float:
+        errors = []
+        for layer in self.layers:
+            x = self.reference.layer_samples[layer.name]
+            dense = self.snapshot.dense_weight(layer.name).float()
+            removed = dense * ~masks[layer.name]
+            errors.append(float((x @ removed.t()).norm() / (x @ dense.t()).norm().clamp_min(1e-12)))
+        return sum(errors) / len(errors)
+
+    def _forward_objectives(self, fidelity: float) -> dict[str, float]:
+        head = self.model.get_output_embeddings()
+        device = model_device(self.model)
+        kl_sum, n_tokens, error_sq, dense_sq = 0.0, 0, 0.0, 0.0
+        for batch, dense_hidden in self.reference.batches(fidelity):
+            hidden: list[torch.Tensor] = []
+            with recording_head_inputs(self.model, hidden):
+                logits = self.model(input_ids=batch.to(device), use_cache=False).logits.float()
+            if "kl" in self.objectives:
+                kl_sum += kl_sum_to_dense(logits, head(dense_hidden))
+                n_tokens += batch.numel()
+            if "output_error" in self.objectives:
+                error_sq += float((hidden[0].float() - dense_hidden.float()).square().sum())
+                dense_sq += float(dense_hidden.float().square().sum())
+        values = {}
+        if "kl" in self.objectives:
+            values["kl"] = kl_sum / n_tokens
+        if "output_error" in self.objectives:
+            values["output_error"] = (error_sq / max(dense_sq, 1e-30)) ** 0.5
+        for name, value in values.items():
+            if value != value:  # NaN
+                raise FloatingPointError(f"the pruned model produced NaN for objective {name}")
+        return values
+
+
+def build_reference(model, calibration, objectives, batch_size=8, reconstruction_tokens=256,
+                    seed=0, progress=False) -> DenseReference:
+    """A :class:`DenseReference` holding what ``objectives`` need."""
+    tokens = reconstruction_tokens if "reconstruction" in check_objectives(objectives) else 0
+    return DenseReference.build(model, calibration, batch_size, tokens, seed, progress)

@@ -1,0 +1,141 @@
+"""OptiShear as a pymoo ``Problem``: search a meta pruning metric and layerwise sparsity."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from pymoo.core.problem import Problem
+from torch import nn
+
+from ..models.adapters import get_adapter
+from ..pruning.allocation import outlier_ratio, owl_allocation
+from ..pruning.masks import parse_nm
+from ..pruning.metrics import wanda_score
+from ..pruning.prune import check_nm_divides
+from .encoding import BalancedSparsityRepair, SearchSpace
+from .fitness import FitnessEvaluator, build_reference, check_objectives
+from .meta_metric import MetaMetric, RankedMetricMasks
+from .plan import PruningPlan
+
+logger = logging.getLogger(__name__)
+
+SPARSITY_TOLERANCE = 1e-3
+
+
+class OptiShearProblem(Problem):
+    """Pruning of ``model`` on ``calibration`` tokens as a pymoo problem.
+
+    Decision vector: see :mod:`optishear_moo.optishear.encoding`. Objectives (minimised): any of
+    ``"kl"``, ``"output_error"``, ``"reconstruction"``, ``"density"`` (see
+    :mod:`optishear_moo.optishear.fitness`); ``"density"`` needs ``target_sparsity=(low, high)`` so that
+    size is searched. One inequality constraint: |mean block sparsity − target| − 1e-3 ≤ 0.
+
+    The model is pruned in place for each candidate and restored right after; it is dense
+    again whenever ``_evaluate`` returns. Dense references are computed once, here.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        calibration: torch.Tensor,
+        target_sparsity: float | tuple[float, float] = 0.5,
+        objectives=("kl", "reconstruction"),
+        layerwise: str = "continuous",
+        nm: str | tuple[int, int] | None = None,
+        step: float = 0.05,
+        max_deviation: float = 0.1,
+        sparsity_bounds: tuple[float, float] = (0.0, 0.95),
+        search_metric: bool = True,
+        batch_size: int = 8,
+        reconstruction_tokens: int = 256,
+        fidelity: float = 1.0,
+        progress: bool = False,
+    ):
+        self.objectives = check_objectives(objectives)
+        self.nm = parse_nm(nm)
+        adapter = get_adapter(model)
+        layers = adapter.prunable_layers(model)
+        check_nm_divides(layers, self.nm)
+        n_blocks = len(adapter.blocks(model))
+        sizes = [float(sum(layer.numel for layer in layers if layer.block_index == b))
+                 for b in range(n_blocks)]
+        if self.nm is not None:
+            target_sparsity, layerwise = 1 - self.nm[0] / self.nm[1], "uniform"
+        self.space = SearchSpace(tuple(sizes), target_sparsity, layerwise, step, max_deviation,
+                                 tuple(sparsity_bounds), search_metric)
+        if "density" in self.objectives and not self.space.searches_size:
+            raise ValueError("the density objective needs target_sparsity=(low, high) to search size")
+        if self.space.n_var == 0:
+            raise ValueError("nothing to search: enable search_metric or a layerwise mode")
+        self.model = model
+        self.layers = layers
+        self.fidelity = fidelity
+        self.reference = build_reference(model, calibration, self.objectives, batch_size,
+                                         reconstruction_tokens, progress=progress)
+        self.evaluator = FitnessEvaluator(model, self.reference, self.objectives)
+        self.mask_builder = RankedMetricMasks(layers, self.reference.statistics, self.nm)
+        xl, xu = self.space.bounds()
+        super().__init__(n_var=self.space.n_var, n_obj=len(self.objectives), n_ieq_constr=1,
+                         xl=xl, xu=xu,
+                         exclude_from_serialization=["model", "layers", "reference", "evaluator",
+                                                     "mask_builder"])
+
+    @property
+    def repair(self) -> BalancedSparsityRepair:
+        """Pass as ``repair=`` to an algorithm for ``layerwise="discrete"`` (harmless otherwise)."""
+        return BalancedSparsityRepair()
+
+    def decode(self, x: np.ndarray) -> PruningPlan:
+        """The readable :class:`PruningPlan` of a decision vector (e.g. ``res.X[0]``)."""
+        metric, sparsity, target = self.space.decode(x)
+        plan = PruningPlan(metric, [float(s) for s in sparsity], target, self.nm)
+        return plan.bind_statistics(self.model, self.reference.statistics, self.reference.calibration)
+
+    def encode(self, metric: MetaMetric | None = None, block_sparsity=None,
+               target: float | None = None) -> np.ndarray:
+        return self.space.encode(metric, block_sparsity, target)
+
+    def evaluate_plan(self, x: np.ndarray, fidelity: float | None = None) -> tuple[dict, float]:
+        """``(objective values, sparsity discrepancy)`` of one decision vector."""
+        metric, sparsity, target = self.space.decode(x)
+        masks = self.mask_builder.masks(metric, sparsity)
+        values = self.evaluator.evaluate(masks, self.fidelity if fidelity is None else fidelity)
+        return values, self.space.sparsity_discrepancy(sparsity, target)
+
+    def baseline_vectors(self, target: float | None = None) -> dict[str, np.ndarray]:
+        """Decision vectors of the baselines users compare against, at ``target`` sparsity:
+        magnitude, uniform Wanda, and Wanda with OWL allocation (unstructured runs only)."""
+        target = self.space.target_range[0] if target is None else target
+        vectors = {"magnitude": self.encode(MetaMetric.magnitude(), target=target),
+                   "uniform Wanda": self.encode(MetaMetric.wanda(), target=target)}
+        if self.nm is None and self.space.layerwise != "uniform":
+            statistics = self.reference.statistics
+            ratios = [outlier_ratio([wanda_score(layer.weight, statistics[layer.name])
+                                     for layer in self.layers if layer.block_index == b])
+                      for b in range(self.space.n_blocks)]
+            owl = owl_allocation(np.array(ratios), target, min(0.08, self.space.max_deviation),
+                                 np.array(self.space.block_sizes))
+            vectors["OWL-Wanda"] = self.encode(MetaMetric.wanda(), owl, target)
+        return vectors
+
+    def initial_population(self, pop_size: int, seed: int = 0) -> np.ndarray:
+        """Warm start for ``sampling=``: the baselines (uniform Wanda, magnitude, OWL-Wanda, RIA)
+        followed by uniform random vectors, ``(pop_size, n_var)``."""
+        seeds = list(self.baseline_vectors().values()) + [self.encode(MetaMetric.ria())]
+        rng = np.random.default_rng(seed)
+        rest = rng.uniform(self.xl, self.xu, size=(max(pop_size - len(seeds), 0), self.n_var))
+        return np.vstack([np.array(seeds[:pop_size]), rest])
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        F = np.empty((len(X), self.n_obj))
+        G = np.empty((len(X), 1))
+        # candidates sharing a metric run back to back, so its score ranks are computed once
+        metrics = [repr(self.space.decode(x)[0]) for x in X]
+        for i in sorted(range(len(X)), key=lambda i: metrics[i]):
+            x = X[i]
+            values, discrepancy = self.evaluate_plan(x)
+            F[i] = [values[name] for name in self.objectives]
+            G[i, 0] = discrepancy - SPARSITY_TOLERANCE
+        out["F"], out["G"] = F, G

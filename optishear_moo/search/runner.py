@@ -1,0 +1,63 @@
+"""Interruptible searches: ``pymoo.optimize.minimize`` with a checkpoint after every generation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from pymoo.core.algorithm import Algorithm
+from pymoo.core.problem import Problem
+from pymoo.core.result import Result
+from pymoo.core.termination import Termination
+from pymoo.termination import get_termination
+
+from .checkpoint import load_checkpoint, save_checkpoint, truncate_evaluations
+
+logger = logging.getLogger(__name__)
+
+
+def termination_from_tuple(termination) -> Termination:
+    return get_termination(*termination) if isinstance(termination, tuple) else termination
+
+
+def run_search(problem: Problem, algorithm: Algorithm, termination=None, seed: int | None = None,
+               checkpoint_dir: str | Path | None = None, config: dict | None = None,
+               resume: bool = False, **setup_kwargs) -> Result:
+    """Like ``pymoo.optimize.minimize``, plus a checkpoint after every generation.
+
+    With ``resume=True``, ``algorithm`` is ignored and the run continues from
+    ``checkpoint_dir`` with ``problem`` (built exactly as for the first run) attached.
+    """
+    if resume:
+        if checkpoint_dir is None:
+            raise ValueError("resume needs the checkpoint directory")
+        algorithm, state = load_checkpoint(checkpoint_dir)
+        algorithm.problem = problem
+        if termination is not None:  # e.g. more generations than the first run asked for
+            algorithm.termination = termination_from_tuple(termination)
+        if "callback" in setup_kwargs:
+            algorithm.callback = setup_kwargs["callback"]
+        truncate_evaluations(Path(checkpoint_dir), state["generation"])
+        logger.info("resuming at generation %d (%d evaluations done)", state["generation"],
+                    state["n_eval"])
+    else:
+        if termination is not None:
+            setup_kwargs["termination"] = termination
+        algorithm.setup(problem, seed=seed, **setup_kwargs)
+        if checkpoint_dir is not None:
+            (Path(checkpoint_dir) / "evaluations.jsonl").unlink(missing_ok=True)
+    while algorithm.has_next():
+        algorithm.next()
+        if checkpoint_dir is not None:
+            save_checkpoint(algorithm, checkpoint_dir, config)
+    result = algorithm.result()
+    result.problem, result.algorithm = problem, algorithm
+    return result
+
+
+def front_arrays(result: Result) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, F)`` of the result's optimum as 2-D arrays (single-objective results included)."""
+    X = np.atleast_2d(result.X)
+    F = np.asarray(result.F, dtype=float).reshape(len(X), -1)
+    return X, F

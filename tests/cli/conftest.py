@@ -1,0 +1,29 @@
+"""Shared settings and fixtures of the command-line tests."""
+
+import json
+
+import pytest
+
+from optishear_moo.cli import main
+
+FAST = ["--n-samples", "4", "--seq-len", "32", "--eval-seq-len", "32", "--eval-segments", "2",
+        "--device", "cpu", "--quiet"]
+SEARCH = ["--pop", "1", "--offspring", "3", "--gens", "2", *FAST]
+
+
+def structured(model_dir, output, *extra):
+    """``optishear-moo structured`` on ``model_dir`` with a tiny budget."""
+    return main(["structured", "--model", str(model_dir), "--output", str(output), *SEARCH, *extra])
+
+
+def evaluations(directory):
+    """The lines of a search's ``evaluations.jsonl``."""
+    return [json.loads(line) for line in (directory / "evaluations.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def sliced_dir(tiny_model_dir, tmp_path):
+    output = tmp_path / "sliced"
+    assert structured(tiny_model_dir, output, "--compression", "1.5", "--selection", "one-shot",
+                      "--gens", "1") == 0
+    return output / "model"

@@ -1,0 +1,85 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from optishear_moo.cli import main
+from optishear_moo.evaluation import perplexity
+from tests.cli.conftest import FAST
+
+
+def test_prune_writes_a_model_that_reloads_with_the_same_perplexity(tiny_model_dir, tmp_path):
+    output = tmp_path / "pruned"
+    command = [sys.executable, "-m", "optishear_moo", "prune", "--model", str(tiny_model_dir),
+               "--method", "wanda", "--sparsity", "0.5", "--output", str(output), *FAST]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "pruned ppl" in done.stdout
+    report = json.loads((output / "report.json").read_text())
+    for key in ("dense_ppl", "pruned_ppl", "sparsity", "method", "per_layer_sparsity"):
+        assert key in report
+    assert report["method"] == "wanda" and report["sparsity"] == pytest.approx(0.5)
+    assert report["pruned_ppl"] > report["dense_ppl"] > 1
+    assert len(report["per_layer_sparsity"]) == 21
+    assert list(output.glob("*.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    reloaded = perplexity(model, tokenizer, seq_len=32, max_segments=2)
+    assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
+        (["--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
+        (["--method", "obc"], "unknown pruning method 'obc'"),
+        (["--nm", "2:48"], "divisible by 48"),
+        (["--nm", "two:four"], "look like '2:4'"),
+        (["--allocation", "owl", "--nm", "2:4"], "allocation 'uniform'"),
+        (["--eval-segments", "none"], "--eval-segments"),
+        (["--calibration", "EMPTY"], "is empty"),
+        (["--calibration", "SHORT"], "fewer than seq_len"),
+    ],
+)
+def test_bad_input_gives_one_error_line_and_writes_nothing(
+    extra, message, tiny_model_dir, tmp_path, capsys
+):
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "short.txt").write_text("just a few words")
+    extra = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "short.txt")
+             if a == "SHORT" else a for a in extra]
+    output = tmp_path / "out"
+    code = main(["prune", "--model", str(tiny_model_dir), "--output", str(output), *FAST, *extra])
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2
+    assert len(error_lines) == 1 and error_lines[0].startswith("optishear-moo: error:")
+    assert message in error_lines[0]
+    assert not output.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_existing_output_is_not_overwritten_without_flag(tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("user data")
+    assert main(["prune", "--model", str(tiny_model_dir), "--output", str(output), *FAST]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (output / "keep.txt").read_text() == "user data"
+
+
+def test_unknown_model_exits_with_one_line():
+    done = subprocess.run([sys.executable, "-m", "optishear_moo", "prune", "--model",
+                           "./missing-model", "--output", "unused", "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "optishear-moo: error: model path './missing-model' is neither a model directory nor a "
+        ".gguf file"]
+
+
+
+
+
+

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from optishear_moo.cli import main
+from optishear_moo.evaluation import perplexity
+from tests.cli.conftest import FAST
+
+
+def test_remove_blocks_with_cluster_calibration_saves_a_shallower_model(tiny_model_dir, tmp_path):
+    output = tmp_path / "removed"
+    code = main(["remove-blocks", "--model", str(tiny_model_dir), "--n-remove", "1", "--method", "evop",
+                 "--pop", "3", "--gens", "2", "--calibration-sampling", "cluster", "--n-clusters", "2",
+                 "--output", str(output), *FAST])
+    assert code == 0
+    report = json.loads((output / "report.json").read_text())
+    assert report["method"] == "evop" and len(report["removed_blocks"]) == 1
+    assert report["calibration"]["sampling"] == "cluster" and report["n_evaluations"] >= 3
+    assert (output / "state.json").exists()  # the search was checkpointed
+    model = AutoModelForCausalLM.from_pretrained(output / "model")
+    assert model.config.num_hidden_layers == 2
+    assert model.config.removed_blocks == report["removed_blocks"]
+    reloaded = perplexity(model, AutoTokenizer.from_pretrained(output / "model"), seq_len=32, max_segments=2)
+    assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-5)
+
+
+def test_remove_blocks_front_and_heuristics(tiny_model_dir, tmp_path):
+    front = tmp_path / "front"
+    assert main(["remove-blocks", "--model", str(tiny_model_dir), "--n-remove", "1:2", "--pop", "4",
+                 "--gens", "2", "--output", str(front), *FAST]) == 0
+    report = json.loads((front / "report.json").read_text())
+    assert {len(p["removed_blocks"]) for p in report["front"]} <= {1, 2} and report["front"]
+    assert (front / "pareto.png").exists()
+    for method in ("shortgpt", "sleb", "last"):
+        output = tmp_path / method
+        assert main(["remove-blocks", "--model", str(tiny_model_dir), "--n-remove", "1", "--method",
+                     method, "--output", str(output), *FAST]) == 0
+        assert len(json.loads((output / "report.json").read_text())["removed_blocks"]) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n-remove", "3"], "[0, 3)"),
+    (["--n-remove", "x"], "--n-remove"),
+    (["--method", "random"], "unknown block-removal method"),
+    (["--method", "sleb", "--n-remove", "1:2"], "needs method evop"),
+    (["--objective", "acc"], "kl or ppl"),
+])
+def test_remove_blocks_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
+    code = main(["remove-blocks", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"),
+                 *FAST, *extra])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and message in error[0]

@@ -1,0 +1,49 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from optishear_moo.cli import main
+from optishear_moo.pruning import sparsity_report
+from tests.cli.conftest import evaluations
+
+
+def test_cli_search_writes_front_plan_plot_history_and_model(tiny_model_dir, tmp_path):
+    output = tmp_path / "search"
+    argv = ["search", "--model", str(tiny_model_dir), "--pop", "4", "--gens", "2", "--n-samples",
+            "4", "--seq-len", "32", "--eval-seq-len", "32", "--eval-segments", "2", "--device", "cpu",
+            "--output", str(output), "--quiet", "--low-fidelity", "0.5", "--low-fidelity-gens", "1"]
+    assert main(argv) == 0
+    for name in ("front.json", "front.csv", "best_plan.json", "pareto.png", "pareto.svg",
+                 "evaluations.jsonl", "report.json", "state.json", "algorithm.pkl"):
+        assert (output / name).is_file(), name
+    report = json.loads((output / "report.json").read_text())
+    assert report["n_evaluations"] == 8 and len(evaluations(output)) == 8
+    assert set(report["baselines"]) == {"magnitude", "uniform Wanda", "OWL-Wanda"}
+    assert report["sparsity"] == pytest.approx(0.5, abs=0.01)
+    model = AutoModelForCausalLM.from_pretrained(output / "model")
+    assert sparsity_report(model).total == pytest.approx(report["sparsity"])
+    # continuing the finished search for two more generations reuses its settings
+    assert main(["search", "--output", str(output), "--resume", "--gens", "3", "--quiet",
+                 "--model", "ignored-on-resume"]) == 0
+    assert json.loads((output / "report.json").read_text())["n_evaluations"] == 12
+
+
+def test_cli_search_bad_input(tiny_model_dir, tmp_path, capsys):
+    base = ["search", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"), "--quiet",
+            "--n-samples", "4", "--seq-len", "32"]
+    assert main([*base, "--algorithm", "cmaes"]) == 2
+    assert "single-objective" in capsys.readouterr().err
+    assert main([*base, "--target-sparsity", "half"]) == 2
+    assert main([*base, "--objectives", "kl,density"]) == 2
+    assert "density objective needs" in capsys.readouterr().err
+    # these fail before the model loads: the missing model is never reached
+    early = ["search", "--model", "./missing-model", "--output", str(tmp_path / "e"), "--quiet"]
+    assert main([*early, "--target-sparsity", "1.2"]) == 2
+    assert "sparsity must be in [0, 1)" in capsys.readouterr().err
+    assert main([*early, "--algorithm", "de"]) == 2
+    assert "single-objective" in capsys.readouterr().err
+    assert main(["search", "--output", str(tmp_path / "none"), "--resume", "--quiet"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert torch.is_grad_enabled()

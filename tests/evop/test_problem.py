@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+from pymoo.core.problem import Problem
+from pymoo.operators.mutation.bitflip import BitflipMutation
+from pymoo.optimize import minimize
+
+from optishear_moo.evop.blocks import remove_blocks_
+from optishear_moo.evop.fitness import BlockRemovalEvaluator
+from optishear_moo.evop.problem import (
+    BlockCountRepair,
+    BlockRemovalProblem,
+    BlockRemovalSampling,
+    BlockSwapMutation,
+    CountPreservingCrossover,
+    block_removal_algorithm,
+)
+from optishear_moo.search import run_search
+from tests.evop.helpers import deep_model
+
+
+class CountOnly(Problem):
+    def __init__(self, n_var, n_remove_range):
+        self.n_remove_range = n_remove_range
+        super().__init__(n_var=n_var, n_obj=1, xl=0, xu=1, vtype=bool)
+
+
+@pytest.mark.parametrize("count_range", [(3, 3), (2, 5)])
+def test_every_operator_keeps_the_count_in_range(count_range):
+    problem, rng = CountOnly(12, count_range), np.random.default_rng(0)
+    low, high = count_range
+    X = BlockRemovalSampling()._do(problem, 40, random_state=rng)
+    assert ((X.sum(1) >= low) & (X.sum(1) <= high)).all() and len({tuple(r) for r in X}) > 10
+    children = CountPreservingCrossover()._do(problem, np.stack([X[:20], X[20:]]), random_state=rng)
+    assert (children[0].sum(1) == X[:20].sum(1)).all() and (children[1].sum(1) == X[20:].sum(1)).all()
+    mutated = BlockSwapMutation(n_swaps=2)._do(problem, X, random_state=rng)
+    assert ((mutated.sum(1) >= low) & (mutated.sum(1) <= high)).all() and (mutated != X).any()
+    if low == high:
+        assert (mutated.sum(1) == low).all()
+    flipped = BitflipMutation(prob_var=0.5)._do(problem, X, random_state=rng)
+    repaired = BlockCountRepair()._do(problem, flipped, random_state=rng)
+    assert ((repaired.sum(1) >= low) & (repaired.sum(1) <= high)).all()
+
+
+def test_search_finds_the_exhaustive_optimum_and_a_size_front(calibration):
+    model = deep_model()
+    evaluator = BlockRemovalEvaluator(model, calibration)
+    problem = BlockRemovalProblem(model, calibration, 2, evaluator=evaluator)
+    result = minimize(problem, block_removal_algorithm(problem, pop_size=8), ("n_gen", 6), seed=0)
+    best = min((evaluator.evaluate([i, j])["kl"], [i, j]) for i in range(6) for j in range(i + 1, 6))
+    assert problem.decode(result.X) == best[1] and result.F[0] == pytest.approx(best[0])
+    again = minimize(problem, block_removal_algorithm(problem, pop_size=8), ("n_gen", 6), seed=0)
+    assert np.array_equal(again.X, result.X)
+
+    multi = BlockRemovalProblem(model, calibration, (1, 3), evaluator=evaluator)
+    front = minimize(multi, block_removal_algorithm(multi, pop_size=10), ("n_gen", 5), seed=0)
+    kept = sorted(front.F[:, 1].tolist())
+    assert multi.n_obj == 2 and set(kept) <= {3, 4, 5} and len(set(kept)) >= 2
+    assert all(multi.n_var - len(multi.decode(x)) == f for x, f in zip(front.X, front.F[:, 1]))
+
+
+def test_block_search_checkpoints_and_resumes_like_an_uninterrupted_run(calibration, tmp_path):
+    model = deep_model()
+    evaluator = BlockRemovalEvaluator(model, calibration)
+    problem = BlockRemovalProblem(model, calibration, 2, evaluator=evaluator)
+    full = run_search(problem, block_removal_algorithm(problem, pop_size=4), ("n_gen", 4), seed=1,
+                      checkpoint_dir=tmp_path / "a")
+    run_search(problem, block_removal_algorithm(problem, pop_size=4), ("n_gen", 2), seed=1,
+               checkpoint_dir=tmp_path / "b")
+    resumed = run_search(problem, None, ("n_gen", 4), checkpoint_dir=tmp_path / "b", resume=True)
+    assert np.array_equal(resumed.X, full.X) and resumed.F[0] == full.F[0]
+
+
+def test_bad_input_names_the_fix(calibration):
+    model = deep_model()
+    with pytest.raises(ValueError, match="keep at least one"):
+        remove_blocks_(model, range(6))
+    with pytest.raises(ValueError, match="outside 0..5"):
+        remove_blocks_(model, [7])
+    with pytest.raises(ValueError, match=r"\[0, 6\)"):
+        BlockRemovalProblem(model, calibration, 6)
+    with pytest.raises(ValueError, match="low <= high"):
+        BlockRemovalProblem(model, calibration, (3, 1))
+    with pytest.raises(ValueError, match="kl or ppl"):
+        BlockRemovalProblem(model, calibration, 1, objective="loss")
+    with pytest.raises(ValueError, match="unsupported architecture"):
+        remove_blocks_(torch.nn.Linear(2, 2), [0])

@@ -1,0 +1,59 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.callback import Callback
+
+from optishear_moo.search import load_checkpoint, run_search
+from tests.cli.conftest import evaluations
+
+
+class _InterruptAt(Callback):
+    def __init__(self, generation):
+        super().__init__()
+        self.generation = generation
+
+    def notify(self, algorithm):
+        if algorithm.n_gen == self.generation:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(problem, tmp_path):
+    straight = run_search(problem, NSGA2(pop_size=4), ("n_gen", 4), seed=2,
+                          checkpoint_dir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):  # dies while generation 3 is under way
+        run_search(problem, NSGA2(pop_size=4), ("n_gen", 4), seed=2, checkpoint_dir=tmp_path / "b",
+                   callback=_InterruptAt(3))
+    saved = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert saved["n_eval"] < 16 and len(evaluations(tmp_path / "b")) == saved["n_eval"]
+    resumed = run_search(problem, None, checkpoint_dir=tmp_path / "b", resume=True)
+    np.testing.assert_array_equal(resumed.X, straight.X)
+    np.testing.assert_array_equal(resumed.F, straight.F)
+    assert evaluations(tmp_path / "b") == evaluations(tmp_path / "a")  # nothing lost or repeated
+    assert resumed.algorithm.evaluator.n_eval == straight.algorithm.evaluator.n_eval == 16
+
+
+def test_checkpoint_loader_refuses_code(tmp_path, problem):
+    run_search(problem, NSGA2(pop_size=4), ("n_gen", 1), seed=0, checkpoint_dir=tmp_path)
+    algorithm, state = load_checkpoint(tmp_path)
+    assert state["generation"] == 1 and algorithm.problem.model is None
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+            return (os.system, ("echo owned > " + str(tmp_path / "owned"),))
+
+    (tmp_path / "algorithm.pkl").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        load_checkpoint(tmp_path)
+    assert not (tmp_path / "owned").exists()
+
+
+
+
+
+
+
+

@@ -1,0 +1,86 @@
+"""SmolLM2-135M end to end (slow: about a minute each on two CPU cores)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from optishear_moo import load_calibration, perplexity, prune_model
+from optishear_moo.cli import main
+from optishear_moo.pruning import DenseSnapshot
+
+pytestmark = pytest.mark.slow
+
+EVAL = dict(seq_len=1024, max_segments=4)
+
+
+@pytest.fixture(scope="module")
+def dense_setup(smollm2):
+    model, tokenizer = smollm2
+    calibration = load_calibration(tokenizer, n_samples=16, seq_len=256, seed=0)
+    dense = perplexity(model, tokenizer, **EVAL)
+    return model, tokenizer, calibration, dense
+
+
+@pytest.mark.ci
+def test_wanda_half_sparsity_stays_within_a_sane_band_of_dense(dense_setup):
+    model, tokenizer, calibration, dense = dense_setup
+    snapshot = DenseSnapshot.of(model)
+    try:
+        result = prune_model(model, calibration, method="wanda", sparsity=0.5, progress=False)
+        pruned = perplexity(model, tokenizer, **EVAL)
+    finally:
+        snapshot.restore()
+    assert result.report.total == pytest.approx(0.5, abs=1e-3)
+    assert 10 < dense.perplexity < 60  # Q4-dequantised SmolLM2 scores ~23 on these segments
+    assert math.isfinite(pruned.perplexity)
+    assert dense.perplexity < pruned.perplexity < 4 * dense.perplexity
+    assert perplexity(model, tokenizer, **EVAL).perplexity == pytest.approx(dense.perplexity)
+
+
+def test_magnitude_is_far_worse_than_wanda(dense_setup):
+    model, tokenizer, calibration, _ = dense_setup
+    snapshot = DenseSnapshot.of(model)
+    ppl = {}
+    for method in ("magnitude", "wanda"):
+        prune_model(model, calibration, method=method, sparsity=0.5, progress=False)
+        ppl[method] = perplexity(model, tokenizer, **EVAL).perplexity
+        snapshot.restore()
+    assert ppl["magnitude"] > 2 * ppl["wanda"]
+
+
+def test_cli_saved_model_reloads_with_the_same_perplexity(tmp_path):
+    output = tmp_path / "smollm2-wanda"
+    code = main(["prune", "--method", "wanda", "--sparsity", "0.5", "--n-samples", "8",
+                 "--seq-len", "128", "--eval-segments", "2", "--output", str(output), "--quiet"])
+    assert code == 0
+    report = json.loads((output / "report.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    reloaded = perplexity(model, tokenizer, seq_len=1024, max_segments=2)
+    assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-4)
+    assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.ci
+def test_small_search_is_no_worse_than_uniform_wanda(smollm2):
+    from optishear_moo import OptiShearProblem
+    from optishear_moo.optishear import MetaMetric
+    from optishear_moo.search import make_algorithm, run_search
+
+    model, tokenizer = smollm2
+    calibration = load_calibration(tokenizer, n_samples=8, seq_len=128, seed=0)
+    problem = OptiShearProblem(model, calibration, target_sparsity=0.5)
+    result = run_search(problem, make_algorithm("nsga2", problem, pop_size=6), ("n_gen", 2), seed=1)
+    best = result.X[np.argmin(result.F[:, 0])]
+    ppl = {}
+    for label, x in (("search", best), ("wanda", problem.encode(MetaMetric.wanda()))):
+        snapshot = DenseSnapshot.of(model)
+        try:
+            problem.decode(x).apply(model)
+            ppl[label] = perplexity(model, tokenizer, **EVAL).perplexity
+        finally:
+            snapshot.restore()
+    assert ppl["search"] <= ppl["wanda"] * 1.01, ppl
