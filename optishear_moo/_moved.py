@@ -50,7 +50,8 @@ MOVED_NAMES = {
                          "check_structured_model"), "optishear_moo.models.sliced"),
     },
     "optishear_moo.pruning": dict.fromkeys(("MetaMetric", "metric_masks"), "optishear_moo.optishear"),
-    "optishear_moo.search": {"write_search_outputs": None},  # replaced by OptiShearResult.save
+    "optishear_moo.search": {"write_search_outputs": None,  # replaced by OptiShearResult.save
+                             "SafeUnpickler": None},  # replaced by search.safe_pickle.DataUnpickler
     "optishear_moo": {
         **dict.fromkeys(("InputStatistics", "collect_input_statistics", "sequential_blocks"),
                         "optishear_moo.activations"),
@@ -64,6 +65,13 @@ MOVED_NAMES = {
 """Package -> {name: its new module (None: removed)}, for names that left a package."""
 
 
+_REPLACEMENTS = {
+    "write_search_outputs": "use optishear_moo.optishear.OptiShearResult.save",
+    "SafeUnpickler": "checkpoints are read by optishear_moo.search.load_checkpoint "
+                     "(optishear_moo.search.DataUnpickler)",
+}
+
+
 def _warn(old: str, new: str) -> None:
     warnings.warn(f"{old} moved to {new}; import it from there", FutureWarning, stacklevel=3)
 
@@ -74,8 +82,7 @@ def moved_attribute(package: str, name: str):
     if home is ...:
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
     if home is None:  # ImportError, so that ``from package import name`` shows this message
-        raise ImportError(f"{package}.{name} was removed: use optishear_moo.optishear.OptiShearResult"
-                             ".save")
+        raise ImportError(f"{package}.{name} was removed: {_REPLACEMENTS[name]}")
     _warn(f"{package}.{name}", f"{home}.{name}")
     return getattr(importlib.import_module(home), name)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -18,6 +20,20 @@ from transformers import (
 from optishear_moo.data import load_corpus
 
 VOCAB = 384
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _checkpoint_key(tmp_path_factory):
+    """Checkpoints written by the tests are signed with a key of their own, not the user's."""
+    from optishear_moo.search.checkpoint import KEY_ENVIRONMENT
+
+    previous = os.environ.get(KEY_ENVIRONMENT)
+    os.environ[KEY_ENVIRONMENT] = str(tmp_path_factory.mktemp("key") / "checkpoint.key")
+    yield
+    if previous is None:
+        del os.environ[KEY_ENVIRONMENT]
+    else:
+        os.environ[KEY_ENVIRONMENT] = previous
 
 
 def tiny_config(family: str):

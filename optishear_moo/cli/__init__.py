@@ -11,6 +11,7 @@ import logging
 import sys
 
 from . import finetune, prune, remove_blocks, search, structured
+from .common import AlreadyFinished
 
 COMMANDS = (prune, search, remove_blocks, structured, finetune)
 
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FloatingPointError) as error:
         print(f"optishear-moo: error: {error}", file=sys.stderr)
         return 2
+    except AlreadyFinished as finished:
+        print(f"optishear-moo: {finished}")
+        return 0
     except KeyboardInterrupt as interrupt:
         print(f"optishear-moo: {interrupt or 'interrupted; nothing was written'}", file=sys.stderr)
         return 130

@@ -39,6 +39,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, n_samples: int = 32, se
     if resumable:
         parser.add_argument("--resume", action="store_true",
                             help="continue the interrupted search in --output (its settings are reused)")
+        parser.add_argument("--trust-checkpoint", action="store_true",
+                            help="resume a checkpoint this user's optishear-moo did not write (from a "
+                                 "colleague or another machine); it is still read as data only")
     add_output_arguments(parser)
 
 
@@ -122,6 +125,10 @@ def check_output(output: str, overwrite: bool) -> Path:
     return path
 
 
+class AlreadyFinished(Exception):
+    """A resumed command whose work was already done: reported, nothing changed (exit code 0)."""
+
+
 class Job:
     """One run of a command in ``args.output``.
 
@@ -145,11 +152,29 @@ class Job:
         else:
             check_output(self.args.output, self.args.overwrite)
 
-    def resume_search(self) -> None:
-        """:meth:`resume_from` the settings a checkpointed search saved in ``--output``."""
+    def resume_search(self, default_gens: int = 10) -> None:
+        """:meth:`resume_from` the settings a checkpointed search saved in ``--output``, except
+        ``--gens`` when given (to run longer). The checkpoint is read and authenticated here,
+        before any model loads; a run that already did its generations raises
+        :class:`AlreadyFinished`."""
         from ..search import load_checkpoint
 
-        self.resume_from(lambda: load_checkpoint(self.output)[1]["config"])
+        gens = self.args.gens
+        if not self.args.resume:
+            self.resume_from(dict)
+        else:
+            _, state = load_checkpoint(self.output, trust=self.args.trust_checkpoint)
+            self.resume_from(lambda: state["config"])
+            if state["generation"] >= (gens or self.args.gens):
+                raise AlreadyFinished(
+                    f"the search in {self.output} had finished ({state['generation']} generations, "
+                    f"{state['n_eval']} evaluations); nothing was changed. Continue it with --gens "
+                    f"{state['generation'] + 5} (any number above {state['generation']})")
+        if gens is not None:
+            self.args.gens = gens
+        self.args.gens = default_gens if self.args.gens is None else self.args.gens
+        if self.args.gens < 1:
+            raise ValueError(f"--gens must be at least 1, got {self.args.gens}")
 
     @property
     def settings(self) -> dict:

@@ -23,7 +23,8 @@ def add_parser(commands) -> None:
     blocks.add_argument("--method", default="evop", help="evop, shortgpt, sleb or last (default: evop)")
     blocks.add_argument("--objective", default="kl", help="evop fitness: kl or ppl (default: kl)")
     blocks.add_argument("--pop", type=int, default=16, help="evop population size (default: 16)")
-    blocks.add_argument("--gens", type=int, default=10, help="evop generations (default: 10)")
+    blocks.add_argument("--gens", type=int, default=None,
+                        help="evop generations (default: 10; with --resume: those of the first run)")
     add_model_arguments(blocks, n_samples=8, seq_len=128, resumable=True)
     blocks.set_defaults(handler=run)
 
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> dict:
     with job.interruptible():
         choice = choose_blocks(model, calibration, n_remove, args.method, args.objective, args.pop,
                                args.gens, args.seed, args.batch_size, checkpoint_dir=job.output,
-                               config=job.settings, resume=args.resume, verbose=not args.quiet)
+                               config=job.settings, resume=args.resume, trust=args.trust_checkpoint,
+                               verbose=not args.quiet)
     search_seconds = job.seconds
     dense = job.perplexity(model, tokenizer)
     n_blocks = model.config.num_hidden_layers

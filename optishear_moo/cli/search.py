@@ -40,15 +40,9 @@ def run(args: argparse.Namespace) -> dict:
     from ..search import check_algorithm
 
     job = Job(args, "search", SETTINGS)
-    gens = args.gens
     job.resume_search()
-    if gens is not None:  # on resume: run longer than the first run asked
-        args.gens = gens
-    args.gens = 10 if args.gens is None else args.gens
     target = value_or_range(args.target_sparsity, "--target-sparsity")
     objectives = check_objectives(tuple(o.strip() for o in args.objectives.split(",") if o.strip()))
-    if args.gens < 1:
-        raise ValueError(f"--gens must be at least 1, got {args.gens}")
     for value in (target if isinstance(target, tuple) else (target,)):
         check_sparsity(value)
     check_algorithm(args.algorithm, len(objectives))
@@ -60,7 +54,8 @@ def run(args: argparse.Namespace) -> dict:
         result = search_optishear(model, calibration, target, objectives, args.layerwise, args.nm,
                                   args.algorithm, args.pop, args.gens, args.seed, args.batch_size,
                                   args.low_fidelity, args.low_fidelity_gens, checkpoint_dir=job.output,
-                                  config=job.settings, resume=args.resume, verbose=not args.quiet)
+                                  config=job.settings, resume=args.resume, trust=args.trust_checkpoint,
+                                  verbose=not args.quiet)
     result.save(job.output, title=f"OptiShear search, target sparsity {args.target_sparsity}")
     dense = job.perplexity(model, tokenizer)
     result.chosen.apply(model)

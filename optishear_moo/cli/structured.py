@@ -36,7 +36,8 @@ def add_parser(commands) -> None:
                             help="MLP levels (must divide intermediate_size; default: about 10)")
     structured.add_argument("--pop", type=int, default=1, help="parents kept per generation (default: 1)")
     structured.add_argument("--offspring", type=int, default=16, help="offspring per generation")
-    structured.add_argument("--gens", type=int, default=10, help="generations (default: 10)")
+    structured.add_argument("--gens", type=int, default=None,
+                            help="generations (default: 10; with --resume: those of the first run)")
     add_model_arguments(structured, n_samples=8, seq_len=128, resumable=True)
     structured.set_defaults(handler=run)
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
                                    args.gens, args.seed, batch_size=args.batch_size,
                                    learning_rate=args.learning_rate, database=database,
                                    checkpoint_dir=job.output, config=job.settings, resume=args.resume,
-                                   verbose=not args.quiet)
+                                   trust=args.trust_checkpoint, verbose=not args.quiet)
     search_seconds = job.seconds
     apply_levels_(model, database, choice.levels)
     pruned = job.perplexity(model, tokenizer)

@@ -52,7 +52,7 @@ def search_structured(model, calibration, target_compression, training=None, sta
                       mlp_levels: int | None = None, batch_size: int = 8,
                       learning_rate: float = 1e-4, database: LevelDatabase | None = None,
                       checkpoint_dir: str | Path | None = None, config: dict | None = None,
-                      resume: bool = False, verbose: bool = False) -> StructuredChoice:
+                      resume: bool = False, trust: bool = False, verbose: bool = False) -> StructuredChoice:
     """DarwinLM search over ``model`` (left dense afterwards).
 
     ``target_compression``: one ratio (dense / kept block weights), or ``(low, high)`` for a
@@ -65,7 +65,7 @@ def search_structured(model, calibration, target_compression, training=None, sta
     algorithm = darwinlm_algorithm(problem, pop_size, n_offsprings, stages)
     try:
         result = run_search(problem, algorithm, ("n_gen", n_gen), seed=seed,
-                            checkpoint_dir=checkpoint_dir, config=config, resume=resume,
+                            checkpoint_dir=checkpoint_dir, config=config, resume=resume, trust=trust,
                             verbose=verbose)
         X, F = front_arrays(result)
         n_eval = int(result.algorithm.evaluator.n_eval)

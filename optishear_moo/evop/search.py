@@ -39,13 +39,13 @@ def choose_blocks(model, calibration, n_remove: int | tuple[int, int], method: s
                   objective: str = "kl", pop_size: int = 16, n_gen: int = 10, seed: int = 0,
                   batch_size: int = 8, evaluator: BlockRemovalEvaluator | None = None,
                   checkpoint_dir: str | Path | None = None, config: dict | None = None,
-                  resume: bool = False, verbose: bool = False) -> BlockChoice:
+                  resume: bool = False, trust: bool = False, verbose: bool = False) -> BlockChoice:
     """Which blocks of ``model`` to remove (the model is not modified; see ``remove_blocks_``).
 
     ``n_remove=(low, high)`` (``evop`` only) searches the size too: ``front`` holds the whole
     size-vs-quality front and ``removed_blocks`` its largest removal (pick another from ``front``).
     With ``checkpoint_dir`` the EvoP search is saved after every generation and ``resume=True``
-    continues it.
+    continues it (``trust=True`` accepts a checkpoint this user did not write).
     """
     if method not in BLOCK_METHODS:
         raise ValueError(f"unknown block-removal method {method!r}: "
@@ -62,13 +62,13 @@ def choose_blocks(model, calibration, n_remove: int | tuple[int, int], method: s
         removed = sorted(greedy_removal_order(evaluator, n_remove, objective="ppl", progress=verbose))
     else:
         return _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, evaluator,
-                     checkpoint_dir, config, resume, verbose)
+                     checkpoint_dir, config, resume, trust, verbose)
     check_n_remove(len(removed), n_blocks)
     return BlockChoice(method, removed, evaluator.evaluate(removed))
 
 
 def _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, evaluator,
-          checkpoint_dir, config, resume, verbose) -> BlockChoice:
+          checkpoint_dir, config, resume, trust, verbose) -> BlockChoice:
     problem = BlockRemovalProblem(model, calibration, n_remove, objective, evaluator=evaluator)
     low, high = problem.n_remove_range
     influence = evaluator.block_influence()
@@ -76,7 +76,8 @@ def _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, evalua
     initial += [least_influential(influence, n) for n in {low, high}]  # ShortGPT's choices
     algorithm = block_removal_algorithm(problem, pop_size, initial=initial, seed=seed)
     result = run_search(problem, algorithm, ("n_gen", n_gen), seed=seed,
-                        checkpoint_dir=checkpoint_dir, config=config, resume=resume, verbose=verbose)
+                        checkpoint_dir=checkpoint_dir, config=config, resume=resume, trust=trust,
+                        verbose=verbose)
     X, F = front_arrays(result)
     front = sorted(({"removed_blocks": problem.decode(x), **evaluator.evaluate(problem.decode(x))}
                     for x in X), key=lambda point: point[objective])

@@ -80,14 +80,15 @@ def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
                      low_fidelity: float = 1.0, low_fidelity_gens: int = 3,
                      problem: OptiShearProblem | None = None,
                      checkpoint_dir: str | Path | None = None, config: dict | None = None,
-                     resume: bool = False, verbose: bool = False) -> OptiShearResult:
+                     resume: bool = False, trust: bool = False, verbose: bool = False) -> OptiShearResult:
     """OptiShear search over ``model`` (left dense afterwards).
 
     Builds :class:`OptiShearProblem` (or uses ``problem``), an ``algorithm`` from
     :func:`~optishear_moo.search.make_algorithm` (warm-started with the baselines), and runs it
     for ``n_gen`` generations; ``low_fidelity < 1`` scores the first ``low_fidelity_gens``
     generations on that share of the calibration samples and re-scores the final front on all.
-    With ``checkpoint_dir`` the run is saved after every generation; ``resume=True`` continues it.
+    With ``checkpoint_dir`` the run is saved after every generation; ``resume=True`` continues it
+    (``trust=True`` accepts a checkpoint this user did not write; see :mod:`optishear_moo.search`).
     """
     started = time.perf_counter()
     if n_gen < 1:
@@ -97,7 +98,7 @@ def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
     schedule = {"callback": FidelitySchedule(low_fidelity, low_fidelity_gens)} if low_fidelity < 1 else {}
     result = run_search(problem, make_algorithm(algorithm, problem, pop_size, seed), ("n_gen", n_gen),
                         seed=seed, checkpoint_dir=checkpoint_dir, config=config, resume=resume,
-                        verbose=verbose, **schedule)
+                        trust=trust, verbose=verbose, **schedule)
     if schedule:
         reevaluate_at_full_fidelity(problem, result)
     X, F = front_arrays(result)

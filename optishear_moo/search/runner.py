@@ -11,6 +11,7 @@ from pymoo.core.problem import Problem
 from pymoo.core.result import Result
 from pymoo.core.termination import Termination
 from pymoo.termination import get_termination
+from pymoo.termination.max_gen import MaximumGenerationTermination
 
 from .checkpoint import load_checkpoint, save_checkpoint, truncate_evaluations
 
@@ -21,21 +22,37 @@ def termination_from_tuple(termination) -> Termination:
     return get_termination(*termination) if isinstance(termination, tuple) else termination
 
 
+def generations_reached(termination, generation: int) -> bool:
+    """Whether a generation-count ``termination`` asks for no more than ``generation`` generations."""
+    return isinstance(termination, MaximumGenerationTermination) and termination.n_max_gen <= generation
+
+
 def run_search(problem: Problem, algorithm: Algorithm, termination=None, seed: int | None = None,
                checkpoint_dir: str | Path | None = None, config: dict | None = None,
-               resume: bool = False, **setup_kwargs) -> Result:
+               resume: bool = False, trust: bool = False, **setup_kwargs) -> Result:
     """Like ``pymoo.optimize.minimize``, plus a checkpoint after every generation.
 
     With ``resume=True``, ``algorithm`` is ignored and the run continues from
-    ``checkpoint_dir`` with ``problem`` (built exactly as for the first run) attached.
+    ``checkpoint_dir`` with ``problem`` (built exactly as for the first run) attached; a
+    checkpoint this user did not write is refused unless ``trust=True`` (see
+    :mod:`.checkpoint`). Resuming a run that already reached its termination (or the given
+    ``termination``) runs nothing and changes no file: the result is the checkpoint's.
     """
     if resume:
         if checkpoint_dir is None:
             raise ValueError("resume needs the checkpoint directory")
-        algorithm, state = load_checkpoint(checkpoint_dir)
+        algorithm, state = load_checkpoint(checkpoint_dir, trust)
         algorithm.problem = problem
         if termination is not None:  # e.g. more generations than the first run asked for
-            algorithm.termination = termination_from_tuple(termination)
+            termination = termination_from_tuple(termination)
+            if not generations_reached(termination, state["generation"]):
+                algorithm.termination = termination
+        if not algorithm.has_next():
+            logger.info("the search in %s had finished (%d generations, %d evaluations): nothing to run",
+                        checkpoint_dir, state["generation"], state["n_eval"])
+            result = algorithm.result()
+            result.problem, result.algorithm = problem, algorithm
+            return result
         if "callback" in setup_kwargs:
             algorithm.callback = setup_kwargs["callback"]
         truncate_evaluations(Path(checkpoint_dir), state["generation"])

@@ -53,7 +53,9 @@ def test_checkpoints_written_by_the_flat_layout_resume(name, tmp_path):
     shutil.copytree(DATA / name, directory)
     saved = json.loads((directory / "state.json").read_text())
     assert saved["generation"] == 1 and saved["format"] == "optishear-moo/checkpoint-v1"
-    result = run_search(problem, None, ("n_gen", 2), checkpoint_dir=directory, resume=True)
+    with pytest.raises(ValueError, match="without a signature.*--trust-checkpoint"):
+        run_search(problem, None, ("n_gen", 2), checkpoint_dir=directory, resume=True)
+    result = run_search(problem, None, ("n_gen", 2), checkpoint_dir=directory, resume=True, trust=True)
     assert result.algorithm.n_gen - 1 == 2
     assert result.algorithm.evaluator.n_eval == (8 if name.startswith("optishear") else 3)
     assert np.isfinite(result.F).all()
