@@ -22,12 +22,13 @@ from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.algorithms.soo.nonconvex.ga import GA
 from pymoo.core.crossover import Crossover
 from pymoo.core.mutation import Mutation
-from pymoo.core.problem import Problem
 from pymoo.core.sampling import Sampling
 from pymoo.core.survival import Survival
+from pymoo.core.variable import Integer
 from pymoo.operators.selection.rnd import RandomSelection
 
 from ..models.sliced import UNITS
+from ..search.problem import ModelProblem, problem_fingerprint
 from .database import LevelDatabase, kept_parameters
 from .fitness import StructuredEvaluator
 
@@ -60,18 +61,22 @@ def check_compression(value) -> float:
     return float(value)
 
 
-class StructuredPruningProblem(Problem):
+class StructuredPruningProblem(ModelProblem):
     """Levels of every attention and MLP unit; fitness = KL to the dense model (one-shot).
 
     ``training``: ``(n, seq_len)`` token windows used by training-aware selection (defaults to
     the calibration windows). The working ``model`` is sliced in place while the problem is used;
-    ``restore_dense()`` gives it back dense.
+    ``restore_dense()`` gives it back dense. Constraints hold the size: with one target, the share
+    of block weights kept may not exceed that of the uniform allocation (the budget-keeping
+    operators below never leave it); with a range, the share stays inside it. Candidates may be
+    integer vectors or dicts of pymoo ``Integer`` variables ``attention_i``/``mlp_i``; other keyword
+    arguments go to ``pymoo.core.problem.Problem``.
     """
 
     def __init__(self, model, calibration: torch.Tensor, target_compression,
                  database: LevelDatabase | None = None, training: torch.Tensor | None = None,
                  mlp_levels: int | None = None, batch_size: int = 8,
-                 finetune_learning_rate: float = 1e-4, progress: bool = False):
+                 finetune_learning_rate: float = 1e-4, progress: bool = False, **problem_kwargs):
         self.multi_objective = isinstance(target_compression, (tuple, list))
         targets = target_compression if self.multi_objective else (target_compression,)
         targets = sorted(check_compression(t) for t in targets)
@@ -86,17 +91,26 @@ class StructuredPruningProblem(Problem):
         self.tops = np.array([self.database.n_levels[unit] for unit in UNITS])
         self.eval_samples: int | None = None
         n_blocks = self.database.n_blocks
+        variables = {f"{unit}_{block}": Integer(bounds=(0, int(top)))
+                     for block in range(n_blocks) for unit, top in zip(UNITS, self.tops)}
+        fingerprint = problem_fingerprint(type(self).__name__, model, calibration, self.compression_range,
+                                          self.database.n_levels, batch_size)
         super().__init__(n_var=2 * n_blocks, n_obj=2 if self.multi_objective else 1,
-                         n_ieq_constr=2 if self.multi_objective else 0, xl=0,
-                         xu=np.tile(self.tops, n_blocks), vtype=int,
-                         exclude_from_serialization=["model", "database", "evaluator", "training"])
+                         n_ieq_constr=2 if self.multi_objective else 1, xl=0,
+                         xu=np.tile(self.tops, n_blocks), vtype=int, vars=variables, fingerprint=fingerprint,
+                         exclude_from_serialization=["model", "database", "evaluator", "training"],
+                         **problem_kwargs)
+        self.budget_share = self.kept_share(self.uniform_levels(self.compression_range[0]))
 
     @property
     def objectives(self) -> tuple[str, ...]:
         return ("kl", "kept_share") if self.multi_objective else ("kl",)
 
     def levels(self, x) -> np.ndarray:
-        return np.asarray(x, dtype=int).reshape(-1, 2)
+        """``(n_blocks, 2)`` levels (attention, mlp) of a vector or dict of variables."""
+        return np.rint(np.asarray(self.as_vector(x), dtype=float)).astype(int).reshape(-1, 2)
+
+    decode = levels
 
     def kept_share(self, x) -> float:
         """Share of the blocks' projection weights that ``x`` keeps (1 / compression)."""
@@ -116,17 +130,19 @@ class StructuredPruningProblem(Problem):
             levels[np.linspace(0, n_blocks - 1, extra).round().astype(int) if extra else [], column] += 1
         return levels.reshape(-1)
 
-    def _evaluate(self, X, out, *args, **kwargs):
-        X = np.asarray(X, dtype=int)
+    def _evaluate_vectors(self, X, out, *args, **kwargs):
+        X = np.rint(np.asarray(X, dtype=float)).astype(int)  # real-valued algorithms give reals
         F = np.empty((len(X), self.n_obj))
+        shares = np.array([self.kept_share(x) for x in X])
         for row, x in enumerate(X):
             F[row, 0] = self.evaluator.evaluate(self.levels(x), self.eval_samples)
-            if self.multi_objective:
-                F[row, 1] = self.kept_share(x)
-        out["F"] = F
         if self.multi_objective:
+            F[:, 1] = shares
             low, high = 1 / self.compression_range[1], 1 / self.compression_range[0]
-            out["G"] = np.column_stack([low - F[:, 1], F[:, 1] - high])
+            out["G"] = np.column_stack([low - shares, shares - high])
+        else:
+            out["G"] = (shares - self.budget_share - 1e-12)[:, None]
+        out["F"] = F
 
     def finetuned_kl(self, x, finetune_tokens: int, eval_samples: int | None = None) -> float:
         """KL after fine-tuning the candidate on its first ``finetune_tokens`` training tokens."""

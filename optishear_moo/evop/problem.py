@@ -16,26 +16,34 @@ from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.algorithms.soo.nonconvex.ga import GA
 from pymoo.core.crossover import Crossover
 from pymoo.core.mutation import Mutation
-from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
+from pymoo.core.variable import Binary
 
+from ..search.problem import ModelProblem, problem_fingerprint
 from ..search.selection import ga_tournament_selection
 from .blocks import check_n_remove
 from .fitness import BlockRemovalEvaluator, check_block_objective
 
+INFEASIBLE = 1e10
+"""Objective value of a candidate whose block count is outside ``n_remove`` (never evaluated)."""
 
-class BlockRemovalProblem(Problem):
+
+class BlockRemovalProblem(ModelProblem):
     """Which decoder blocks to remove, scored on calibration data without modifying ``model``.
 
     ``objective``: ``"kl"`` (mean KL to the dense model per token, default) or ``"ppl"``
     (calibration perplexity, as in EvoP). Pass a prebuilt ``evaluator`` to share its dense cache
-    between problems.
+    between problems. Two inequality constraints keep the number of removed blocks in
+    ``n_remove`` for algorithms that do not use the count-preserving operators below (a candidate
+    outside the range is not evaluated: its objective is :data:`INFEASIBLE`). Candidates may be
+    bool vectors or dicts of pymoo ``Binary`` variables ``block_i``; other keyword arguments go to
+    ``pymoo.core.problem.Problem``.
     """
 
     def __init__(self, model, calibration, n_remove: int | tuple[int, int], objective: str = "kl",
                  batch_size: int = 8, evaluator: BlockRemovalEvaluator | None = None,
-                 progress: bool = False):
+                 progress: bool = False, **problem_kwargs):
         self.objective = check_block_objective(objective)
         self.evaluator = evaluator or BlockRemovalEvaluator(model, calibration, batch_size,
                                                             progress=progress)
@@ -50,28 +58,41 @@ class BlockRemovalProblem(Problem):
         self.n_remove_range = (low, high)
         self.multi_objective = isinstance(n_remove, (tuple, list))
         self.objectives = (objective, "blocks_kept") if self.multi_objective else (objective,)
-        super().__init__(n_var=n_blocks, n_obj=len(self.objectives), xl=0, xu=1, vtype=bool,
-                         exclude_from_serialization=["model", "evaluator"])
+        fingerprint = problem_fingerprint(type(self).__name__, model, calibration, self.n_remove_range,
+                                          self.objectives, batch_size)
+        super().__init__(n_var=n_blocks, n_obj=len(self.objectives), n_ieq_constr=2, xl=0, xu=1, vtype=bool,
+                         vars={f"block_{i}": Binary() for i in range(n_blocks)}, fingerprint=fingerprint,
+                         exclude_from_serialization=["model", "evaluator"], **problem_kwargs)
 
     def decode(self, x) -> list[int]:
-        """Indices of the blocks that ``x`` removes."""
-        return np.flatnonzero(np.asarray(x, dtype=bool)).tolist()
+        """Indices of the blocks that ``x`` (a bool vector, a real vector read as ``x >= 0.5``, or a
+        dict of variables) removes."""
+        return np.flatnonzero(_removal_mask(self.as_vector(x))).tolist()
 
     def encode(self, removed) -> np.ndarray:
         x = np.zeros(self.n_var, dtype=bool)
         x[list(removed)] = True
         return x
 
-    def _evaluate(self, X, out, *args, **kwargs):
-        X = np.asarray(X, dtype=bool)
-        F = np.empty((len(X), self.n_obj))
+    def _evaluate_vectors(self, X, out, *args, **kwargs):
+        X = _removal_mask(X)
+        F = np.full((len(X), self.n_obj), INFEASIBLE)
+        counts = X.sum(axis=1)
+        low, high = self.n_remove_range
         # lexicographic order lets neighbours share the longest cached prefix of decisions
         for row in sorted(range(len(X)), key=lambda r: tuple(X[r])):
-            removed = self.decode(X[row])
-            F[row, 0] = self.evaluator.evaluate(removed)[self.objective]
-            if self.multi_objective:
-                F[row, 1] = self.n_var - len(removed)
+            if low <= counts[row] <= high:
+                F[row, 0] = self.evaluator.evaluate(self.decode(X[row]))[self.objective]
+        if self.multi_objective:
+            F[:, 1] = self.n_var - counts
         out["F"] = F
+        out["G"] = np.column_stack([low - counts, counts - high]).astype(float)
+
+
+def _removal_mask(X) -> np.ndarray:
+    """Bool decisions; real-valued algorithms (DE, CMA-ES, PSO...) give reals in [0, 1]."""
+    X = np.asarray(X)
+    return X if X.dtype == bool else X >= 0.5
 
 
 def _count_range(problem) -> tuple[int, int]:

@@ -20,6 +20,8 @@ blocks       [0, 3) (``discrete``)        block sparsity ``target + step·(floor
 
 Categorical genes are integer-coded reals: standard crossover and mutation (SBX, PM, DE, CMA-ES)
 work on them unchanged. ``layerwise="uniform"`` (and N:M sparsity) has no block genes.
+:meth:`SearchSpace.variables` gives the same genes as pymoo ``Choice``/``Real``/``Integer``
+variables for mixed-variable algorithms.
 The discrete encoding cannot always hit the target by itself: :class:`BalancedSparsityRepair`
 balances it, and the problem reports any remaining discrepancy as an inequality constraint.
 """
@@ -31,13 +33,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from pymoo.core.repair import Repair
+from pymoo.core.variable import Choice, Integer, Real
 
 from ..pruning.masks import check_sparsity
 from .meta_metric import EXPONENTS, NORMALISERS, TRANSFORMS, MetaMetric
 from .plan import project_to_mean
 
 LAYERWISE = ("continuous", "discrete", "uniform")
-_CATEGORIES = (len(NORMALISERS), len(TRANSFORMS), len(NORMALISERS), len(TRANSFORMS), len(EXPONENTS))
+_METRIC_GENES = ("weight_normaliser", "weight_transform", "activation_normaliser", "activation_transform",
+                 "activation_exponent")
+_OPTIONS = (NORMALISERS, TRANSFORMS, NORMALISERS, TRANSFORMS, EXPONENTS)
+_CATEGORIES = tuple(len(options) for options in _OPTIONS)
 
 
 def _index(x: float, n: int) -> int:
@@ -160,6 +166,33 @@ class SearchSpace:
                 x += list(np.clip((sparsity - target) / self.max_deviation, -1, 1))
         return np.array(x, dtype=np.float64)
 
+    def variables(self) -> dict:
+        """The same genes as pymoo variables (for ``MixedVariableGA`` and mixed-variable NSGA-II):
+        ``Choice`` of the metric's parts, ``Real`` target and continuous block genes, ``Integer``
+        block offsets in ``{-1, 0, 1}`` (discrete)."""
+        variables = {}
+        if self.searches_metric:
+            for name, options in zip(_METRIC_GENES, _OPTIONS):
+                variables[name] = Choice(options=list(options))
+        if self.searches_size:
+            variables["target_sparsity"] = Real(bounds=self.target_range)
+        for block in range(self.n_blocks if self.layerwise != "uniform" else 0):
+            variables[f"block_{block}"] = (Integer(bounds=(-1, 1)) if self.layerwise == "discrete"
+                                           else Real(bounds=(-1.0, 1.0)))
+        return variables
+
+    def vector(self, values: dict) -> np.ndarray:
+        """The decision vector of mixed-variable ``values`` (see :meth:`variables`)."""
+        x = []
+        if self.searches_metric:
+            x += [list(options).index(values[name]) + 0.5 for name, options in zip(_METRIC_GENES, _OPTIONS)]
+        if self.searches_size:
+            x.append(float(values["target_sparsity"]))
+        for block in range(self.n_blocks if self.layerwise != "uniform" else 0):
+            value = float(values[f"block_{block}"])
+            x.append(value + 1.5 if self.layerwise == "discrete" else value)
+        return np.array(x, dtype=np.float64)
+
     def sparsity_discrepancy(self, block_sparsity: np.ndarray, target: float) -> float:
         """|parameter-weighted mean block sparsity − target|."""
         return abs(float(np.average(block_sparsity, weights=self.block_sizes)) - target)
@@ -175,6 +208,13 @@ class BalancedSparsityRepair(Repair):
         space: SearchSpace = problem.space
         if space.layerwise != "discrete":
             return X
+        if np.asarray(X).dtype == object:  # mixed-variable candidates: repair their vector form
+            repaired = self._do(problem, problem.as_vectors(X))
+            candidates = [dict(x) for x in np.asarray(X).reshape(-1)]
+            for values, row in zip(candidates, repaired):
+                for block, gene in enumerate(row[space.block_slice]):
+                    values[f"block_{block}"] = _index(gene, 3) - 1
+            return np.array(candidates, dtype=object).reshape(np.shape(X))
         X = np.array(X, dtype=np.float64, copy=True)
         weights = np.asarray(space.block_sizes) / np.sum(space.block_sizes)
         for row in X:

@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 import torch
-from pymoo.core.problem import Problem
 from torch import nn
 
 from ..models.adapters import get_adapter
@@ -14,6 +13,7 @@ from ..pruning.allocation import outlier_ratio, owl_allocation
 from ..pruning.masks import parse_nm
 from ..pruning.metrics import wanda_score
 from ..pruning.prune import check_nm_divides
+from ..search.problem import ModelProblem, problem_fingerprint
 from .encoding import BalancedSparsityRepair, SearchSpace
 from .fitness import FitnessEvaluator, build_reference, check_objectives
 from .meta_metric import MetaMetric, RankedMetricMasks
@@ -24,16 +24,20 @@ logger = logging.getLogger(__name__)
 SPARSITY_TOLERANCE = 1e-3
 
 
-class OptiShearProblem(Problem):
+class OptiShearProblem(ModelProblem):
     """Pruning of ``model`` on ``calibration`` tokens as a pymoo problem.
 
     Decision vector: see :mod:`optishear_moo.optishear.encoding`. Objectives (minimised): any of
     ``"kl"``, ``"output_error"``, ``"reconstruction"``, ``"density"`` (see
     :mod:`optishear_moo.optishear.fitness`); ``"density"`` needs ``target_sparsity=(low, high)`` so that
-    size is searched. One inequality constraint: |mean block sparsity − target| − 1e-3 ≤ 0.
+    size is searched. With ``layerwise="discrete"`` one inequality constraint,
+    |mean block sparsity − target| − 1e-3 ≤ 0 (the other encodings hit the target exactly, so
+    they declare none and unconstrained algorithms such as MOEA/D apply).
 
     The model is pruned in place for each candidate and restored right after; it is dense
     again whenever ``_evaluate`` returns. Dense references are computed once, here.
+    Candidates may be vectors or, for mixed-variable algorithms, dicts over ``vars`` (see
+    :mod:`optishear_moo.search.problem`); other keyword arguments go to ``pymoo.core.problem.Problem``.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class OptiShearProblem(Problem):
         reconstruction_tokens: int = 256,
         fidelity: float = 1.0,
         progress: bool = False,
+        **problem_kwargs,
     ):
         self.objectives = check_objectives(objectives)
         self.nm = parse_nm(nm)
@@ -77,19 +82,25 @@ class OptiShearProblem(Problem):
         self.evaluator = FitnessEvaluator(model, self.reference, self.objectives)
         self.mask_builder = RankedMetricMasks(layers, self.reference.statistics, self.nm)
         xl, xu = self.space.bounds()
-        super().__init__(n_var=self.space.n_var, n_obj=len(self.objectives), n_ieq_constr=1,
-                         xl=xl, xu=xu,
+        fingerprint = problem_fingerprint(type(self).__name__, model, calibration, self.space,
+                                          self.objectives, batch_size, reconstruction_tokens)
+        constrained = self.space.layerwise == "discrete"
+        super().__init__(n_var=self.space.n_var, n_obj=len(self.objectives), n_ieq_constr=int(constrained),
+                         xl=xl, xu=xu, vars=self.space.variables(), fingerprint=fingerprint,
                          exclude_from_serialization=["model", "layers", "reference", "evaluator",
-                                                     "mask_builder"])
+                                                     "mask_builder"], **problem_kwargs)
 
     @property
     def repair(self) -> BalancedSparsityRepair:
         """Pass as ``repair=`` to an algorithm for ``layerwise="discrete"`` (harmless otherwise)."""
         return BalancedSparsityRepair()
 
-    def decode(self, x: np.ndarray) -> PruningPlan:
-        """The readable :class:`PruningPlan` of a decision vector (e.g. ``res.X[0]``)."""
-        metric, sparsity, target = self.space.decode(x)
+    def vector_from_variables(self, values: dict) -> np.ndarray:
+        return self.space.vector(values)
+
+    def decode(self, x) -> PruningPlan:
+        """The readable :class:`PruningPlan` of a decision vector or mixed-variable dict (``res.X[0]``)."""
+        metric, sparsity, target = self.space.decode(self.as_vector(x))
         plan = PruningPlan(metric, [float(s) for s in sparsity], target, self.nm)
         return plan.bind_statistics(self.model, self.reference.statistics, self.reference.calibration)
 
@@ -97,9 +108,10 @@ class OptiShearProblem(Problem):
                target: float | None = None) -> np.ndarray:
         return self.space.encode(metric, block_sparsity, target)
 
-    def evaluate_plan(self, x: np.ndarray, fidelity: float | None = None) -> tuple[dict, float]:
+    def evaluate_plan(self, x, fidelity: float | None = None) -> tuple[dict, float]:
         """``(objective values, sparsity discrepancy)`` of one decision vector."""
-        metric, sparsity, target = self.space.decode(x)
+        self._check_attached()
+        metric, sparsity, target = self.space.decode(self.as_vector(x))
         masks = self.mask_builder.masks(metric, sparsity)
         values = self.evaluator.evaluate(masks, self.fidelity if fidelity is None else fidelity)
         return values, self.space.sparsity_discrepancy(sparsity, target)
@@ -128,7 +140,7 @@ class OptiShearProblem(Problem):
         rest = rng.uniform(self.xl, self.xu, size=(max(pop_size - len(seeds), 0), self.n_var))
         return np.vstack([np.array(seeds[:pop_size]), rest])
 
-    def _evaluate(self, X, out, *args, **kwargs):
+    def _evaluate_vectors(self, X, out, *args, **kwargs):
         F = np.empty((len(X), self.n_obj))
         G = np.empty((len(X), 1))
         # candidates sharing a metric run back to back, so its score ranks are computed once
@@ -138,4 +150,6 @@ class OptiShearProblem(Problem):
             values, discrepancy = self.evaluate_plan(x)
             F[i] = [values[name] for name in self.objectives]
             G[i, 0] = discrepancy - SPARSITY_TOLERANCE
-        out["F"], out["G"] = F, G
+        out["F"] = F
+        if self.n_ieq_constr:
+            out["G"] = G

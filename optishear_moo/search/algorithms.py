@@ -12,6 +12,11 @@ SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "de", "cmaes")
 def check_algorithm(name: str, n_obj: int) -> str:
     """The lower-cased algorithm name, if it exists and suits ``n_obj`` objectives."""
     name = name.lower()
+    if name == "agemoea":
+        import importlib.util
+
+        if importlib.util.find_spec("numba") is None:
+            raise ValueError("AGE-MOEA needs numba: pip install 'optishear-moo[algorithms]' (or numba)")
     if name not in MULTI_OBJECTIVE_ALGORITHMS + SINGLE_OBJECTIVE_ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}: use one of "
                          f"{', '.join(MULTI_OBJECTIVE_ALGORITHMS + SINGLE_OBJECTIVE_ALGORITHMS)}")

@@ -13,7 +13,7 @@ from pymoo.core.termination import Termination
 from pymoo.termination import get_termination
 from pymoo.termination.max_gen import MaximumGenerationTermination
 
-from .checkpoint import load_checkpoint, save_checkpoint, truncate_evaluations
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, truncate_evaluations
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,22 @@ def termination_from_tuple(termination) -> Termination:
 def generations_reached(termination, generation: int) -> bool:
     """Whether a generation-count ``termination`` asks for no more than ``generation`` generations."""
     return isinstance(termination, MaximumGenerationTermination) and termination.n_max_gen <= generation
+
+
+def check_same_shape(stored: Problem, problem: Problem, directory, state: dict) -> None:
+    """A ``CheckpointError`` unless the checkpoint's problem has the same numbers of variables,
+    objectives and constraints as ``problem``."""
+    def shape(p):
+        return (getattr(p, "n_var", None), getattr(p, "n_obj", None), getattr(p, "n_ieq_constr", 0),
+                getattr(p, "n_eq_constr", 0))
+
+    if shape(stored) != shape(problem):
+        origin = state.get("written_by", "optishear-moo 0.1")
+        raise CheckpointError(
+            f"the checkpoint in {directory} (written by {origin}) is of "
+            f"a problem with {shape(stored)[0]} variables, {shape(stored)[1]} objectives and "
+            f"{shape(stored)[2] + shape(stored)[3]} constraints, this problem has {shape(problem)[0]}, "
+            f"{shape(problem)[1]} and {shape(problem)[2] + shape(problem)[3]}: start a new search")
 
 
 def run_search(problem: Problem, algorithm: Algorithm, termination=None, seed: int | None = None,
@@ -42,6 +58,7 @@ def run_search(problem: Problem, algorithm: Algorithm, termination=None, seed: i
         if checkpoint_dir is None:
             raise ValueError("resume needs the checkpoint directory")
         algorithm, state = load_checkpoint(checkpoint_dir, trust)
+        check_same_shape(algorithm.problem, problem, checkpoint_dir, state)
         algorithm.problem = problem
         if termination is not None:  # e.g. more generations than the first run asked for
             termination = termination_from_tuple(termination)

@@ -92,7 +92,7 @@ def test_nsga2_and_nsga3_run_and_leave_the_model_dense(problem, tiny_llama):
     assert res.F.shape[1] == 2 and np.isfinite(res.F).all()
     ref_dirs = get_reference_directions("das-dennis", 2, n_partitions=5)
     res3 = minimize(problem, NSGA3(ref_dirs=ref_dirs, pop_size=6), ("n_gen", 3), seed=1)
-    assert len(res3.F) >= 1 and (res3.G <= 0).all()
+    assert len(res3.F) >= 1 and res3.G.size == 0  # continuous layerwise: no constraint to report
     assert all(torch.equal(a, b) for a, b in zip(dense, _weights(tiny_llama)))
     plan = problem.decode(res.X[0])
     assert isinstance(plan, PruningPlan) and "|W|" in plan.describe()
@@ -105,7 +105,10 @@ def test_single_objective_ga_and_history_without_the_model(tiny_llama, calibrati
     assert len(res.history) == 2
     copied = res.history[-1].problem
     assert copied is not problem and problem.model is tiny_llama
-    assert copied.model is None and copied.reference is None and copied.evaluator is None
+    # the history's copies share the live problem's model and caches instead of copying them
+    assert copied.model is tiny_llama and copied.evaluator is problem.evaluator
+    state = problem.__getstate__()
+    assert state["model"] is None and state["reference"] is None and state["evaluator"] is None
 
 
 def test_same_seed_gives_the_same_front(problem):
