@@ -128,39 +128,74 @@ class _StopForward(Exception):
 
 @dataclass
 class BlockInputs:
-    """The inputs of one decoder block for every calibration batch.
+    """What the decoder blocks receive for every calibration batch.
 
-    ``hidden[i]`` is ``(batch, seq_len, hidden)`` in the model's dtype; ``kwargs[i]`` the
-    keyword arguments the model passed to the block (masks, rotary embeddings...).
+    ``hidden[i]`` is the first block's input ``(batch, seq_len, hidden)`` for batch ``i``, in the
+    model's dtype; ``kwargs[b][i]`` the keyword arguments the model passes to block ``b`` for
+    batch ``i`` (attention mask, rotary position embeddings...). They differ between blocks of
+    different layer types (Gemma 3's sliding and full attention, Mistral's sliding window), so a
+    block replayed on its own must get its own.
     """
 
     hidden: list[torch.Tensor]
-    kwargs: list[dict]
+    kwargs: list[list[dict]]
+
+    def block_kwargs(self, block: int) -> list[dict]:
+        return self.kwargs[block]
 
 
 @torch.no_grad()
-def capture_first_block_inputs(
-    model: nn.Module, calibration: torch.Tensor, batch_size: int = 8
-) -> BlockInputs:
-    """Run the model up to its first decoder block and keep that block's inputs."""
-    first_block = get_adapter(model).blocks(model)[0]
+def capture_block_inputs(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8) -> BlockInputs:
+    """Run the model's embeddings and keep every block's inputs, without running the blocks:
+    the first block is run once to learn what blocks return, and every block is then replaced
+    by a stand-in that records its arguments and passes its input through."""
+    blocks = get_adapter(model).blocks(model)
     device = model_device(model)
-    caught = BlockInputs([], [])
+    caught = BlockInputs([], [[] for _ in blocks])
+    returns_tuple = [False]
 
-    def catch(_module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        caught.hidden.append(hidden)
-        caught.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
-        raise _StopForward
+    def stand_in(index):
+        def forward(*args, **kwargs):
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            if index == 0:
+                caught.hidden.append(hidden)
+            caught.kwargs[index].append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            if index == len(blocks) - 1:
+                raise _StopForward
+            return (hidden,) if returns_tuple[0] else hidden
+        return forward
 
-    handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
+    batches = _batches(calibration, batch_size)
+    first = capture_first_block_output(model, batches[0][:1])
+    returns_tuple[0] = isinstance(first, tuple)
     try:
-        for batch in _batches(calibration, batch_size):
+        for index, block in enumerate(blocks):
+            block.forward = stand_in(index)
+        for batch in batches:
             with contextlib.suppress(_StopForward):
                 model(input_ids=batch.to(device), use_cache=False)
     finally:
-        handle.remove()
+        for block in blocks:
+            del block.forward
     return caught
+
+
+def capture_first_block_output(model: nn.Module, batch: torch.Tensor):
+    """What the first block returns on ``batch`` (a tensor or a tuple, by architecture)."""
+    first = get_adapter(model).blocks(model)[0]
+    output = []
+
+    def catch(_module, _args, result):
+        output.append(result)
+        raise _StopForward
+
+    handle = first.register_forward_hook(catch)
+    try:
+        with contextlib.suppress(_StopForward):
+            model(input_ids=batch.to(model_device(model)), use_cache=False)
+    finally:
+        handle.remove()
+    return output[0]
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -186,12 +221,14 @@ def sequential_blocks(
     block's inputs.
     """
     adapter = get_adapter(model)
-    inputs = capture_first_block_inputs(model, calibration, batch_size)
+    inputs = capture_block_inputs(model, calibration, batch_size)
     blocks = adapter.blocks(model)
+    hidden = inputs.hidden
     for index, block in enumerate(tqdm(blocks, desc="blocks", disable=not progress, leave=False)):
         layers = adapter.block_layers(block, index)
+        kwargs = inputs.block_kwargs(index)
         with recording_inputs(layers, with_gram) as statistics:
-            for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
-                run_block(block, hidden, kwargs)
+            for h, k in zip(hidden, kwargs):
+                run_block(block, h, k)
         yield index, layers, statistics
-        inputs.hidden = [run_block(block, h, k) for h, k in zip(inputs.hidden, inputs.kwargs)]
+        hidden = [run_block(block, h, k) for h, k in zip(hidden, kwargs)]

@@ -9,12 +9,14 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
     OPTConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
 )
 
 from optishear_moo.data import load_corpus
@@ -50,6 +52,15 @@ def tiny_config(family: str):
         return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=256, **common)
+    if family == "qwen3":
+        return Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16, max_position_embeddings=256, **common)
+    if family == "gemma3_text":  # sliding and full attention with their own rotary embeddings
+        return Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                num_attention_heads=4,
+                                num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                                sliding_window=8, layer_types=["sliding_attention", "full_attention"] * 2,
+                                **common)
     if family == "gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **common)
     if family == "opt":

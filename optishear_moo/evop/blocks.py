@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activations import capture_first_block_inputs, run_block
+from ..activations import capture_block_inputs, run_block
 from ..models.adapters import get_adapter
 
 # per-layer lists some configs carry (their length must follow num_hidden_layers)
@@ -94,12 +94,12 @@ def block_influence(model: nn.Module, calibration: torch.Tensor, batch_size: int
 
     Returns ``(n_blocks,)`` float64; blocks that change their input least score lowest.
     """
-    inputs = capture_first_block_inputs(model, calibration, batch_size)
+    inputs = capture_block_inputs(model, calibration, batch_size)
     blocks = get_adapter(model).blocks(model)
     influence = np.zeros(len(blocks))
     hidden = inputs.hidden
     for index, block in enumerate(blocks):
-        outputs = [run_block(block, h, k) for h, k in zip(hidden, inputs.kwargs)]
+        outputs = [run_block(block, h, k) for h, k in zip(hidden, inputs.block_kwargs(index))]
         influence[index] = influence_between(hidden, outputs)
         hidden = outputs
     return influence

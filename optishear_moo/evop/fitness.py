@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..activations import capture_first_block_inputs, model_device, run_block
+from ..activations import capture_block_inputs, model_device, run_block
 from ..evaluation.divergence import kl_sum_to_dense
 from ..models.adapters import get_adapter
 from .blocks import check_n_remove, check_removed_blocks, influence_between
@@ -45,11 +45,11 @@ class BlockRemovalEvaluator:
         self.n_blocks = len(self.blocks)
         self.cache_size = cache_size
         self.labels = [b.to(model_device(model)) for b in torch.split(calibration, batch_size)]
-        inputs = capture_first_block_inputs(model, calibration, batch_size)
-        self.kwargs = inputs.kwargs
+        inputs = capture_block_inputs(model, calibration, batch_size)
+        self.kwargs = inputs.kwargs  # kwargs[i]: per-batch keyword arguments of block i
         self.dense_inputs = [inputs.hidden]  # dense_inputs[i]: per-batch inputs of block i
-        for block in tqdm(self.blocks, desc="dense block inputs", disable=not progress, leave=False):
-            self.dense_inputs.append(self._run(block, self.dense_inputs[-1]))
+        for index in tqdm(range(self.n_blocks), desc="dense block inputs", disable=not progress, leave=False):
+            self.dense_inputs.append(self._run(index, self.dense_inputs[-1]))
         self._cache: OrderedDict[tuple[bool, ...], list[torch.Tensor]] = OrderedDict()
         self.n_block_forwards = 0
         # dense log-probs cost vocab x tokens floats: kept when that is at most cached_logits_limit
@@ -65,8 +65,8 @@ class BlockRemovalEvaluator:
         return np.array([influence_between(self.dense_inputs[i], self.dense_inputs[i + 1])
                          for i in range(self.n_blocks)])
 
-    def _run(self, block, hidden):
-        return [run_block(block, h, k) for h, k in zip(hidden, self.kwargs)]
+    def _run(self, index: int, hidden):
+        return [run_block(self.blocks[index], h, k) for h, k in zip(hidden, self.kwargs[index])]
 
     def _logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
         head = self.model.get_output_embeddings()
@@ -95,7 +95,7 @@ class BlockRemovalEvaluator:
                 if index > removed[0] and self.cache_size:
                     self._remember(decisions[:index], hidden)
                 continue
-            hidden = self._run(self.blocks[index], hidden)
+            hidden = self._run(index, hidden)
             self.n_block_forwards += 1
         return self._scores(hidden)
 

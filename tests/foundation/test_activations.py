@@ -1,13 +1,15 @@
+import pytest
 import torch
 
 from optishear_moo.activations import (
     InputStatistics,
-    capture_first_block_inputs,
+    capture_block_inputs,
     collect_input_statistics,
     run_block,
     sequential_blocks,
 )
 from optishear_moo.models import get_adapter
+from tests.conftest import make_tiny_model
 
 
 def _raw_inputs(model, calibration):
@@ -43,14 +45,19 @@ def test_hooks_are_removed(tiny_llama, calibration):
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny_llama.modules())
 
 
-def test_blocks_replayed_from_captured_inputs_reproduce_the_model(tiny_gpt2, calibration):
-    inputs = capture_first_block_inputs(tiny_gpt2, calibration, batch_size=4)
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt2", "opt"])
+def test_blocks_replayed_from_captured_inputs_reproduce_the_model(family, calibration):
+    model = make_tiny_model(family)
+    adapter = get_adapter(model)
+    inputs = capture_block_inputs(model, calibration, batch_size=4)
     hidden = inputs.hidden
-    for block in get_adapter(tiny_gpt2).blocks(tiny_gpt2):
-        hidden = [run_block(block, h, k) for h, k in zip(hidden, inputs.kwargs)]
-    final = tiny_gpt2.transformer.ln_f(torch.cat(hidden))
-    expected = tiny_gpt2(calibration, output_hidden_states=True).hidden_states[-1]
+    for index, block in enumerate(adapter.blocks(model)):
+        hidden = [run_block(block, h, k) for h, k in zip(hidden, inputs.block_kwargs(index))]
+    final = adapter.head_inputs(model, torch.cat(hidden))
+    with torch.no_grad():
+        expected = model.base_model(input_ids=calibration, use_cache=False).last_hidden_state
     torch.testing.assert_close(final, expected, rtol=1e-4, atol=1e-5)
+    assert not any(hasattr(block, "forward") and "forward" in vars(block) for block in adapter.blocks(model))
 
 
 def test_sequential_mode_sees_the_already_pruned_blocks(tiny_llama, calibration):
