@@ -98,6 +98,17 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tiny_bos_tokenizer(tiny_tokenizer):
+    """The tiny tokenizer adding a BOS token to every text, as Gemma's and Llama 2's do."""
+    from tokenizers import processors
+
+    backend = Tokenizer.from_str(tiny_tokenizer.backend_tokenizer.to_str())
+    bos = backend.token_to_id("<eos>")  # an id the tiny models know stands in for a BOS token
+    backend.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", bos_token="<eos>")
+
+
+@pytest.fixture(scope="session")
 def _calibration_batch(tiny_tokenizer):
     from optishear_moo import load_calibration
 

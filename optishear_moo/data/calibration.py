@@ -27,6 +27,23 @@ def tokenize_text(tokenizer, text: str) -> torch.Tensor:
     return torch.as_tensor(ids, dtype=torch.long)
 
 
+def bos_token_id(tokenizer) -> int | None:
+    """The BOS token id when ``tokenizer`` adds one to every text by default (Gemma, Llama 2...),
+    else None. Windows fed to such a model must start with it, as its training text did."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return int(bos) if ids and ids[0] == bos else None
+
+
+def with_bos(windows: torch.Tensor, bos: int | None) -> torch.Tensor:
+    """``(n, L)`` windows as they are, or ``(n, L + 1)`` with ``bos`` in front."""
+    if bos is None:
+        return windows
+    return torch.cat([torch.full((len(windows), 1), bos, dtype=windows.dtype), windows], dim=1)
+
+
 def _validate(n_samples: int, seq_len: int) -> None:
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
@@ -34,12 +51,16 @@ def _validate(n_samples: int, seq_len: int) -> None:
         raise ValueError(f"seq_len must be an integer of at least 2 tokens, got {seq_len!r}")
 
 
-def random_windows(tokens: torch.Tensor, n_samples: int, seq_len: int, seed: int) -> torch.Tensor:
-    """``n_samples`` windows of ``seq_len`` tokens at seeded uniform random offsets.
+def random_windows(tokens: torch.Tensor, n_samples: int, seq_len: int, seed: int,
+                   bos: int | None = None) -> torch.Tensor:
+    """``n_samples`` windows of ``seq_len`` tokens at seeded uniform random offsets; with ``bos``
+    each window is that token followed by ``seq_len - 1`` text tokens.
 
     Returns ``(n_samples, seq_len)`` int64.
     """
     _validate(n_samples, seq_len)
+    if bos is not None:
+        return with_bos(random_windows(tokens, n_samples, seq_len - 1, seed), bos)
     if tokens.numel() < seq_len:
         raise ValueError(
             f"the calibration text has only {tokens.numel()} tokens, fewer than seq_len={seq_len}: "
@@ -80,7 +101,8 @@ def load_calibration(
     batch_size: int = 8,
     progress: bool = False,
 ) -> torch.Tensor:
-    """A calibration batch of token ids, shape ``(n_samples, seq_len)``, dtype ``int64``.
+    """A calibration batch of token ids, shape ``(n_samples, seq_len)``, dtype ``int64``; every
+    window starts with the BOS token when the tokenizer adds one (:func:`bos_token_id`).
 
     ``source`` is a shipped corpus (``"gutenberg"``, ``"wikitext2-valid"``), a text file path,
     or ``"hf:NAME[:CONFIG][:SPLIT]"``. The papers use 128 x 2048 tokens; the default 32 x 512
@@ -95,14 +117,17 @@ def load_calibration(
     _validate(n_samples, seq_len)
     if sampling not in SAMPLINGS:
         raise ValueError(f"unknown calibration sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    bos = bos_token_id(tokenizer)
     if sampling == "random":
-        return random_windows(_source_tokens(tokenizer, source), n_samples, seq_len, seed)
+        return random_windows(_source_tokens(tokenizer, source), n_samples, seq_len, seed, bos)
     n_clusters = min(DEFAULT_N_CLUSTERS, n_samples) if n_clusters is None else n_clusters
     if not isinstance(n_clusters, int) or not 1 <= n_clusters <= n_samples:
         raise ValueError(f"n_clusters must be an integer between 1 and n_samples={n_samples}, "
                          f"got {n_clusters!r}")
     embed = _embedder(model, embedder, batch_size, progress)
-    pool = candidate_windows(_source_tokens(tokenizer, source), seq_len, pool_size or 4 * n_samples, seed)
+    text_len = seq_len - (bos is not None)
+    pool = with_bos(candidate_windows(_source_tokens(tokenizer, source), text_len, pool_size or 4 * n_samples,
+                                      seed), bos)
     if len(pool) < n_samples:
         raise ValueError(f"the calibration text holds only {len(pool)} windows of {seq_len} tokens, fewer "
                          f"than n_samples={n_samples}: use a longer text or a shorter --seq-len")
@@ -128,6 +153,8 @@ def calibration_diversity(
     ``seq_len``, fixed ``seed``), so reports of different samplings of one source compare.
     """
     embed = _embedder(model, embedder, batch_size, progress=False)
-    pool = candidate_windows(_source_tokens(tokenizer, source), calibration.shape[1], pool_size, seed)
+    bos = bos_token_id(tokenizer)
+    text_len = calibration.shape[1] - (bos is not None)
+    pool = with_bos(candidate_windows(_source_tokens(tokenizer, source), text_len, pool_size, seed), bos)
     reference = cluster_embeddings(embed(pool), min(n_clusters, len(pool)), seed)
     return diversity_of(embed(calibration), reference)

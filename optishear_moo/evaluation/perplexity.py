@@ -3,7 +3,8 @@
 WikiText-2 test: the split's lines joined with blank lines (as ``"\\n\\n".join(dataset["text"])``),
 tokenized once, cut into non-overlapping segments of ``seq_len`` tokens (the remainder is
 dropped); perplexity is ``exp`` of the mean next-token NLL over every predicted token of every
-segment. ``max_segments`` evaluates only the first segments, for quick runs.
+segment. ``max_segments`` evaluates only the first segments, for quick runs. For tokenizers that
+add a BOS token (Gemma...), every segment starts with it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..activations import model_device
-from ..data.calibration import tokenize_text
+from ..data.calibration import bos_token_id, tokenize_text, with_bos
 from ..data.corpora import corpus_text
 
 DEFAULT_EVAL_CORPUS = "wikitext2-test"
@@ -39,9 +40,13 @@ class PerplexityResult:
 def eval_segments(
     tokenizer, seq_len: int, max_segments: int | None = None, corpus: str = DEFAULT_EVAL_CORPUS
 ) -> torch.Tensor:
-    """The evaluation token segments, ``(n_segments, seq_len)`` int64."""
+    """The evaluation token segments, ``(n_segments, seq_len)`` int64. When the tokenizer adds a
+    BOS token, each segment is BOS followed by ``seq_len - 1`` text tokens (as lm-eval and the
+    Gemma reference evaluation do); the BOS itself is never predicted."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    bos = bos_token_id(tokenizer)
+    seq_len -= bos is not None
     text = corpus_text(corpus)
     if corpus.startswith("wikitext2"):
         text = "\n\n".join(text.splitlines(keepends=True))
@@ -56,7 +61,7 @@ def eval_segments(
         if max_segments < 1:
             raise ValueError(f"max_segments must be at least 1, got {max_segments}")
         n_segments = min(n_segments, max_segments)
-    return tokens[: n_segments * seq_len].view(n_segments, seq_len)
+    return with_bos(tokens[: n_segments * seq_len].view(n_segments, seq_len), bos)
 
 
 def default_eval_seq_len(model: nn.Module, cap: int = 2048) -> int:
