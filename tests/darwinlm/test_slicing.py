@@ -69,3 +69,18 @@ def test_qwen2_biases_follow_the_kept_heads(calibration):
     masked_copy(database, levels, reference)
     apply_levels_(model, database, levels)
     torch.testing.assert_close(model(calibration).logits, reference(calibration).logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "qwen3", "mistral"])
+def test_other_families_slice_like_their_masked_model_and_reload(family, calibration, tmp_path, tiny_tokenizer):
+    model = make_tiny_model(family)
+    database = LevelDatabase.build(model, calibration, mlp_levels=4)
+    n_blocks = len(get_adapter(model).blocks(model))
+    levels = [[index % 3, (index + 1) % 5] for index in range(n_blocks)]
+    expected = masked_copy(database, levels, make_tiny_model(family))(calibration).logits
+    apply_levels_(model, database, levels)
+    torch.testing.assert_close(model(calibration).logits, expected, rtol=1e-4, atol=1e-5)
+    model.save_pretrained(tmp_path / family)
+    tiny_tokenizer.save_pretrained(tmp_path / family)
+    reloaded, _ = load_model(str(tmp_path / family))
+    torch.testing.assert_close(reloaded(calibration).logits, model(calibration).logits)
