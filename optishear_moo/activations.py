@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data.calibration import check_calibration
 from .models.adapters import PrunableLayer, get_adapter
 
 
@@ -88,12 +89,9 @@ def recording_inputs(
             handle.remove()
 
 
-def _batches(calibration: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    if calibration.ndim != 2 or calibration.shape[0] == 0:
-        raise ValueError(
-            f"calibration must be a non-empty (n_samples, seq_len) tensor of token ids, got shape "
-            f"{tuple(calibration.shape)}"
-        )
+def _batches(calibration: torch.Tensor, batch_size: int, model: nn.Module | None = None
+             ) -> list[torch.Tensor]:
+    check_calibration(calibration, model)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return list(torch.split(calibration, batch_size))
@@ -116,7 +114,7 @@ def collect_input_statistics(
     layers = layers if layers is not None else get_adapter(model).prunable_layers(model)
     device = model_device(model)
     with recording_inputs(layers, with_gram) as statistics:
-        for batch in tqdm(_batches(calibration, batch_size), desc="activation statistics",
+        for batch in tqdm(_batches(calibration, batch_size, model), desc="activation statistics",
                           disable=not progress, leave=False):
             model(input_ids=batch.to(device), use_cache=False)
     return statistics
@@ -165,7 +163,7 @@ def capture_block_inputs(model: nn.Module, calibration: torch.Tensor, batch_size
             return (hidden,) if returns_tuple[0] else hidden
         return forward
 
-    batches = _batches(calibration, batch_size)
+    batches = _batches(calibration, batch_size, model)
     first = capture_first_block_output(model, batches[0][:1])
     returns_tuple[0] = isinstance(first, tuple)
     try:

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .activations import model_device
+from .data.calibration import check_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ def post_train(model: nn.Module, training: torch.Tensor, learning_rate: float = 
     the saved step with the same data order. ``parameters`` (default: all but the token
     embeddings) are the ones trained. Returns the loss of every step.
     """
-    if training.ndim != 2 or len(training) == 0:
-        raise ValueError("training must be a non-empty (n_windows, seq_len) batch of token ids")
+    check_calibration(training, model, what="training")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate}")
     parameters = list(parameters) if parameters is not None else _trainable(model)

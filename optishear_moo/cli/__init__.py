@@ -11,7 +11,7 @@ import logging
 import sys
 
 from . import finetune, prune, remove_blocks, search, structured
-from .common import AlreadyFinished
+from .common import AlreadyFinished, abandon_begun_jobs, forget_begun_jobs
 
 COMMANDS = (prune, search, remove_blocks, structured, finetune)
 
@@ -36,15 +36,20 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+    forget_begun_jobs()
     try:
         args.handler(args)
-    except (ValueError, FloatingPointError) as error:
-        print(f"optishear-moo: error: {error}", file=sys.stderr)
+    except (ValueError, FloatingPointError, OSError) as error:
+        abandon_begun_jobs()
+        message = str(error) if not isinstance(error, OSError) or not error.filename else (
+            f"{error.strerror} ({error.filename})")
+        print(f"optishear-moo: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     except AlreadyFinished as finished:
         print(f"optishear-moo: {finished}")
         return 0
-    except KeyboardInterrupt as interrupt:
+    except KeyboardInterrupt as interrupt:  # an interrupted run keeps its output: it resumes
+        forget_begun_jobs()
         print(f"optishear-moo: {interrupt or 'interrupted; nothing was written'}", file=sys.stderr)
         return 130
     return 0

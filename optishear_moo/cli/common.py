@@ -75,6 +75,8 @@ def value_or_range(value: str, flag: str, kind=float, example: str = "0.5"):
         parts = []
     if len(parts) not in (1, 2):
         raise ValueError(f"{flag} must be a number (e.g. {example}) or LOW:HIGH, got {value!r}")
+    if len(parts) == 2 and parts[0] >= parts[1]:
+        raise ValueError(f"{flag} LOW:HIGH needs LOW < HIGH, got {value!r}")
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
@@ -118,15 +120,62 @@ def save_atomically(output: Path, write) -> None:
 
 
 def check_output(output: str, overwrite: bool) -> Path:
-    """``--output`` as a path, refused (before any work) when it exists without ``--overwrite``."""
+    """``--output`` as a path, refused before any work when it exists (without ``--overwrite``), is a
+    file, lies under a file, or cannot be written."""
     path = Path(output)
-    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output {output!r} is a file, not a directory: choose another --output")
+    if path.exists() and not overwrite and any(path.iterdir()):
         raise ValueError(f"output {output!r} already exists: choose another --output or pass --overwrite")
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot create output {output!r}: {str(ancestor)!r} is a file")
+    try:
+        shutil.rmtree(tempfile.mkdtemp(prefix=".optishear-moo-probe-", dir=ancestor))
+    except OSError as error:
+        raise ValueError(f"cannot write output {output!r} ({error.strerror or error}): choose a writable "
+                         "--output") from None
     return path
+
+
+def check_positive(args: argparse.Namespace, *names: str, minimum: int = 1) -> None:
+    """A ``ValueError`` naming the flag when one of ``names`` is below ``minimum``."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+
+def check_context(config, args: argparse.Namespace) -> None:
+    """Token lengths no longer than the model's context (``max_position_embeddings``)."""
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    for name in ("seq_len", "eval_seq_len"):
+        value = getattr(args, name, None)
+        if context and value is not None and value > context:
+            raise ValueError(f"--{name.replace('_', '-')} {value} is longer than the model's context of "
+                             f"{context} tokens: choose at most {context}")
 
 
 class AlreadyFinished(Exception):
     """A resumed command whose work was already done: reported, nothing changed (exit code 0)."""
+
+
+_BEGUN: list[Job] = []
+
+
+def forget_begun_jobs() -> None:
+    _BEGUN.clear()
+
+
+def abandon_begun_jobs() -> None:
+    """After an error: remove the outputs that fresh (not resumed) jobs created, so that nothing
+    half-written is left behind. Interrupted runs keep theirs (they resume)."""
+    while _BEGUN:
+        job = _BEGUN.pop()
+        if job.created and job.output.exists():
+            shutil.rmtree(job.output, ignore_errors=True)
 
 
 class Job:
@@ -143,6 +192,18 @@ class Job:
         self.args, self.command, self.setting_names = args, command, settings
         self.output = Path(args.output)
         self.started = time.perf_counter()
+        self.created = False
+        check_positive(args, "n_samples", "batch_size", "pop", "offspring", "n_clusters", "tokens",
+                       "checkpoint_every")
+        check_positive(args, "seq_len", "eval_seq_len", minimum=2)
+
+    def model_config(self):
+        """The model's config, read without its weights, with the token lengths checked against it."""
+        from ..models.loading import load_config
+
+        config = load_config(self.args.model)
+        check_context(config, self.args)
+        return config
 
     def resume_from(self, saved_settings) -> None:
         """With ``--resume``, take the settings ``saved_settings()`` returns; else check the output."""
@@ -185,9 +246,12 @@ class Job:
         return time.perf_counter() - self.started
 
     def begin(self) -> None:
-        if self.output.exists() and not getattr(self.args, "resume", False) and self.args.overwrite:
+        resumed = getattr(self.args, "resume", False)
+        if self.output.exists() and not resumed and self.args.overwrite:
             shutil.rmtree(self.output)
+        self.created = not resumed and not self.output.exists()
         self.output.mkdir(parents=True, exist_ok=True)
+        _BEGUN.append(self)
 
     @contextlib.contextmanager
     def interruptible(self, what: str = "search"):
@@ -210,4 +274,6 @@ class Job:
         save_atomically(self.output / "model", lambda directory: (model.save_pretrained(directory),
                                                                    tokenizer.save_pretrained(directory)))
         (self.output / "report.json").write_text(json.dumps(report, indent=2))
+        if self in _BEGUN:
+            _BEGUN.remove(self)
         return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 from .common import Job, add_output_arguments
 
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> dict:
     n_windows = args.tokens // args.seq_len
     if n_windows < 1:
         raise ValueError(f"--tokens {args.tokens} is less than one window of --seq-len {args.seq_len}")
+    if args.teacher is not None and args.temperature <= 0:
+        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    job.model_config()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     teacher = load_model(args.teacher, dtype=args.dtype, device=args.device)[0] if args.teacher else None
     training = load_calibration(tokenizer, n_windows, args.seq_len, args.seed, args.training)
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> dict:
         "ppl_before": before, "ppl_after": after, "steps": len(losses), "first_loss": losses[0],
         "last_loss": losses[-1], "tokens": training.numel(),
         "loss": "distillation" if teacher is not None else "next-token"})
+    shutil.rmtree(checkpoint, ignore_errors=True)  # the finished model replaces the training state
     print(f"post-trained {len(losses)} steps on {training.numel()} tokens ({report['loss']}); ppl "
           f"{before:.3f} -> {after:.3f}; saved to {job.output / 'model'}")
     return report

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> dict:
                            owl_lambda=args.owl_lambda, batch_size=args.batch_size)
     job = Job(args, "prune", ())
     job.resume_from(dict)
+    job.model_config()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
     dense = job.perplexity(model, tokenizer)

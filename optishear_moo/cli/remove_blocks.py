@@ -30,13 +30,24 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..evop import choose_blocks, remove_blocks_
+    from ..evop import BLOCK_METHODS, choose_blocks, remove_blocks_
+    from ..evop.blocks import check_n_remove
+    from ..evop.fitness import check_block_objective
     from ..models import load_model
     from ..search import plot_pareto
 
     job = Job(args, "remove-blocks", SETTINGS)
     job.resume_search()
     n_remove = value_or_range(args.n_remove, "--n-remove", int, "6")
+    if args.method not in BLOCK_METHODS:
+        raise ValueError(f"unknown block-removal method {args.method!r}: choose one of "
+                         f"{', '.join(BLOCK_METHODS)}")
+    if isinstance(n_remove, tuple) and args.method != "evop":
+        raise ValueError("a --n-remove LOW:HIGH range needs method evop (heuristics remove a fixed count)")
+    check_block_objective(args.objective)
+    n_blocks = job.model_config().num_hidden_layers
+    for count in n_remove if isinstance(n_remove, tuple) else (n_remove,):
+        check_n_remove(count, n_blocks)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
     job.begin()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import MODEL_SETTINGS, Job, add_model_arguments, load_calibration_for, value_or_range
+from .common import (
+    MODEL_SETTINGS,
+    Job,
+    add_model_arguments,
+    check_positive,
+    load_calibration_for,
+    value_or_range,
+)
 
 SETTINGS = MODEL_SETTINGS + ("target_sparsity", "objectives", "layerwise", "nm", "algorithm", "pop", "gens",
                              "low_fidelity", "low_fidelity_gens")
@@ -46,6 +53,10 @@ def run(args: argparse.Namespace) -> dict:
     for value in (target if isinstance(target, tuple) else (target,)):
         check_sparsity(value)
     check_algorithm(args.algorithm, len(objectives))
+    if "density" in objectives and not isinstance(target, tuple):
+        raise ValueError("the density objective needs --target-sparsity LOW:HIGH to search size")
+    check_positive(args, "pop", minimum=2)
+    job.model_config()
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)

@@ -44,8 +44,10 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from ..darwinlm import LevelDatabase, apply_levels_, halving_stages, search_structured
+    from ..darwinlm.database import check_reachable
     from ..data import load_calibration
     from ..models import load_model
+    from ..models.sliced import check_structured_model
     from ..search import plot_pareto
 
     job = Job(args, "structured", SETTINGS)
@@ -59,8 +61,16 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError("--selection training-aware needs one --compression; use --selection "
                              "one-shot for a LOW:HIGH front")
         stages = halving_stages(args.finetune_tokens.split(","), args.pop)
-    if min(args.pop, args.offspring, args.gens) < 1:
-        raise ValueError("--pop, --offspring and --gens must be at least 1")
+    config = job.model_config()
+    check_structured_model(config)
+    if args.mlp_levels is not None and (args.mlp_levels < 1 or config.intermediate_size % args.mlp_levels):
+        raise ValueError(f"--mlp-levels must divide intermediate_size={config.intermediate_size}, "
+                         f"got {args.mlp_levels}")
+    if isinstance(target, tuple):  # a front may end past its high target; its low end must be reachable
+        check_reachable(config, target[0], args.mlp_levels)
+        check_reachable(config, target[1], args.mlp_levels, tolerance=float("inf"))
+    else:
+        check_reachable(config, target, args.mlp_levels)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
     training = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -213,3 +214,41 @@ def kept_parameters(database: LevelDatabase, levels) -> int:
     levels = check_levels(levels, database)
     return sum(database.parameters_at("attention", a) + database.parameters_at("mlp", m)
                for a, m in levels.tolist())
+
+
+def uniform_levels(database: LevelDatabase, compression: float) -> np.ndarray:
+    """The most uniform ``(n_blocks, 2)`` allocation removing at least ``1 - 1/compression`` of the
+    block weights: the same removed fraction for attention and MLP, floors and ceilings spread
+    over the blocks."""
+    removed = 1 - 1 / compression
+    n_blocks = database.n_blocks
+    levels = np.zeros((n_blocks, 2), dtype=int)
+    for column, unit in enumerate(UNITS):
+        top = database.n_levels[unit]
+        steps = int(np.ceil(removed * top * n_blocks - 1e-9))  # total level steps for this unit kind
+        base, extra = divmod(min(steps, top * n_blocks), n_blocks)
+        levels[:, column] = base
+        levels[np.linspace(0, n_blocks - 1, extra).round().astype(int) if extra else [], column] += 1
+    return levels
+
+
+def check_reachable(config, compression: float, mlp_levels: int | None = None,
+                    tolerance: float = 0.1) -> float:
+    """The compression the level steps of a model (its ``config``) actually give for a target: a
+    ``ValueError`` when that overshoots the target by more than ``tolerance`` (steps too coarse)
+    or removes every unit. Needs no weights, so commands check before any work."""
+    layout = block_layout(config)
+    shell = LevelDatabase(layout, config.num_hidden_layers,
+                          mlp_levels or default_mlp_levels(layout.intermediate_size))
+    levels = uniform_levels(shell, compression)
+    dense = kept_parameters(shell, np.zeros_like(levels))
+    kept = kept_parameters(shell, levels)
+    if kept == 0:
+        raise ValueError(f"compression {compression:g} removes every attention head and MLP channel: "
+                         "choose a lower --compression")
+    achieved = dense / kept
+    if achieved > compression * (1 + tolerance):
+        raise ValueError(f"compression {compression:g} is reached only as {achieved:.3g}x by this model's "
+                         f"level steps ({layout.n_kv_heads} head groups, {shell.mlp_levels} MLP levels per "
+                         "block): choose a lower --compression or more --mlp-levels")
+    return achieved

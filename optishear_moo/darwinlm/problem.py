@@ -29,7 +29,7 @@ from pymoo.operators.selection.rnd import RandomSelection
 
 from ..models.sliced import UNITS
 from ..search.problem import ModelProblem, problem_fingerprint
-from .database import LevelDatabase, kept_parameters
+from .database import LevelDatabase, kept_parameters, uniform_levels
 from .fitness import StructuredEvaluator
 
 
@@ -117,18 +117,8 @@ class StructuredPruningProblem(ModelProblem):
         return kept_parameters(self.database, self.levels(x)) / self.dense_parameters
 
     def uniform_levels(self, compression: float) -> np.ndarray:
-        """The most uniform allocation removing at least ``1 - 1/compression`` of the weights:
-        the same removed fraction for attention and MLP, floors and ceilings spread over blocks."""
-        removed = 1 - 1 / check_compression(compression)
-        n_blocks = self.database.n_blocks
-        levels = np.zeros((n_blocks, 2), dtype=int)
-        for column, top in enumerate(self.tops):
-            exact = removed * top * n_blocks  # total level steps for this unit kind
-            steps = int(np.ceil(exact - 1e-9))
-            base, extra = divmod(min(steps, top * n_blocks), n_blocks)
-            levels[:, column] = base
-            levels[np.linspace(0, n_blocks - 1, extra).round().astype(int) if extra else [], column] += 1
-        return levels.reshape(-1)
+        """The most uniform allocation for ``compression`` (see :func:`.database.uniform_levels`)."""
+        return uniform_levels(self.database, check_compression(compression)).reshape(-1)
 
     def _evaluate_vectors(self, X, out, *args, **kwargs):
         X = np.rint(np.asarray(X, dtype=float)).astype(int)  # real-valued algorithms give reals

@@ -44,6 +44,37 @@ def with_bos(windows: torch.Tensor, bos: int | None) -> torch.Tensor:
     return torch.cat([torch.full((len(windows), 1), bos, dtype=windows.dtype), windows], dim=1)
 
 
+def check_calibration(calibration, model=None, what: str = "calibration") -> torch.Tensor:
+    """``calibration`` if it is a usable ``(n_samples, seq_len)`` batch of token ids for ``model``;
+    a ``ValueError`` naming the problem (and :func:`load_calibration`) otherwise."""
+    hint = "build it with optishear_moo.load_calibration(tokenizer, n_samples, seq_len)"
+    if not isinstance(calibration, torch.Tensor):
+        raise ValueError(f"{what} must be a torch tensor of token ids, got {type(calibration).__name__}: "
+                         f"{hint}")
+    if calibration.ndim != 2 or calibration.shape[0] == 0 or calibration.shape[1] < 2:
+        raise ValueError(f"{what} must be a non-empty (n_samples, seq_len >= 2) tensor of token ids, got "
+                         f"shape {tuple(calibration.shape)}: {hint}")
+    if calibration.dtype.is_floating_point or calibration.dtype.is_complex or calibration.dtype == torch.bool:
+        raise ValueError(f"{what} holds {calibration.dtype} values, not token ids (int64): {hint}")
+    if calibration.device.type == "meta":
+        raise ValueError(f"{what} is on the meta device and holds no values: {hint}")
+    vocab = _vocabulary_size(model)
+    low, high = int(calibration.min()), int(calibration.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        raise ValueError(f"{what} holds token ids from {low} to {high}, outside the model's vocabulary of "
+                         f"{vocab}: tokenize with the model's own tokenizer")
+    return calibration
+
+
+def _vocabulary_size(model) -> int | None:
+    if model is None:
+        return None
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and hasattr(embeddings, "num_embeddings"):
+        return int(embeddings.num_embeddings)
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
 def _validate(n_samples: int, seq_len: int) -> None:
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")

@@ -22,7 +22,13 @@ def load_corpus(name: str) -> str:
         return lzma.decompress(data).decode("utf-8")
     path = Path(name).expanduser()
     if path.is_file():
-        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{name!r} is not UTF-8 text ({error.reason} at byte {error.start}): give a "
+                             "plain text file") from None
+        if "\x00" in text:
+            raise ValueError(f"{name!r} is a binary file, not text: give a plain text file")
         if not text.strip():
             raise ValueError(f"text file {name!r} is empty: give a file with calibration text")
         return text

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..activations import model_device
+from ..data.calibration import check_calibration
 
 
 def kl_sum_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
@@ -52,6 +53,7 @@ class DenseOutputs:
     def build(cls, model: nn.Module, calibration: torch.Tensor, batch_size: int = 8,
               progress: bool = False) -> DenseOutputs:
         """One dense pass; hooks the caller holds open (e.g. activation statistics) see it too."""
+        check_calibration(calibration, model)
         device = model_device(model)
         head_inputs: list[torch.Tensor] = []
         with recording_head_inputs(model, head_inputs):

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..activations import capture_block_inputs, model_device, run_block
+from ..data.calibration import check_calibration
 from ..evaluation.divergence import kl_sum_to_dense
 from ..models.adapters import get_adapter
 from .blocks import check_n_remove, check_removed_blocks, influence_between
@@ -37,8 +38,7 @@ class BlockRemovalEvaluator:
     @torch.no_grad()
     def __init__(self, model: nn.Module, calibration: torch.Tensor, batch_size: int = 8,
                  cache_size: int = 32, cached_logits_limit: int = 2**26, progress: bool = False):
-        if calibration.ndim != 2 or calibration.shape[0] == 0 or calibration.shape[1] < 2:
-            raise ValueError("calibration must be a non-empty (n_samples, seq_len >= 2) batch of ids")
+        check_calibration(calibration, model)
         self.model = model
         self.adapter = get_adapter(model)
         self.blocks = self.adapter.blocks(model)

@@ -7,13 +7,14 @@ from .adapters import (
     register_adapter,
     supported_model_types,
 )
-from .loading import DEFAULT_MODEL, load_model, load_tokenizer, resolve_device
+from .loading import DEFAULT_MODEL, load_config, load_model, load_tokenizer, resolve_device
 
 __all__ = [
     "DEFAULT_MODEL",
     "ArchitectureAdapter",
     "PrunableLayer",
     "get_adapter",
+    "load_config",
     "load_model",
     "load_tokenizer",
     "register_adapter",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -84,23 +87,65 @@ def resolve_model_source(name_or_path: str) -> tuple[str, str | None]:
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
         if not (path / "config.json").is_file() and len(ggufs) == 1:
             return str(path), ggufs[0]
+        if not (path / "config.json").is_file():
+            found = ", ".join(sorted(p.name for p in path.iterdir())[:5]) or "nothing"
+            raise ValueError(f"model directory {name_or_path!r} has no config.json (it holds {found}): pass "
+                             "a directory written by save_pretrained, or a .gguf file")
         return str(path), None
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         raise ValueError(f"model path {name_or_path!r} is neither a model directory nor a .gguf file")
     return name_or_path, None  # a hub id
 
 
-def _from_pretrained(loader, source: str, gguf_file: str | None, **kwargs):
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers (a TCP connection within ``timeout`` seconds)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
-        if gguf_file is not None:
-            return loader.from_pretrained(source, gguf_file=gguf_file, **kwargs)
-        return loader.from_pretrained(source, **kwargs)
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _unavailable(source: str, reason: str) -> ValueError:
+    return ValueError(f"could not load {source!r}: it is no local model directory and {reason}. Download it "
+                      f"where a hub is reachable and pass the local directory, or use {DEFAULT_MODEL!r}")
+
+
+def _from_pretrained(loader, source: str, gguf_file: str | None, **kwargs):
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    local = Path(source).is_dir()
+    try:
+        if local:
+            return loader.from_pretrained(source, **kwargs)
+        try:  # a hub id: the local cache first, the network only if it answers
+            return loader.from_pretrained(source, local_files_only=True, **kwargs)
+        except OSError:
+            if not hub_reachable():
+                raise _unavailable(source, "it is not in the local cache while the Hugging Face hub is "
+                                           "unreachable") from None
+            return loader.from_pretrained(source, **kwargs)
     except OSError as error:
-        raise ValueError(
-            f"could not load {source!r}: it is no local model directory and it could not be "
-            f"fetched from the Hugging Face hub ({str(error).splitlines()[0]}). Download it where "
-            f"a hub is reachable and pass the local directory, or use {DEFAULT_MODEL!r}"
-        ) from error
+        raise _unavailable(source, f"it could not be fetched from the Hugging Face hub "
+                                   f"({str(error).splitlines()[0]})") from error
+    except (ValueError, TypeError, KeyError, EOFError) as error:
+        raise _bad_local_model(source, gguf_file, error) from error
+    except Exception as error:  # a truncated GGUF raises struct.error, safetensors its own errors...
+        if local:
+            raise _bad_local_model(source, gguf_file, error) from error
+        raise
+
+
+def _bad_local_model(source: str, gguf_file: str | None, error: Exception) -> ValueError:
+    if isinstance(error, ValueError) and str(error).startswith("could not load"):
+        return error
+    what = str(Path(source) / gguf_file) if gguf_file else source
+    return ValueError(f"could not read the model in {what!r} ({type(error).__name__}: "
+                      f"{str(error).splitlines()[0] if str(error) else 'damaged or truncated'}): check or "
+                      "re-download the files")
 
 
 def _forget_gguf_quantization(model: nn.Module) -> None:
@@ -116,6 +161,15 @@ def _is_sliced(source: str) -> bool:
     """A local directory holding a structurally pruned model (``config.structured_layers``)."""
     config = Path(source) / "config.json"
     return config.is_file() and "structured_layers" in json.loads(config.read_text())
+
+
+def load_config(name_or_path: str = DEFAULT_MODEL):
+    """The transformers config of a model (see :func:`load_model` for accepted names), read
+    without its weights: lets a command check its settings before any expensive work."""
+    from transformers import AutoConfig
+
+    source, gguf_file = resolve_model_source(name_or_path)
+    return _from_pretrained(AutoConfig, source, gguf_file)
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL):

@@ -62,10 +62,10 @@ def check_structured_model(model_or_config) -> None:
                          f"(attention with q/k/v/o_proj and a gated MLP); got {model_type!r}")
 
 
-def block_layout(model: nn.Module) -> BlockLayout:
-    """The dense layout every block of ``model`` starts from."""
-    check_structured_model(model)
-    config = model.config
+def block_layout(model_or_config) -> BlockLayout:
+    """The dense layout every block of a model (or of its config) starts from."""
+    check_structured_model(model_or_config)
+    config = getattr(model_or_config, "config", model_or_config)
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     return BlockLayout(config.hidden_size, n_kv, n_heads // n_kv, head_dim, config.intermediate_size)

@@ -138,16 +138,35 @@ class PruningPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> PruningPlan:
-        if data.get("format") != "optishear-moo/plan-v1":
-            raise ValueError("not an optishear-moo plan (missing format 'optishear-moo/plan-v1')")
-        return cls(MetaMetric(**data["metric"]), list(data["block_sparsity"]),
-                   data["target_sparsity"], tuple(data["nm"]) if data["nm"] else None,
-                   dict(data.get("objectives", {})))
+    def from_dict(cls, data: dict, source: str = "the plan") -> PruningPlan:
+        """A plan from :meth:`to_dict` output; a ``ValueError`` naming ``source`` and the bad field."""
+        if not isinstance(data, dict) or data.get("format") != "optishear-moo/plan-v1":
+            raise ValueError(f"{source} is not an optishear-moo plan (no format 'optishear-moo/plan-v1')")
+
+        def field(name, convert, default=...):
+            if name not in data:
+                if default is not ...:
+                    return default
+                raise ValueError(f"{source} has no field {name!r}")
+            try:
+                return convert(data[name])
+            except (TypeError, ValueError, KeyError) as error:
+                raise ValueError(f"{source}: field {name!r} is invalid ({error})") from None
+
+        return cls(field("metric", lambda m: MetaMetric(**m)),
+                   field("block_sparsity", lambda v: [float(s) for s in v]),
+                   field("target_sparsity", float),
+                   field("nm", lambda v: tuple(int(n) for n in v) if v else None, None),
+                   field("objectives", lambda v: {str(k): float(x) for k, x in dict(v).items()}, {}))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"could not read the plan {str(path)!r} ({error})") from None
+        return cls.from_dict(data, source=f"plan {str(path)!r}")

@@ -32,7 +32,7 @@ def test_cli_search_writes_front_plan_plot_history_and_model(tiny_model_dir, tmp
 
 def test_cli_search_bad_input(tiny_model_dir, tmp_path, capsys):
     base = ["search", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"), "--quiet",
-            "--n-samples", "4", "--seq-len", "32"]
+            "--n-samples", "4", "--seq-len", "32", "--eval-seq-len", "32"]
     assert main([*base, "--algorithm", "cmaes"]) == 2
     assert "single-objective" in capsys.readouterr().err
     assert main([*base, "--target-sparsity", "half"]) == 2

@@ -72,7 +72,8 @@ def test_qwen2_biases_follow_the_kept_heads(calibration):
 
 
 @pytest.mark.parametrize("family", ["gemma3_text", "qwen3", "mistral"])
-def test_other_families_slice_like_their_masked_model_and_reload(family, calibration, tmp_path, tiny_tokenizer):
+def test_other_families_slice_like_their_masked_model_and_reload(family, calibration, tmp_path,
+                                                                  tiny_tokenizer):
     model = make_tiny_model(family)
     database = LevelDatabase.build(model, calibration, mlp_levels=4)
     n_blocks = len(get_adapter(model).blocks(model))

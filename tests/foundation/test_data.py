@@ -54,3 +54,37 @@ def test_calibration_bad_input(tiny_tokenizer, tmp_path):
         load_calibration(tiny_tokenizer, source="c4-not-shipped")
     with pytest.raises(ValueError, match="n_samples"):
         load_calibration(tiny_tokenizer, n_samples=0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(0, 8, dtype=torch.long), "non-empty"),
+    (torch.zeros(8, dtype=torch.long), "non-empty"),
+    (torch.zeros(2, 8), "not token ids"),
+    (torch.full((2, 8), 10_000), "outside the model's vocabulary"),
+    (torch.full((2, 8), -1), "outside the model's vocabulary"),
+    (torch.zeros(2, 8, dtype=torch.long, device="meta"), "meta device"),
+    ([[1, 2, 3]], "torch tensor"),
+])
+def test_bad_calibration_tensors_are_refused_before_any_work(bad, message, tiny_llama):
+    from optishear_moo import BlockRemovalProblem, OptiShearProblem, StructuredPruningProblem, prune_model
+
+    for build in (lambda: prune_model(tiny_llama, bad, progress=False),
+                  lambda: OptiShearProblem(tiny_llama, bad, 0.5),
+                  lambda: BlockRemovalProblem(tiny_llama, bad, 1),
+                  lambda: StructuredPruningProblem(tiny_llama, bad, 1.5)):
+        with pytest.raises(ValueError, match=message):
+            build()
+
+
+def test_malformed_plans_name_the_file_and_field(tmp_path):
+    from optishear_moo import PruningPlan
+
+    path = tmp_path / "plan.json"
+    for text, message in [("{", "could not read the plan"), ("[]", "is not an optishear-moo plan"),
+                          ('{"format": "optishear-moo/plan-v1", "metric": {}}', "no field 'block_sparsity'"),
+                          ('{"format": "optishear-moo/plan-v1", "metric": {"weight_transform": "cube"}, '
+                           '"block_sparsity": [0.5], "target_sparsity": 0.5}', "field 'metric' is invalid")]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message) as error:
+            PruningPlan.load(path)
+        assert "plan.json" in str(error.value)

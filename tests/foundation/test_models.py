@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, BertConfig
@@ -71,9 +73,17 @@ def test_bad_paths_and_unreachable_hub_give_clear_errors(tmp_path, monkeypatch):
         load_model(str(tmp_path / "missing.gguf"))
     with pytest.raises(ValueError, match="neither a model directory"):
         load_model("./no/such/dir")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match="pass the local directory"):
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: False)
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="not in the local cache while the Hugging Face hub is unreachable"):
         load_model("optishear-moo-tests/no-such-model")
+    assert time.perf_counter() - started < 10  # fails fast instead of retrying
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no config.json"):
+        load_model(str(tmp_path / "empty"))
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(ValueError, match="could not read the model in .*cut.gguf"):
+        load_model(str(tmp_path / "cut.gguf"))
 
 
 def test_bad_device_and_dtype():
