@@ -71,20 +71,38 @@ class InputStatistics:
 def recording_inputs(
     layers: list[PrunableLayer], with_gram: bool = False
 ) -> Iterator[dict[str, InputStatistics]]:
-    """Hooks that accumulate :class:`InputStatistics` per layer name; removed on exit."""
+    """Hooks that accumulate :class:`InputStatistics` per layer name; removed on exit.
+
+    Layers that read the very same input tensor (q/k/v, gate/up) share one statistics object,
+    accumulated once: the Gram matrix ``X Xᵀ`` of an input is computed and held once."""
     statistics = {
         layer.name: InputStatistics(layer.in_features, layer.weight.device, with_gram)
         for layer in layers
     }
+    previous: list = [None, None]  # the last input seen and its statistics
+    first_seen: set[str] = set()
+    aliases: set[str] = set()
     handles = []
+
+    def record(name: str, x: torch.Tensor) -> None:
+        if name in aliases:
+            return
+        if name not in first_seen:
+            first_seen.add(name)
+            if x is previous[0]:  # fed the same tensor as the layer before it
+                statistics[name] = previous[1]
+                aliases.add(name)
+                return
+        statistics[name].update(x)
+        previous[:] = [x, statistics[name]]
+
     try:
         for layer in layers:
-            def hook(_module, args, _output, stats=statistics[layer.name]):
-                stats.update(args[0])
-
-            handles.append(layer.module.register_forward_hook(hook))
+            handles.append(layer.module.register_forward_hook(
+                lambda _module, args, _output, name=layer.name: record(name, args[0])))
         yield statistics
     finally:
+        previous[:] = [None, None]
         for handle in handles:
             handle.remove()
 

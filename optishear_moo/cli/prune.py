@@ -26,6 +26,9 @@ def add_parser(commands) -> None:
     prune.add_argument("--nm", default=None, help="N:M semi-structured pattern, e.g. 2:4")
     prune.add_argument("--allocation", default="uniform", help="uniform or owl")
     prune.add_argument("--owl-lambda", type=float, default=0.08)
+    prune.add_argument("--update", default="none",
+                       help="reconstruct the kept weights: none, obs (SparseGPT's update for the chosen "
+                            "mask) or lstsq (per-row least squares); default: none")
     add_model_arguments(prune)
     prune.set_defaults(handler=run)
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..pruning import PruningConfig, parse_nm, prune_model
 
     config = PruningConfig(args.method, args.sparsity, parse_nm(args.nm), args.allocation,
-                           owl_lambda=args.owl_lambda, batch_size=args.batch_size)
+                           owl_lambda=args.owl_lambda, batch_size=args.batch_size, update=args.update)
     job = Job(args, "prune", ())
     job.resume_from(dict)
     job.model_config()
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> dict:
         "target_sparsity": config.sparsity,
         "nm": f"{config.nm[0]}:{config.nm[1]}" if config.nm else None,
         "allocation": config.allocation,
+        "update": config.update,
         "dense_ppl": dense.perplexity,
         "pruned_ppl": pruned.perplexity,
         "evaluation": {k: v for k, v in pruned.to_dict().items() if k not in ("perplexity", "mean_nll")},

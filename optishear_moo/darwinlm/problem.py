@@ -1,5 +1,6 @@
-"""DarwinLM as pymoo parts: the structured-pruning problem, budget-keeping sampling and
-level-switch mutation, and training-aware selection as a pymoo ``Survival``.
+"""DarwinLM as pymoo parts: the structured-pruning problem (a level problem of
+:mod:`optishear_moo.search.levels`, whose budget-keeping sampling and level-switch mutation it
+uses) and training-aware selection as a pymoo ``Survival``.
 
 Decision vector: ``[attention_0, mlp_0, attention_1, mlp_1, ...]``, the level of every unit
 (see :mod:`.database`). Size is measured on the blocks' projection weights
@@ -18,16 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pymoo.algorithms.moo.nsga2 import NSGA2
-from pymoo.algorithms.soo.nonconvex.ga import GA
-from pymoo.core.crossover import Crossover
-from pymoo.core.mutation import Mutation
-from pymoo.core.sampling import Sampling
-from pymoo.core.survival import Survival
 from pymoo.core.variable import Integer
-from pymoo.operators.selection.rnd import RandomSelection
 
 from ..models.sliced import UNITS
+from ..search.levels import (  # noqa: F401 - BudgetSampling/LevelSwitchMutation/CopyParent: the operators
+    BudgetSampling,
+    CopyParent,
+    LevelSwitchMutation,
+    StagedSurvival,
+    level_algorithm,
+)
+from ..search.levels import check_stages as check_level_stages
 from ..search.problem import ModelProblem, problem_fingerprint
 from .database import LevelDatabase, kept_parameters, uniform_levels
 from .fitness import StructuredEvaluator
@@ -45,11 +47,7 @@ class SelectionStage:
 
 
 def check_stages(stages, pop_size: int) -> tuple[SelectionStage, ...]:
-    stages = tuple(stages)
-    survivors = [stage.survivors for stage in stages]
-    if not stages or survivors != sorted(survivors, reverse=True) or survivors[-1] != pop_size:
-        raise ValueError(f"selection stages must keep non-increasing numbers of survivors ending at "
-                         f"the population size {pop_size}; got {survivors}")
+    stages = check_level_stages(stages, pop_size)
     if any(stage.finetune_tokens < 0 for stage in stages):
         raise ValueError("finetune_tokens must be >= 0")
     return stages
@@ -101,6 +99,21 @@ class StructuredPruningProblem(ModelProblem):
                          exclude_from_serialization=["model", "database", "evaluator", "training"],
                          **problem_kwargs)
         self.budget_share = self.kept_share(self.uniform_levels(self.compression_range[0]))
+        # level groups of interchangeable genes: every attention gene, every MLP gene
+        self.level_groups = [np.arange(column, 2 * n_blocks, 2) for column in range(len(UNITS))]
+        steps = np.array([self.database.unit_parameters(unit) / self.database.n_levels[unit]
+                          for unit in UNITS])
+        self.group_weights = steps / steps.sum()
+
+    @property
+    def size_range(self) -> tuple[float, float]:
+        return self.compression_range
+
+    def uniform_x(self, compression: float) -> np.ndarray:
+        return self.uniform_levels(compression)
+
+    def stage_score(self, x, stage) -> float:
+        return self.finetuned_kl(x, stage.finetune_tokens, stage.eval_samples)
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -149,118 +162,21 @@ class StructuredPruningProblem(ModelProblem):
         return self.evaluator.restore_dense()
 
 
-def _switch(levels: np.ndarray, tops: np.ndarray, weights: np.ndarray, rng) -> bool:
-    """Raise one unit's level and lower another unit of the same kind by one (budget unchanged)."""
-    column = rng.choice(2, p=weights)
-    up = np.flatnonzero(levels[:, column] < tops[column])
-    down = np.flatnonzero(levels[:, column] > 0)
-    if not len(up) or not len(down) or (len(up) == 1 and len(down) == 1 and up[0] == down[0]):
-        return False
-    i = rng.choice(up)
-    j = rng.choice(down[down != i])
-    levels[i, column] += 1
-    levels[j, column] -= 1
-    return True
-
-
-def _step_weights(problem) -> np.ndarray:
-    """Pick attention or MLP in proportion to the weights one level step moves (DarwinLM)."""
-    database = problem.database
-    steps = np.array([database.unit_parameters(unit) / database.n_levels[unit] for unit in UNITS])
-    return steps / steps.sum()
-
-
-class BudgetSampling(Sampling):
-    """The uniform allocation for the target, plus copies moved by random level switches
-    (same budget). For a compression range each sample gets a random target in the range."""
-
-    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
-        low, high = problem.compression_range
-        weights = _step_weights(problem)
-        X = []
-        for k in range(n_samples):
-            target = low if low == high else random_state.uniform(low, high)
-            levels = problem.levels(problem.uniform_levels(target)).copy()
-            for _ in range(0 if k == 0 else random_state.integers(1, len(levels) + 1)):
-                _switch(levels, problem.tops, weights, random_state)
-            X.append(levels.reshape(-1))
-        return np.array(X)
-
-
-class LevelSwitchMutation(Mutation):
-    """DarwinLM's mutation: ``min(U{1..3}, U{1..3})`` level switches per offspring (budget kept).
-    For a compression range, with probability ``resize_prob`` one unit moves one level instead."""
-
-    def __init__(self, max_switches: int = 3, resize_prob: float = 0.3, **kwargs):
-        super().__init__(prob=1.0, **kwargs)
-        self.max_switches, self.resize_prob = max_switches, resize_prob
-
-    def _do(self, problem, X, *args, random_state=None, **kwargs):
-        weights = _step_weights(problem)
-        X = np.asarray(X, dtype=int).copy()
-        for row in X:
-            levels = row.reshape(-1, 2)
-            if problem.multi_objective and random_state.random() < self.resize_prob:
-                block, column = random_state.integers(len(levels)), random_state.choice(2, p=weights)
-                step = random_state.choice([-1, 1])
-                levels[block, column] = np.clip(levels[block, column] + step, 0, problem.tops[column])
-                continue
-            draws = random_state.integers(1, self.max_switches + 1, size=2)
-            for _ in range(int(draws.min())):
-                _switch(levels, problem.tops, weights, random_state)
-        return X
-
-
-class CopyParent(Crossover):
-    """No recombination (DarwinLM evolves by mutation only): each offspring starts as a copy of
-    one parent. (pymoo's ``NoCrossover`` hands back the parent objects themselves, so mutating
-    the offspring would alter the parents.)"""
-
-    def __init__(self, **kwargs):
-        super().__init__(n_parents=1, n_offsprings=1, **kwargs)
-
-    def _do(self, problem, X, *args, **kwargs):
-        return X.copy()
-
-
-class TrainingAwareSurvival(Survival):
-    """DarwinLM's selection: parents and offspring go through ``stages``; in each, every
-    remaining candidate is fine-tuned (temporarily) and re-scored, and the best go on.
-
-    The survivors carry their last-stage score in ``ind.data["finetuned_kl"]``; ``F`` stays the
-    one-shot KL so scores of different stages are never compared.
-    """
+class TrainingAwareSurvival(StagedSurvival):
+    """DarwinLM's selection: parents and offspring go through ``stages``; in each, every remaining
+    candidate is fine-tuned (temporarily) and re-scored, and the best go on. Survivors carry their
+    last-stage score in ``ind.data["finetuned_kl"]``; ``F`` stays the one-shot KL."""
 
     def __init__(self, stages):
-        super().__init__(filter_infeasible=True)
-        self.stages = tuple(stages)
-
-    def _do(self, problem, pop, *args, n_survive=None, **kwargs):
-        if len(pop) <= n_survive:  # the initial population: nothing to select yet
-            return pop[np.argsort(pop.get("F")[:, 0], kind="stable")]
-        check_stages(self.stages, n_survive)
-        candidates = pop
-        for stage in self.stages:
-            scores = np.array([problem.finetuned_kl(ind.X, stage.finetune_tokens, stage.eval_samples)
-                               for ind in candidates])
-            order = np.argsort(scores, kind="stable")[: max(stage.survivors, n_survive)]
-            candidates = candidates[order]
-            for ind, score in zip(candidates, scores[order]):
-                ind.data["finetuned_kl"] = float(score)
-        return candidates[:n_survive]
+        super().__init__(stages, score_name="finetuned_kl")
 
 
 def darwinlm_algorithm(problem: StructuredPruningProblem, pop_size: int = 1, n_offsprings: int = 16,
                        stages=None):
-    """pymoo's GA (NSGA-II for a compression range) with DarwinLM's parts: budget sampling,
-    level-switch mutation, no crossover, and, given ``stages``, training-aware survival."""
-    operators = dict(sampling=BudgetSampling(), crossover=CopyParent(),
-                     mutation=LevelSwitchMutation(), selection=RandomSelection(),
-                     eliminate_duplicates=True, n_offsprings=n_offsprings)
-    if problem.multi_objective:
-        if stages:
-            raise ValueError("training-aware selection needs one target compression (one objective)")
-        return NSGA2(pop_size=pop_size, **operators)
-    if stages:
-        operators["survival"] = TrainingAwareSurvival(check_stages(stages, pop_size))
-    return GA(pop_size=pop_size, **operators)
+    """pymoo's GA (NSGA-II for a compression range) with the level operators of
+    :mod:`optishear_moo.search.levels` (budget sampling, level-switch mutation, no crossover) and,
+    given ``stages``, training-aware survival."""
+    if problem.multi_objective and stages:
+        raise ValueError("training-aware selection needs one target compression (one objective)")
+    survival = TrainingAwareSurvival(check_stages(stages, pop_size)) if stages else None
+    return level_algorithm(problem, pop_size, n_offsprings, survival)

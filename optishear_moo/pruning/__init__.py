@@ -5,11 +5,14 @@ from .allocation import ALLOCATIONS, outlier_ratio, owl_allocation, uniform_allo
 from .masks import build_mask, layer_mask, nm_mask, parse_nm, row_mask
 from .metrics import SCORE_METRICS, magnitude_score, relative_importance, ria_score, wanda_score
 from .prune import METHODS, PruningConfig, PruningResult, prune_model
-from .sparsegpt import sparsegpt_prune_
+from .sparsegpt import HessianFactor, obs_update_, sparsegpt_prune_
+from .update import UPDATES, lstsq_update_, reconstruct_
 from .weights import DenseSnapshot, SparsityReport, apply_masks_, masks_applied, sparsity_report
 
 __all__ = [
     "ALLOCATIONS",
+    "UPDATES",
+    "HessianFactor",
     "METHODS",
     "SCORE_METRICS",
     "DenseSnapshot",
@@ -19,13 +22,16 @@ __all__ = [
     "apply_masks_",
     "build_mask",
     "layer_mask",
+    "lstsq_update_",
     "magnitude_score",
     "masks_applied",
     "nm_mask",
+    "obs_update_",
     "outlier_ratio",
     "owl_allocation",
     "parse_nm",
     "prune_model",
+    "reconstruct_",
     "relative_importance",
     "ria_score",
     "row_mask",

@@ -15,7 +15,8 @@ from ..models.adapters import PrunableLayer, get_adapter
 from .allocation import ALLOCATIONS, outlier_ratio, owl_allocation, uniform_allocation
 from .masks import build_mask, check_sparsity, parse_nm
 from .metrics import SCORE_METRICS, wanda_score
-from .sparsegpt import sparsegpt_prune_
+from .sparsegpt import HessianFactor, sparsegpt_prune_
+from .update import check_update, reconstruct_
 from .weights import SparsityReport, apply_masks_, sparsity_report
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class PruningConfig:
     owl_lambda: float = 0.08
     owl_threshold: float = 5.0
     batch_size: int = 8
+    update: str = "none"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -49,10 +51,17 @@ class PruningConfig:
                 raise ValueError("N:M sparsity fixes every layer's sparsity: use allocation 'uniform'")
             object.__setattr__(self, "sparsity", 1.0 - nm[0] / nm[1])
         check_sparsity(self.sparsity)
+        check_update(self.update)
+        if self.method == "sparsegpt" and self.update != "none":
+            raise ValueError("sparsegpt updates the kept weights itself: use update 'none' with it")
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method != "magnitude" or self.allocation != "uniform"
+        return self.method != "magnitude" or self.allocation != "uniform" or self.update != "none"
+
+    @property
+    def needs_gram(self) -> bool:
+        return self.method == "sparsegpt" or self.update != "none"
 
 
 @dataclass
@@ -94,13 +103,25 @@ def allocate_block_sparsity(
     return owl_allocation(ratios, config.sparsity, config.owl_lambda, sizes)
 
 
-def _prune_layer_(layer: PrunableLayer, statistics, sparsity: float, config: PruningConfig):
+def _prune_layer_(layer: PrunableLayer, statistics, sparsity: float, config: PruningConfig,
+                  factor: HessianFactor | None = None):
     if config.method == "sparsegpt":
-        return sparsegpt_prune_(layer.weight, statistics.gram, statistics.count, sparsity, config.nm)
+        return sparsegpt_prune_(layer.weight, None, 0, sparsity, config.nm, factor=factor)
     scores = SCORE_METRICS[config.method](layer.weight, statistics)
     mask = build_mask(scores, sparsity, config.nm)
+    if config.update != "none":
+        return reconstruct_(layer.weight, mask, config.update, factor=factor)
     apply_masks_([layer], {layer.name: mask})
     return mask
+
+
+def shared_factors(statistics: dict) -> dict[str, HessianFactor]:
+    """One :class:`HessianFactor` per distinct input (layers reading the same input share it)."""
+    by_input: dict[int, HessianFactor] = {}
+    for stats in statistics.values():
+        if id(stats) not in by_input:
+            by_input[id(stats)] = HessianFactor(stats.gram, stats.count)
+    return {name: by_input[id(stats)] for name, stats in statistics.items()}
 
 
 def prune_model(
@@ -111,6 +132,7 @@ def prune_model(
     nm: str | tuple[int, int] | None = None,
     allocation: str = "uniform",
     *,
+    update: str = "none",
     config: PruningConfig | None = None,
     progress: bool = True,
 ) -> PruningResult:
@@ -119,9 +141,11 @@ def prune_model(
     ``calibration`` is a ``(n_samples, seq_len)`` token batch (see :func:`load_calibration`);
     magnitude with uniform allocation needs none. Data-aware methods run sequentially: each
     block is pruned from inputs that went through the already-pruned blocks before it.
+    ``update`` (``"obs"`` or ``"lstsq"``, see :mod:`.update`) reconstructs the kept weights of
+    magnitude/Wanda/RIA masks; SparseGPT always updates.
     Take a :class:`~optishear_moo.pruning.weights.DenseSnapshot` first to undo it.
     """
-    config = config or PruningConfig(method, sparsity, parse_nm(nm), allocation)
+    config = config or PruningConfig(method, sparsity, parse_nm(nm), allocation, update=update)
     if config.needs_calibration and calibration is None:
         raise ValueError(f"{config.method} with {config.allocation} allocation needs calibration data")
     start = time.perf_counter()
@@ -133,13 +157,13 @@ def prune_model(
         for layer in adapter.prunable_layers(model):
             masks[layer.name] = _prune_layer_(layer, None, block_sparsity[layer.block_index], config)
     else:
-        walk = sequential_blocks(model, calibration, config.batch_size,
-                                 with_gram=config.method == "sparsegpt", progress=progress)
+        walk = sequential_blocks(model, calibration, config.batch_size, with_gram=config.needs_gram,
+                                 progress=progress)
         for index, layers, statistics in walk:
+            factors = shared_factors(statistics) if config.needs_gram else {}
             for layer in layers:
-                masks[layer.name] = _prune_layer_(
-                    layer, statistics[layer.name], block_sparsity[index], config
-                )
+                masks[layer.name] = _prune_layer_(layer, statistics[layer.name], block_sparsity[index],
+                                                  config, factors.get(layer.name))
     report = sparsity_report(model)
     seconds = time.perf_counter() - start
     logger.info("%s pruned to %.4f sparsity in %.1fs", config.method, report.total, seconds)

@@ -85,3 +85,16 @@ def test_statistics_accumulate_in_float32():
     assert stats.sum_sq.dtype == torch.float32 and stats.count == 2
     torch.testing.assert_close(stats.mean_sq, torch.tensor([5.0, 4.0, 5.0]))
     torch.testing.assert_close(stats.variance, torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_layers_reading_one_input_share_one_gram(tiny_llama, calibration):
+    layers = get_adapter(tiny_llama).prunable_layers(tiny_llama)
+    statistics = collect_input_statistics(tiny_llama, calibration, layers=layers, with_gram=True)
+    block = "model.layers.1."
+    q, k, v = (statistics[block + f"self_attn.{p}_proj"] for p in "qkv")
+    gate, up = statistics[block + "mlp.gate_proj"], statistics[block + "mlp.up_proj"]
+    assert q is k is v and gate is up and q is not gate and statistics[block + "mlp.down_proj"] is not gate
+    assert len({id(s) for s in statistics.values()}) == 4 * len(get_adapter(tiny_llama).blocks(tiny_llama))
+    alone = [layer for layer in layers if layer.name == block + "self_attn.v_proj"]
+    single = collect_input_statistics(tiny_llama, calibration, with_gram=True, layers=alone)
+    torch.testing.assert_close(single[block + "self_attn.v_proj"].gram, v.gram)

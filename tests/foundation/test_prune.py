@@ -80,3 +80,22 @@ def test_configuration_errors(tiny_llama, calibration):
     with pytest.raises(ValueError, match="non-empty"):
         prune_model(tiny_llama, torch.zeros(0, 8, dtype=torch.long), method="wanda")
     assert sparsity_report(tiny_llama).total == 0.0  # nothing was pruned by a failed call
+
+
+@pytest.mark.parametrize("update", ["obs", "lstsq"])
+def test_wanda_with_a_weight_update_keeps_its_masks_and_tracks_the_dense_model_better(update, calibration):
+    from optishear_moo.evaluation import DenseOutputs, kl_to_dense
+
+    reference = DenseOutputs.build(make_tiny_model("llama"), calibration)
+    kl = {}
+    for label in ("none", update):
+        model = make_tiny_model("llama")
+        result = prune_model(model, calibration, method="wanda", sparsity=0.6, update=label, progress=False)
+        layers = {layer.name: layer.weight for layer in get_adapter(model).prunable_layers(model)}
+        assert all(torch.equal(layers[name] == 0, ~mask) for name, mask in result.masks.items())
+        kl[label] = kl_to_dense(model, reference)
+    assert kl[update] < 0.9 * kl["none"], kl
+    with pytest.raises(ValueError, match="sparsegpt updates the kept weights itself"):
+        PruningConfig("sparsegpt", 0.5, update="obs")
+    with pytest.raises(ValueError, match="unknown weight update"):
+        PruningConfig("wanda", 0.5, update="adam")
