@@ -14,7 +14,8 @@ from .common import (
 )
 
 SETTINGS = MODEL_SETTINGS + ("target_sparsity", "objectives", "layerwise", "nm", "algorithm", "pop", "gens",
-                             "low_fidelity", "low_fidelity_gens")
+                             "low_fidelity", "low_fidelity_gens", "update", "search_update", "validation",
+                             "validation_samples")
 
 
 def add_parser(commands) -> None:
@@ -34,15 +35,26 @@ def add_parser(commands) -> None:
                         help="share of calibration samples for the first --low-fidelity-gens "
                              "generations (default 1: off); the front is re-scored on all of them")
     search.add_argument("--low-fidelity-gens", type=int, default=3)
+    search.add_argument("--update", default="none",
+                        help="reconstruct every candidate's kept weights: none, obs or lstsq (default: none)")
+    search.add_argument("--search-update", action="store_true",
+                        help="search the weight update too (the joint space: metric, allocation, update)")
+    search.add_argument("--validation", default="wikitext2-valid",
+                        help="text of the held-out windows that choose the front's plan "
+                             "(default: %(default)s; the calibration never uses it)")
+    search.add_argument("--validation-samples", type=int, default=None,
+                        help="held-out windows (default: --n-samples; 0: choose by the first objective)")
     add_model_arguments(search, n_samples=8, seq_len=128, resumable=True)
     search.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> dict:
+    from ..data import load_calibration
     from ..models import load_model
     from ..optishear import search_optishear
     from ..optishear.fitness import check_objectives
     from ..pruning.masks import check_sparsity
+    from ..pruning.update import check_update
     from ..pruning.weights import sparsity_report
     from ..search import check_algorithm
 
@@ -58,13 +70,22 @@ def run(args: argparse.Namespace) -> dict:
     check_positive(args, "pop", minimum=2)
     job.model_config()
 
+    check_update(args.update)
+    if args.validation_samples is None:
+        args.validation_samples = args.n_samples
+    check_positive(args, "validation_samples", minimum=0)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
+    validation = None
+    if args.validation_samples:
+        validation = load_calibration(tokenizer, args.validation_samples, args.seq_len, args.seed,
+                                      args.validation)
     job.begin()
     with job.interruptible():
         result = search_optishear(model, calibration, target, objectives, args.layerwise, args.nm,
                                   args.algorithm, args.pop, args.gens, args.seed, args.batch_size,
-                                  args.low_fidelity, args.low_fidelity_gens, checkpoint_dir=job.output,
+                                  args.low_fidelity, args.low_fidelity_gens, args.update, args.search_update,
+                                  validation, checkpoint_dir=job.output,
                                   config=job.settings, resume=args.resume, trust=args.trust_checkpoint,
                                   verbose=not args.quiet)
     result.save(job.output, title=f"OptiShear search, target sparsity {args.target_sparsity}")

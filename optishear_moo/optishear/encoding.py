@@ -1,6 +1,6 @@
 """The OptiShear search space as a real vector, so that every pymoo algorithm can drive it.
 
-Genes, in order (``n_var`` = 5 [+ 1] [+ n_blocks]):
+Genes, in order (``n_var`` = 5 [+ 1] [+ 1] [+ n_blocks]):
 
 ===========  ===========================  =====================================================
 gene         bounds                       decoded as
@@ -10,7 +10,9 @@ gene         bounds                       decoded as
 2            [0, 7)                       activation normaliser α_X
 3            [0, 7)                       activation transform τ_X
 4            [0, 5)                       activation exponent p: ``EXPONENTS[floor(x)]``
-5 (size)     [low, high]                  target sparsity, only when searching size
+update       [0, 3)                       weight update ``UPDATES[floor(x)]`` (none, obs, lstsq),
+                                          only when searching it (the joint space)
+size         [low, high]                  target sparsity, only when searching size
 blocks       [0, 3) (``discrete``)        block sparsity ``target + step·(floor(x) − 1)``
              [-1, 1] (``continuous``)     ``target + max_deviation·x``, then shifted and clipped
                                           to the bounds (and to target ± max_deviation) so
@@ -36,6 +38,7 @@ from pymoo.core.repair import Repair
 from pymoo.core.variable import Choice, Integer, Real
 
 from ..pruning.masks import check_sparsity
+from ..pruning.update import UPDATES, check_update
 from .meta_metric import EXPONENTS, NORMALISERS, TRANSFORMS, MetaMetric
 from .plan import project_to_mean
 
@@ -61,8 +64,11 @@ class SearchSpace:
     max_deviation: float = 0.1
     sparsity_bounds: tuple[float, float] = (0.0, 0.95)
     searches_metric: bool = True
+    update: str = "none"
+    searches_update: bool = False
 
     def __post_init__(self):
+        check_update(self.update)
         if self.layerwise not in LAYERWISE:
             raise ValueError(f"unknown layerwise mode {self.layerwise!r}: use one of {', '.join(LAYERWISE)}")
         lower, upper = self.sparsity_bounds
@@ -97,17 +103,25 @@ class SearchSpace:
     @property
     def n_var(self) -> int:
         blocks = 0 if self.layerwise == "uniform" else self.n_blocks
-        return self.n_metric_genes + int(self.searches_size) + blocks
+        return self.size_index + int(self.searches_size) + blocks
+
+    @property
+    def size_index(self) -> int:
+        """Index of the target-sparsity gene (when size is searched): after metric and update genes."""
+        return self.n_metric_genes + int(self.searches_update)
 
     @property
     def block_slice(self) -> slice:
-        return slice(self.n_metric_genes + int(self.searches_size), self.n_var)
+        return slice(self.size_index + int(self.searches_size), self.n_var)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         xl, xu = [], []
         if self.searches_metric:
             xl += [0.0] * len(_CATEGORIES)
             xu += [float(n) - 1e-9 for n in _CATEGORIES]
+        if self.searches_update:
+            xl.append(0.0)
+            xu.append(len(UPDATES) - 1e-9)
         if self.searches_size:
             xl.append(self.target_range[0])
             xu.append(self.target_range[1])
@@ -129,7 +143,7 @@ class SearchSpace:
                                 TRANSFORMS[i[3]], EXPONENTS[i[4]])
         else:
             metric = default_metric or MetaMetric.wanda()
-        target = float(x[self.n_metric_genes]) if self.searches_size else self.target_range[0]
+        target = float(x[self.size_index]) if self.searches_size else self.target_range[0]
         genes = x[self.block_slice]
         if self.layerwise == "uniform":
             sparsity = np.full(self.n_blocks, target)
@@ -143,9 +157,16 @@ class SearchSpace:
                                        np.asarray(self.block_sizes), lower, upper)
         return metric, sparsity, target
 
+    def decode_update(self, x: np.ndarray) -> str:
+        """The weight update (``"none"``, ``"obs"``, ``"lstsq"``) of one decision vector."""
+        if not self.searches_update:
+            return self.update
+        return UPDATES[_index(float(np.asarray(x, dtype=np.float64)[self.n_metric_genes]), len(UPDATES))]
+
     def encode(self, metric: MetaMetric | None = None, block_sparsity=None,
-               target: float | None = None) -> np.ndarray:
-        """A decision vector that decodes to ``metric`` and ``block_sparsity`` (uniform by default)."""
+               target: float | None = None, update: str | None = None) -> np.ndarray:
+        """A decision vector that decodes to ``metric``, ``block_sparsity`` (uniform by default) and
+        ``update`` (the space's default by default)."""
         target = self.target_range[0] if target is None else float(target)
         x = []
         if self.searches_metric:
@@ -155,6 +176,8 @@ class SearchSpace:
                        TRANSFORMS.index(metric.activation_transform),
                        EXPONENTS.index(metric.activation_exponent)]
             x += [c + 0.5 for c in choices]
+        if self.searches_update:
+            x.append(UPDATES.index(check_update(update or self.update)) + 0.5)
         if self.searches_size:
             x.append(target)
         if self.layerwise != "uniform":
@@ -174,6 +197,8 @@ class SearchSpace:
         if self.searches_metric:
             for name, options in zip(_METRIC_GENES, _OPTIONS):
                 variables[name] = Choice(options=list(options))
+        if self.searches_update:
+            variables["update"] = Choice(options=list(UPDATES))
         if self.searches_size:
             variables["target_sparsity"] = Real(bounds=self.target_range)
         for block in range(self.n_blocks if self.layerwise != "uniform" else 0):
@@ -186,6 +211,8 @@ class SearchSpace:
         x = []
         if self.searches_metric:
             x += [list(options).index(values[name]) + 0.5 for name, options in zip(_METRIC_GENES, _OPTIONS)]
+        if self.searches_update:
+            x.append(UPDATES.index(values["update"]) + 0.5)
         if self.searches_size:
             x.append(float(values["target_sparsity"]))
         for block in range(self.n_blocks if self.layerwise != "uniform" else 0):

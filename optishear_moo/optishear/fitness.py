@@ -26,6 +26,8 @@ from torch import nn
 from ..activations import InputStatistics, model_device, recording_inputs
 from ..evaluation.divergence import DenseOutputs, kl_sum_to_dense, recording_head_inputs
 from ..models.adapters import PrunableLayer, get_adapter
+from ..pruning.prune import shared_factors
+from ..pruning.update import reconstruct_
 from ..pruning.weights import DenseSnapshot, apply_masks_
 
 OBJECTIVES = ("kl", "output_error", "reconstruction", "density")
@@ -92,9 +94,10 @@ class DenseReference(DenseOutputs):
     @classmethod
     @torch.no_grad()
     def build(cls, model: nn.Module, calibration: torch.Tensor, batch_size: int = 8,
-              reconstruction_tokens: int = 0, seed: int = 0, progress: bool = False) -> DenseReference:
+              reconstruction_tokens: int = 0, seed: int = 0, progress: bool = False,
+              with_gram: bool = False) -> DenseReference:
         layers = get_adapter(model).prunable_layers(model)
-        with recording_inputs(layers) as statistics:
+        with recording_inputs(layers, with_gram) as statistics:
             dense = DenseOutputs.build(model, calibration, batch_size, progress)
         samples = (_layer_input_samples(model, calibration, layers, reconstruction_tokens, batch_size, seed)
                    if reconstruction_tokens else {})
@@ -114,33 +117,60 @@ class FitnessEvaluator:
         self.snapshot = DenseSnapshot.of(model)
         self.layers: list[PrunableLayer] = self.snapshot.layers
         self.n_prunable = sum(layer.numel for layer in self.layers)
+        self._factors: dict | None = None
+
+    @property
+    def factors(self) -> dict:
+        """One Hessian factor per distinct dense input, for weight updates (computed on first use)."""
+        if self._factors is None:
+            if any(stats.gram is None for stats in self.reference.statistics.values()):
+                raise ValueError("weight updates need a reference built with with_gram=True")
+            self._factors = shared_factors(self.reference.statistics)
+        return self._factors
 
     @torch.no_grad()
-    def evaluate(self, masks: Mapping[str, torch.Tensor], fidelity: float = 1.0) -> dict[str, float]:
-        """Objective values of the model pruned by ``masks``; ``fidelity`` in (0, 1] uses that
-        share of the calibration samples (the first ones) for the forward objectives."""
+    def evaluate(self, masks: Mapping[str, torch.Tensor], fidelity: float = 1.0,
+                 update: str = "none") -> dict[str, float]:
+        """Objective values of the model pruned by ``masks`` (and its kept weights reconstructed
+        by ``update``, from the dense inputs); ``fidelity`` in (0, 1] uses that share of the
+        calibration samples (the first ones) for the forward objectives."""
         values = {}
         if "density" in self.objectives:
             kept = sum(int(mask.sum()) for mask in masks.values())
             pruned_elsewhere = self.n_prunable - sum(mask.numel() for mask in masks.values())
             values["density"] = (kept + pruned_elsewhere) / self.n_prunable
-        if "reconstruction" in self.objectives:
-            values["reconstruction"] = self._reconstruction(masks)
-        if FORWARD_OBJECTIVES & set(self.objectives):
-            apply_masks_(self.layers, masks)
-            try:
+        if update == "none":
+            if "reconstruction" in self.objectives:
+                values["reconstruction"] = self._reconstruction(
+                    {name: self.snapshot.dense_weight(name).float() * ~mask for name, mask in masks.items()})
+            if FORWARD_OBJECTIVES & set(self.objectives):
+                apply_masks_(self.layers, masks)
+                try:
+                    values.update(self._forward_objectives(fidelity))
+                finally:
+                    self.snapshot.restore()
+            return {name: values[name] for name in self.objectives}
+        try:
+            for layer in self.layers:
+                reconstruct_(layer.weight, masks[layer.name], update, factor=self.factors[layer.name])
+            if "reconstruction" in self.objectives:
+                values["reconstruction"] = self._reconstruction(
+                    {layer.name: self.snapshot.dense_weight(layer.name).float() - layer.weight.float()
+                     for layer in self.layers})
+            if FORWARD_OBJECTIVES & set(self.objectives):
                 values.update(self._forward_objectives(fidelity))
-            finally:
-                self.snapshot.restore()
+        finally:
+            self.snapshot.restore()
         return {name: values[name] for name in self.objectives}
 
-    def _reconstruction(self, masks) -> float:
+    def _reconstruction(self, removed: Mapping[str, torch.Tensor]) -> float:
+        """Mean over layers of ‖(W − W′) X‖ / ‖W X‖ for ``removed[name] = W − W′``."""
         errors = []
         for layer in self.layers:
             x = self.reference.layer_samples[layer.name]
             dense = self.snapshot.dense_weight(layer.name).float()
-            removed = dense * ~masks[layer.name]
-            errors.append(float((x @ removed.t()).norm() / (x @ dense.t()).norm().clamp_min(1e-12)))
+            error = (x @ removed[layer.name].t()).norm() / (x @ dense.t()).norm().clamp_min(1e-12)
+            errors.append(float(error))
         return sum(errors) / len(errors)
 
     def _forward_objectives(self, fidelity: float) -> dict[str, float]:
@@ -169,7 +199,7 @@ class FitnessEvaluator:
 
 
 def build_reference(model, calibration, objectives, batch_size=8, reconstruction_tokens=256,
-                    seed=0, progress=False) -> DenseReference:
-    """A :class:`DenseReference` holding what ``objectives`` need."""
+                    seed=0, progress=False, with_gram: bool = False) -> DenseReference:
+    """A :class:`DenseReference` holding what ``objectives`` (and weight updates) need."""
     tokens = reconstruction_tokens if "reconstruction" in check_objectives(objectives) else 0
-    return DenseReference.build(model, calibration, batch_size, tokens, seed, progress)
+    return DenseReference.build(model, calibration, batch_size, tokens, seed, progress, with_gram)

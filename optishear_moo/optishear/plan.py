@@ -14,6 +14,8 @@ from torch import nn
 from ..activations import InputStatistics, collect_input_statistics, sequential_blocks
 from ..models.adapters import get_adapter
 from ..pruning.masks import check_sparsity, parse_nm
+from ..pruning.prune import shared_factors
+from ..pruning.update import check_update, reconstruct_
 from ..pruning.weights import apply_masks_
 from .meta_metric import MetaMetric, metric_masks
 
@@ -52,10 +54,12 @@ class PruningPlan:
     target_sparsity: float
     nm: tuple[int, int] | None = None
     objectives: dict[str, float] = field(default_factory=dict)
+    update: str = "none"
     _bound: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.nm = parse_nm(self.nm)
+        check_update(self.update)
         for value in self.block_sparsity:
             check_sparsity(value)
 
@@ -106,25 +110,37 @@ class PruningPlan:
         With calibration tokens (given, or remembered from the search for its own model) and
         ``sequential=True``, blocks are pruned in order from inputs that went through the
         already-pruned blocks, as Wanda and SparseGPT do; the search itself scores candidates
-        with one-shot dense statistics. ``sequential=False`` gives exactly :meth:`masks`.
+        with one-shot dense statistics. ``sequential=False`` gives exactly :meth:`masks`. A plan
+        with a weight ``update`` always runs sequentially and needs calibration tokens.
         """
         bound = self._bound_to(model)
         if calibration is None and bound is not None:
             calibration = bound[2]
-        if not (sequential and self.metric.needs_activations and calibration is not None):
+        if self.update != "none" and calibration is None:
+            raise ValueError(f"the plan's {self.update!r} weight update needs calibration tokens of this "
+                             "model: pass calibration=load_calibration(its_tokenizer, ...) to apply()")
+        if self.update == "none" and not (sequential and self.metric.needs_activations
+                                          and calibration is not None):
             masks = self.masks(model, calibration, batch_size)
             apply_masks_(get_adapter(model).prunable_layers(model), masks)
             return model
         sparsity = self._sparsity_for(get_adapter(model).prunable_layers(model))
         for _index, layers, statistics in sequential_blocks(model, calibration, batch_size,
-                                                             progress=False):
-            apply_masks_(layers, metric_masks(self.metric, layers, sparsity, statistics, self.nm))
+                                                             with_gram=self.update != "none", progress=False):
+            masks = metric_masks(self.metric, layers, sparsity, statistics, self.nm)
+            if self.update == "none":
+                apply_masks_(layers, masks)
+                continue
+            factors = shared_factors(statistics)
+            for layer in layers:
+                reconstruct_(layer.weight, masks[layer.name], self.update, factor=factors[layer.name])
         return model
 
     def describe(self) -> str:
         pattern = f"{self.nm[0]}:{self.nm[1]}" if self.nm else f"target {self.target_sparsity:.3f}"
         profile = " ".join(f"{s:.2f}" for s in self.block_sparsity)
-        return f"metric {self.metric.formula()}; {pattern}; per-block sparsity [{profile}]"
+        update = "" if self.update == "none" else f"; {self.update} weight update"
+        return f"metric {self.metric.formula()}; {pattern}{update}; per-block sparsity [{profile}]"
 
     def to_dict(self) -> dict:
         return {
@@ -134,6 +150,7 @@ class PruningPlan:
             "target_sparsity": self.target_sparsity,
             "nm": list(self.nm) if self.nm else None,
             "block_sparsity": [float(s) for s in self.block_sparsity],
+            "update": self.update,
             "objectives": self.objectives,
         }
 
@@ -157,7 +174,8 @@ class PruningPlan:
                    field("block_sparsity", lambda v: [float(s) for s in v]),
                    field("target_sparsity", float),
                    field("nm", lambda v: tuple(int(n) for n in v) if v else None, None),
-                   field("objectives", lambda v: {str(k): float(x) for k, x in dict(v).items()}, {}))
+                   field("objectives", lambda v: {str(k): float(x) for k, x in dict(v).items()}, {}),
+                   field("update", check_update, "none"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

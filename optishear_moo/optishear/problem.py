@@ -15,7 +15,7 @@ from ..pruning.metrics import wanda_score
 from ..pruning.prune import check_nm_divides
 from ..search.problem import ModelProblem, problem_fingerprint
 from .encoding import BalancedSparsityRepair, SearchSpace
-from .fitness import FitnessEvaluator, build_reference, check_objectives
+from .fitness import DenseReference, FitnessEvaluator, build_reference, check_objectives
 from .meta_metric import MetaMetric, RankedMetricMasks
 from .plan import PruningPlan
 
@@ -36,6 +36,9 @@ class OptiShearProblem(ModelProblem):
 
     The model is pruned in place for each candidate and restored right after; it is dense
     again whenever ``_evaluate`` returns. Dense references are computed once, here.
+    ``update`` (``"obs"``, ``"lstsq"``) reconstructs every candidate's kept weights from the dense
+    inputs before it is scored; ``search_update=True`` makes the update a gene (the joint space:
+    metric, allocation and update searched together).
     Candidates may be vectors or, for mixed-variable algorithms, dicts over ``vars`` (see
     :mod:`optishear_moo.search.problem`); other keyword arguments go to ``pymoo.core.problem.Problem``.
     """
@@ -56,6 +59,8 @@ class OptiShearProblem(ModelProblem):
         reconstruction_tokens: int = 256,
         fidelity: float = 1.0,
         progress: bool = False,
+        update: str = "none",
+        search_update: bool = False,
         **problem_kwargs,
     ):
         self.objectives = check_objectives(objectives)
@@ -69,7 +74,7 @@ class OptiShearProblem(ModelProblem):
         if self.nm is not None:
             target_sparsity, layerwise = 1 - self.nm[0] / self.nm[1], "uniform"
         self.space = SearchSpace(tuple(sizes), target_sparsity, layerwise, step, max_deviation,
-                                 tuple(sparsity_bounds), search_metric)
+                                 tuple(sparsity_bounds), search_metric, update, search_update)
         if "density" in self.objectives and not self.space.searches_size:
             raise ValueError("the density objective needs target_sparsity=(low, high) to search size")
         if self.space.n_var == 0:
@@ -78,7 +83,8 @@ class OptiShearProblem(ModelProblem):
         self.layers = layers
         self.fidelity = fidelity
         self.reference = build_reference(model, calibration, self.objectives, batch_size,
-                                         reconstruction_tokens, progress=progress)
+                                         reconstruction_tokens, progress=progress,
+                                         with_gram=update != "none" or search_update)
         self.evaluator = FitnessEvaluator(model, self.reference, self.objectives)
         self.mask_builder = RankedMetricMasks(layers, self.reference.statistics, self.nm)
         xl, xu = self.space.bounds()
@@ -100,21 +106,41 @@ class OptiShearProblem(ModelProblem):
 
     def decode(self, x) -> PruningPlan:
         """The readable :class:`PruningPlan` of a decision vector or mixed-variable dict (``res.X[0]``)."""
-        metric, sparsity, target = self.space.decode(self.as_vector(x))
-        plan = PruningPlan(metric, [float(s) for s in sparsity], target, self.nm)
+        x = self.as_vector(x)
+        metric, sparsity, target = self.space.decode(x)
+        plan = PruningPlan(metric, [float(s) for s in sparsity], target, self.nm,
+                           update=self.space.decode_update(x))
         return plan.bind_statistics(self.model, self.reference.statistics, self.reference.calibration)
 
     def encode(self, metric: MetaMetric | None = None, block_sparsity=None,
-               target: float | None = None) -> np.ndarray:
-        return self.space.encode(metric, block_sparsity, target)
+               target: float | None = None, update: str | None = None) -> np.ndarray:
+        return self.space.encode(metric, block_sparsity, target, update)
 
     def evaluate_plan(self, x, fidelity: float | None = None) -> tuple[dict, float]:
         """``(objective values, sparsity discrepancy)`` of one decision vector."""
         self._check_attached()
-        metric, sparsity, target = self.space.decode(self.as_vector(x))
+        x = self.as_vector(x)
+        metric, sparsity, target = self.space.decode(x)
         masks = self.mask_builder.masks(metric, sparsity)
-        values = self.evaluator.evaluate(masks, self.fidelity if fidelity is None else fidelity)
+        values = self.evaluator.evaluate(masks, self.fidelity if fidelity is None else fidelity,
+                                         self.space.decode_update(x))
         return values, self.space.sparsity_discrepancy(sparsity, target)
+
+    def validation_kl(self, X, validation: torch.Tensor) -> np.ndarray:
+        """KL to the dense model on other ``validation`` windows (``(n, seq_len)`` ids) for each
+        decision vector of ``X``: the same masks and updates as in the search (from the search's
+        calibration statistics), scored on text the search never saw."""
+        self._check_attached()
+        reference = DenseReference.build(self.model, validation, self.reference.batch_size)
+        evaluator = FitnessEvaluator(self.model, reference, ("kl",))
+        if self.space.update != "none" or self.space.searches_update:
+            evaluator._factors = self.evaluator.factors  # updates use the search's Hessians
+        values = []
+        for x in self.as_vectors(X):
+            metric, sparsity, _ = self.space.decode(x)
+            masks = self.mask_builder.masks(metric, sparsity)
+            values.append(evaluator.evaluate(masks, 1.0, self.space.decode_update(x))["kl"])
+        return np.array(values)
 
     def baseline_vectors(self, target: float | None = None) -> dict[str, np.ndarray]:
         """Decision vectors of the baselines users compare against, at ``target`` sparsity:
@@ -136,6 +162,9 @@ class OptiShearProblem(ModelProblem):
         """Warm start for ``sampling=``: the baselines (uniform Wanda, magnitude, OWL-Wanda, RIA)
         followed by uniform random vectors, ``(pop_size, n_var)``."""
         seeds = list(self.baseline_vectors().values()) + [self.encode(MetaMetric.ria())]
+        if self.space.searches_update:  # the SparseGPT-like corners of the joint space
+            seeds[1:1] = [self.encode(MetaMetric.wanda(), update="obs"),
+                          self.encode(MetaMetric.magnitude(), update="obs")]
         rng = np.random.default_rng(seed)
         rest = rng.uniform(self.xl, self.xu, size=(max(pop_size - len(seeds), 0), self.n_var))
         return np.vstack([np.array(seeds[:pop_size]), rest])

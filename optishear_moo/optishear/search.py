@@ -28,10 +28,12 @@ from .problem import OptiShearProblem
 class OptiShearResult:
     """The front of an OptiShear search, best first objective first.
 
-    ``front``: one ``{"objectives", "plan", "X"}`` entry per Pareto point; ``chosen``: the plan
-    of the first entry (bound to the search's statistics, so ``chosen.apply(model)`` needs no
-    calibration); ``baselines``: objective values of the baseline plans (uniform Wanda,
-    magnitude, OWL-Wanda) for reference, with two or more objectives.
+    ``front``: one ``{"objectives", "plan", "X"}`` entry per Pareto point (with
+    ``"validation_kl"`` when validation windows were given); ``chosen``: the plan of the entry
+    with the lowest validation KL, else of the first entry (bound to the search's statistics, so
+    ``chosen.apply(model)`` needs no calibration); ``baselines``: objective values of the
+    baseline plans (uniform Wanda, magnitude, OWL-Wanda) for reference, with two or more
+    objectives.
     """
 
     objectives: tuple[str, ...]
@@ -41,10 +43,12 @@ class OptiShearResult:
     seconds: float
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     result: Result | None = field(default=None, repr=False)
+    chosen_by: str = "first objective on the calibration windows"
 
     def to_dict(self) -> dict:
         return {"objectives": list(self.objectives), "front": self.front,
-                "chosen_plan": self.chosen.to_dict(), "n_evaluations": self.n_evaluations,
+                "chosen_plan": self.chosen.to_dict(), "chosen_by": self.chosen_by,
+                "n_evaluations": self.n_evaluations,
                 "search_seconds": self.seconds, "baselines": self.baselines}
 
     def save(self, directory: str | Path, title: str | None = None) -> None:
@@ -78,6 +82,8 @@ def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
                      nm: str | tuple[int, int] | None = None, algorithm: str = "nsga2",
                      pop_size: int = 16, n_gen: int = 10, seed: int = 0, batch_size: int = 8,
                      low_fidelity: float = 1.0, low_fidelity_gens: int = 3,
+                     update: str = "none", search_update: bool = False,
+                     validation: torch.Tensor | None = None,
                      problem: OptiShearProblem | None = None,
                      checkpoint_dir: str | Path | None = None, config: dict | None = None,
                      resume: bool = False, trust: bool = False, verbose: bool = False) -> OptiShearResult:
@@ -87,6 +93,9 @@ def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
     :func:`~optishear_moo.search.make_algorithm` (warm-started with the baselines), and runs it
     for ``n_gen`` generations; ``low_fidelity < 1`` scores the first ``low_fidelity_gens``
     generations on that share of the calibration samples and re-scores the final front on all.
+    ``update``/``search_update``: a fixed weight update for every candidate, or the update as a
+    gene (see :class:`OptiShearProblem`). With ``validation`` windows (other text than the
+    calibration), the front's plan with the lowest KL on them is chosen.
     With ``checkpoint_dir`` the run is saved after every generation; ``resume=True`` continues it
     (``trust=True`` accepts a checkpoint this user did not write; see :mod:`optishear_moo.search`).
     """
@@ -94,7 +103,8 @@ def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
     if n_gen < 1:
         raise ValueError(f"the number of generations must be at least 1, got {n_gen}")
     problem = problem or OptiShearProblem(model, calibration, target_sparsity, objectives, layerwise, nm,
-                                          batch_size=batch_size, progress=verbose)
+                                          batch_size=batch_size, progress=verbose, update=update,
+                                          search_update=search_update)
     schedule = {"callback": FidelitySchedule(low_fidelity, low_fidelity_gens)} if low_fidelity < 1 else {}
     result = run_search(problem, make_algorithm(algorithm, problem, pop_size, seed), ("n_gen", n_gen),
                         seed=seed, checkpoint_dir=checkpoint_dir, config=config, resume=resume,
@@ -103,17 +113,23 @@ def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
         reevaluate_at_full_fidelity(problem, result)
     X, F = front_arrays(result)
     order = np.argsort(F[:, 0], kind="stable")
+    held_out = problem.validation_kl(X[order], validation) if validation is not None else None
     front = []
-    for k in order:
+    for rank, k in enumerate(order):
         plan = problem.decode(X[k])
         plan.objectives = dict(zip(problem.objectives, map(float, F[k])))
         front.append({"objectives": plan.objectives, "plan": plan.to_dict(), "X": X[k].tolist()})
-    chosen = problem.decode(X[order[0]])
-    chosen.objectives = front[0]["objectives"]
+        if held_out is not None:
+            front[-1]["validation_kl"] = float(held_out[rank])
+    best = int(np.argmin(held_out)) if held_out is not None else 0
+    chosen = problem.decode(X[order[best]])
+    chosen.objectives = front[best]["objectives"]
     baselines = {}
     if problem.n_obj >= 2:
         for label, x in problem.baseline_vectors().items():
             values = problem.evaluate(np.array([x]), return_values_of=["F"])[0]
             baselines[label] = dict(zip(problem.objectives, map(float, values)))
+    chosen_by = ("KL on held-out validation windows" if held_out is not None
+                 else "first objective on the calibration windows")
     return OptiShearResult(problem.objectives, front, chosen, int(result.algorithm.evaluator.n_eval),
-                           time.perf_counter() - started, baselines, result)
+                           time.perf_counter() - started, baselines, result, chosen_by)

@@ -164,7 +164,7 @@ def load_checkpoint(directory: str | Path, trust: bool = False) -> tuple[Algorit
                 "(Python: trust=True)")
     try:
         algorithm = safe_pickle.loads(data)
-    except pickle.UnpicklingError as error:
+    except safe_pickle.Refused as error:
         raise CheckpointError(f"{path} was refused: {error}") from None
     except Exception as error:  # truncated or corrupt data surfaces as many types
         raise CheckpointError(f"{path} is damaged ({type(error).__name__}: {error}): start a new "

@@ -19,7 +19,7 @@ replaced by a checked version:
   allowed functions (pymoo wraps some in closures that plain pickle cannot name; :func:`dumps`
   writes those as ``("function", module, name)``).
 
-Anything else raises :class:`pickle.UnpicklingError` naming what was refused.
+Anything else raises :class:`Refused` (an ``UnpicklingError``) naming what was refused.
 """
 
 from __future__ import annotations
@@ -88,6 +88,10 @@ def _numpy_object(obj) -> bool:
                             np.random.BitGenerator, np.random.SeedSequence, np.random.RandomState))
 
 
+class Refused(pickle.UnpicklingError):
+    """The pickle asks for something that is not data (a name, a call, an opcode)."""
+
+
 class DataUnpickler(pickle._Unpickler):
     """Rebuilds only data (see the module docstring); ``UnpicklingError`` for anything else."""
 
@@ -101,7 +105,7 @@ class DataUnpickler(pickle._Unpickler):
     # names ---------------------------------------------------------------------------------
     def find_class(self, module: str, name: str):
         module = self.module_renames.get(module, module)
-        refused = pickle.UnpicklingError(f"the checkpoint names {module}.{name}, which is not allowed")
+        refused = Refused(f"the checkpoint names {module}.{name}, which is not allowed")
         if "." in name or not name.isidentifier():
             raise refused  # dotted paths would reach whatever a module imports
         if module == "builtins":
@@ -139,46 +143,46 @@ class DataUnpickler(pickle._Unpickler):
             first, rest = (args[0], args[1:]) if args else (None, ())
         else:
             name = getattr(func, "__qualname__", type(func).__name__)
-            raise pickle.UnpicklingError(f"the checkpoint calls {name} while loading, which is not allowed")
+            raise Refused(f"the checkpoint calls {name} while loading, which is not allowed")
         for value in rest:
             if callable(value) and not (value is np.dtype or id(value) in self._reconstructors
                                         or isinstance(value, np.dtype)):
-                raise pickle.UnpicklingError("the checkpoint passes code to a reconstructor, which is not "
+                raise Refused("the checkpoint passes code to a reconstructor, which is not "
                                              "allowed")
         name = getattr(func, "__name__", "")
         if func is copyreg._reconstructor:
             if len(args) != 3 or args[1] not in (object, *_CALLABLE_BUILTINS):
-                raise pickle.UnpicklingError("the checkpoint rebuilds an object through a constructor, "
+                raise Refused("the checkpoint rebuilds an object through a constructor, "
                                              "which is not allowed")
         elif func in (copyreg.__newobj__, getattr(copyreg, "__newobj_ex__", None)):
             self._check_new(first, rest)
         elif name == "_reconstruct":
             if not (isinstance(first, type) and issubclass(first, np.ndarray)):
-                raise pickle.UnpicklingError("the checkpoint rebuilds an array of a non-array type")
+                raise Refused("the checkpoint rebuilds an array of a non-array type")
         elif callable(first) and not (isinstance(first, type) and issubclass(
                 first, (np.random.BitGenerator, np.random.SeedSequence))):
-            raise pickle.UnpicklingError("the checkpoint passes code to a reconstructor, which is not "
+            raise Refused("the checkpoint passes code to a reconstructor, which is not "
                                          "allowed")
 
     def load_reduce(self):
         args = self.stack.pop()
         func = self.stack[-1]
         if not isinstance(args, tuple):
-            raise pickle.UnpicklingError("malformed REDUCE arguments")
+            raise Refused("malformed REDUCE arguments")
         self._check_call(func, args)
         self.stack[-1] = func(*args)
 
     @staticmethod
     def _check_new(cls, args) -> None:
         if not isinstance(cls, type):
-            raise pickle.UnpicklingError("NEWOBJ of something that is not a class")
+            raise Refused("NEWOBJ of something that is not a class")
         if cls in _CALLABLE_BUILTINS:
             return
         if cls.__new__ not in _BUILTIN_NEWS:
-            raise pickle.UnpicklingError(f"the checkpoint creates {cls.__qualname__} through its own "
+            raise Refused(f"the checkpoint creates {cls.__qualname__} through its own "
                                          "__new__, which is not allowed")
         if args and cls.__new__ is object.__new__:
-            raise pickle.UnpicklingError(f"malformed NEWOBJ arguments for {cls.__qualname__}")
+            raise Refused(f"malformed NEWOBJ arguments for {cls.__qualname__}")
 
     def load_newobj(self):
         args = self.stack.pop()
@@ -205,29 +209,29 @@ class DataUnpickler(pickle._Unpickler):
             state, slotstate = state
         if state is not None and not isinstance(state, dict) or (
                 slotstate is not None and not isinstance(slotstate, dict)):
-            raise pickle.UnpicklingError(f"malformed state for {type(inst).__qualname__}")
+            raise Refused(f"malformed state for {type(inst).__qualname__}")
         if state:
             if not hasattr(inst, "__dict__"):
-                raise pickle.UnpicklingError(f"state for {type(inst).__qualname__}, which has no __dict__")
+                raise Refused(f"state for {type(inst).__qualname__}, which has no __dict__")
             for key, value in state.items():
                 if not isinstance(key, str) or (key.startswith("__") and key.endswith("__")):
-                    raise pickle.UnpicklingError(f"state of {type(inst).__qualname__} sets {key!r}, "
+                    raise Refused(f"state of {type(inst).__qualname__} sets {key!r}, "
                                                  "which is not allowed")
                 inst.__dict__[sys.intern(key)] = value
         for key, value in (slotstate or {}).items():
             if not isinstance(key, str) or key.startswith("__"):
-                raise pickle.UnpicklingError("malformed slot state")
+                raise Refused("malformed slot state")
             setattr(inst, key, value)
 
     def persistent_load(self, pid):
         """Functions that pymoo wraps in closures travel as ``("function", module, name)``."""
         if not (isinstance(pid, tuple) and len(pid) == 3 and pid[0] == "function"
                 and (pid[1], pid[2]) in ALLOWED_FUNCTIONS):
-            raise pickle.UnpicklingError(f"the checkpoint refers to {pid!r}, which is not allowed")
-        return self._resolve(pid[1], pid[2], pickle.UnpicklingError(f"{pid!r} is missing"))
+            raise Refused(f"the checkpoint refers to {pid!r}, which is not allowed")
+        return self._resolve(pid[1], pid[2], Refused(f"{pid!r} is missing"))
 
     def _refuse(self):
-        raise pickle.UnpicklingError("the checkpoint uses a pickle opcode that can run code "
+        raise Refused("the checkpoint uses a pickle opcode that can run code "
                                      "(INST, OBJ, extension codes or persistent ids), which is not allowed")
 
     dispatch[pickle.REDUCE[0]] = load_reduce

@@ -167,3 +167,32 @@ def test_sequential_apply_of_the_wanda_point_equals_sequential_wanda(problem, ca
     plan.apply(model)  # sequential with the search's calibration
     for layer in get_adapter(model).prunable_layers(model):
         assert torch.equal(layer.weight != 0, expected.masks[layer.name]), layer.name
+
+
+def test_joint_space_searches_the_weight_update_and_plans_keep_it(tiny_llama, calibration, tmp_path):
+    problem = OptiShearProblem(tiny_llama, calibration, 0.6, objectives=("kl",), search_update=True,
+                               batch_size=3)
+    assert "update" in problem.vars and problem.n_var == 5 + 1 + 3
+    dense = [layer.weight.clone() for layer in problem.layers]
+    kl = {update: problem.evaluate(problem.encode(MetaMetric.wanda(), update=update)[None],
+                                   return_values_of=["F"])[0, 0] for update in ("none", "obs", "lstsq")}
+    assert kl["obs"] < 0.9 * kl["none"] and kl["lstsq"] < 0.9 * kl["none"], kl
+    assert all(torch.equal(a, layer.weight) for a, layer in zip(dense, problem.layers))  # restored
+    seeds = problem.initial_population(6)
+    assert {problem.space.decode_update(x) for x in seeds} >= {"none", "obs"}
+    plan = problem.decode(problem.encode(MetaMetric.wanda(), update="obs"))
+    assert plan.update == "obs" and "obs weight update" in plan.describe()
+    plan.save(tmp_path / "plan.json")
+    loaded = PruningPlan.load(tmp_path / "plan.json")
+    assert loaded.update == "obs"
+    # applying it reconstructs the kept weights: block 0 gets the same mask with other values
+    masked, updated = make_tiny_model("llama"), make_tiny_model("llama")
+    PruningPlan(plan.metric, plan.block_sparsity, 0.6).apply(masked, calibration)
+    loaded.apply(updated, calibration)
+    pairs = zip(get_adapter(masked).prunable_layers(masked), get_adapter(updated).prunable_layers(updated))
+    for a, b in pairs:
+        if a.block_index == 0:
+            assert torch.equal(a.weight == 0, b.weight == 0) and not torch.equal(a.weight, b.weight)
+    assert sparsity_report(updated).total == pytest.approx(sparsity_report(masked).total, abs=1e-6)
+    with pytest.raises(ValueError, match="needs calibration tokens"):
+        loaded.apply(make_tiny_model("llama"))
