@@ -91,7 +91,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def save_checkpoint(algorithm: Algorithm, directory: str | Path, config: dict | None = None) -> None:
     """Write ``algorithm`` (after a finished generation) to ``directory``, signed and atomically."""
-    from .. import __version__
+    from .._version import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ for staged selection, ``stage_score(x, stage)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from pymoo.core.crossover import Crossover
 from pymoo.core.mutation import Mutation
@@ -93,6 +95,25 @@ class CopyParent(Crossover):
 
     def _do(self, problem, X, *args, **kwargs):
         return X.copy()
+
+
+@dataclass(frozen=True)
+class FidelityStage:
+    """One stage of multi-fidelity selection: candidates still in the race are scored on the first
+    ``eval_samples`` calibration windows (all when None) and the best ``survivors`` go on."""
+
+    survivors: int
+    eval_samples: int | None = None
+
+
+def fidelity_stages(n_samples: int, pop_size: int = 1, n_stages: int = 3) -> list[FidelityStage]:
+    """EvoPress-style stages: survivors halve down to ``pop_size`` while the windows they are scored
+    on double up to all ``n_samples`` (e.g. 8 windows, 3 stages: 4 on 2, 2 on 4, 1 on 8)."""
+    if n_stages < 1:
+        raise ValueError(f"n_stages must be at least 1, got {n_stages}")
+    return [FidelityStage(pop_size * 2 ** (n_stages - 1 - k),
+                          max(1, n_samples // 2 ** (n_stages - 1 - k)) if k < n_stages - 1 else None)
+            for k in range(n_stages)]
 
 
 def check_stages(stages, pop_size: int) -> tuple:

@@ -1,0 +1,85 @@
+"""``optishear-moo levels``: EvoPress-style search of per-layer sparsity levels over a database of
+pruned weights (SparseGPT by default); checkpointed, resumable."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import (
+    MODEL_SETTINGS,
+    Job,
+    add_model_arguments,
+    calibration_settings,
+    load_calibration_for,
+    value_or_range,
+)
+
+SETTINGS = MODEL_SETTINGS + ("sparsity", "method", "update", "step", "levels_each_side", "pop", "offspring",
+                             "gens", "stages")
+
+
+def add_parser(commands) -> None:
+    levels = commands.add_parser("levels",
+                                 help="EvoPress: search per-layer sparsity levels (SparseGPT database)")
+    levels.add_argument("--sparsity", default="0.5",
+                        help="mean sparsity of the prunable weights, or LOW:HIGH for a size-vs-quality front")
+    levels.add_argument("--method", default="sparsegpt",
+                        help="how the database prunes each level: sparsegpt (default), wanda, ria, magnitude")
+    levels.add_argument("--update", default="none",
+                        help="weight update for wanda/ria/magnitude levels: none, obs or lstsq")
+    levels.add_argument("--step", type=float, default=0.05, help="sparsity between levels (default: 0.05)")
+    levels.add_argument("--levels-each-side", type=int, default=3,
+                        help="levels below and above the target (default: 3)")
+    levels.add_argument("--pop", type=int, default=1, help="parents kept per generation (default: 1)")
+    levels.add_argument("--offspring", type=int, default=16, help="offspring per generation (default: 16)")
+    levels.add_argument("--gens", type=int, default=None,
+                        help="generations (default: 10; with --resume: those of the first run)")
+    levels.add_argument("--stages", type=int, default=3,
+                        help="multi-fidelity stages: survivors halve while the windows scored double "
+                             "(default: 3)")
+    add_model_arguments(levels, n_samples=8, seq_len=128, resumable=True)
+    levels.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..evopress import SparsityLevelDatabase, search_levels, sparsity_ladder
+    from ..models import load_model
+    from ..pruning.prune import PruningConfig
+    from ..pruning.weights import sparsity_report
+    from ..search import plot_pareto
+    from ..search.levels import fidelity_stages
+
+    job = Job(args, "levels", SETTINGS)
+    job.resume_search()
+    target = value_or_range(args.sparsity, "--sparsity")
+    PruningConfig(args.method, target if not isinstance(target, tuple) else target[0], update=args.update)
+    ladder = sparsity_ladder(target, args.step, args.levels_each_side)
+    stages = None if isinstance(target, tuple) else fidelity_stages(args.n_samples, args.pop, args.stages)
+    job.model_config()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = load_calibration_for(args, tokenizer, model)
+    job.begin()
+    dense = job.perplexity(model, tokenizer)
+    database = SparsityLevelDatabase.build(model, calibration, ladder, args.method, args.update,
+                                           batch_size=args.batch_size, progress=not args.quiet)
+    with job.interruptible():
+        choice = search_levels(model, calibration, target, database=database, pop_size=args.pop,
+                               n_offsprings=args.offspring, n_gen=args.gens, stages=stages, seed=args.seed,
+                               batch_size=args.batch_size, checkpoint_dir=job.output, config=job.settings,
+                               resume=args.resume, trust=args.trust_checkpoint, verbose=not args.quiet)
+    search_seconds = job.seconds
+    choice.apply(model, database)
+    pruned = job.perplexity(model, tokenizer)
+    report_sparsity = sparsity_report(model)
+    if choice.front:
+        F = [[point["calibration_kl"], 1 - point["sparsity"]] for point in choice.front]
+        plot_pareto(F, ["kl", "density"], job.output / "pareto", title="EvoPress sparsity levels")
+    report = job.finish(model, tokenizer, {
+        **choice.to_dict(), "dense_ppl": dense.perplexity, "pruned_ppl": pruned.perplexity,
+        "sparsity": report_sparsity.total, "per_layer_sparsity": report_sparsity.per_layer,
+        "evaluations": choice.n_evaluations, "calibration": calibration_settings(args),
+        "search_seconds": search_seconds})
+    print(f"levels of {len(choice.levels)} layers ({args.method}, {choice.n_evaluations} evaluations); ppl "
+          f"{dense.perplexity:.3f} -> {pruned.perplexity:.3f} at sparsity {report_sparsity.total:.4f}; "
+          f"saved to {job.output / 'model'}")
+    return report

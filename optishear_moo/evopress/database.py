@@ -1,0 +1,116 @@
+"""EvoPress's level database: every prunable layer pruned at a ladder of sparsities, once.
+
+Each layer is pruned from the dense model's inputs (so any mix of levels is consistent) with a
+baseline method and weight update – SparseGPT by default – at every sparsity of the ladder; a
+search then only swaps in the stored weights of the layers whose level changed. Blocks are
+walked one at a time, so only one block's Hessians are held; the entries live in memory, or on
+disk (one file per layer, memory-mapped when read) with ``directory``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..activations import sequential_blocks
+from ..models.adapters import PrunableLayer, get_adapter
+from ..pruning.masks import build_mask, check_sparsity
+from ..pruning.metrics import SCORE_METRICS
+from ..pruning.prune import METHODS, shared_factors
+from ..pruning.sparsegpt import sparsegpt_prune_
+from ..pruning.update import check_update, reconstruct_
+
+logger = logging.getLogger(__name__)
+
+
+def sparsity_ladder(target: float | tuple[float, float], step: float = 0.05, levels_each_side: int = 3,
+                    bounds: tuple[float, float] = (0.0, 0.95)) -> list[float]:
+    """Sparsities ``step`` apart that hold the target (or the range) and ``levels_each_side`` more
+    on each side, within ``bounds``: e.g. 0.35 ... 0.65 for a target of 0.5."""
+    low, high = (target, target) if not isinstance(target, (tuple, list)) else target
+    for value in (low, high):
+        check_sparsity(value)
+    if not step > 0:
+        raise ValueError(f"the ladder step must be positive, got {step}")
+    start = low - levels_each_side * step
+    stop = high + levels_each_side * step
+    ladder = np.round(np.arange(start, stop + step / 2, step), 6)
+    ladder = ladder[(ladder >= bounds[0] - 1e-9) & (ladder <= bounds[1] + 1e-9)]
+    return [float(s) for s in ladder]
+
+
+class SparsityLevelDatabase:
+    """Weights of every prunable layer at every sparsity in ``ladder`` (built once, then read)."""
+
+    def __init__(self, layers: list[PrunableLayer], ladder: list[float], method: str, update: str,
+                 directory: str | Path | None = None):
+        self.names = [layer.name for layer in layers]
+        self.numels = np.array([layer.numel for layer in layers], dtype=np.int64)
+        self.roles = [layer.role for layer in layers]
+        self.ladder = [float(s) for s in ladder]
+        self.method, self.update = method, update
+        self.directory = Path(directory) if directory is not None else None
+        self._entries: dict[str, torch.Tensor] = {}
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.ladder)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: nn.Module, calibration: torch.Tensor, ladder, method: str = "sparsegpt",
+              update: str = "none", directory: str | Path | None = None, batch_size: int = 8,
+              progress: bool = False) -> SparsityLevelDatabase:
+        """Prune every layer of ``model`` (left unchanged) at every sparsity of ``ladder``."""
+        if method not in METHODS:
+            raise ValueError(f"unknown pruning method {method!r}: use one of {', '.join(METHODS)}")
+        check_update(update)
+        if method == "sparsegpt" and update != "none":
+            raise ValueError("sparsegpt updates the kept weights itself: use update 'none' with it")
+        ladder = [check_sparsity(s) for s in ladder]
+        layers = get_adapter(model).prunable_layers(model)
+        database = cls(layers, ladder, method, update, directory)
+        needs_gram = method == "sparsegpt" or update != "none"
+        walk = sequential_blocks(model, calibration, batch_size, with_gram=needs_gram, progress=False)
+        n_blocks = len(get_adapter(model).blocks(model))
+        for _index, block_layers, statistics in tqdm(walk, total=n_blocks, desc="level database",
+                                                      disable=not progress, leave=False):
+            factors = shared_factors(statistics) if needs_gram else {}
+            for layer in block_layers:  # the block is left dense: later blocks see dense inputs
+                dense = layer.weight.detach().clone()
+                levels = torch.empty((len(ladder), *dense.shape), dtype=dense.dtype, device="cpu")
+                for k, sparsity in enumerate(ladder):
+                    weight = dense.clone()
+                    if method == "sparsegpt":
+                        sparsegpt_prune_(weight, None, 0, sparsity, factor=factors[layer.name])
+                    else:
+                        mask = build_mask(SCORE_METRICS[method](dense, statistics[layer.name]), sparsity)
+                        reconstruct_(weight, mask, update, factor=factors.get(layer.name))
+                    levels[k] = weight.cpu()
+                database._store(layer.name, levels)
+        return database
+
+    def _store(self, name: str, levels: torch.Tensor) -> None:
+        if self.directory is None:
+            self._entries[name] = levels
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        torch.save(levels, self.directory / f"{name}.pt")
+
+    def weight(self, name: str, level: int) -> torch.Tensor:
+        """The stored ``(out, in)`` weight of layer ``name`` at ``level`` (an index of the ladder)."""
+        if not 0 <= level < self.n_levels:
+            raise ValueError(f"level must be in 0..{self.n_levels - 1}, got {level}")
+        if self.directory is None:
+            return self._entries[name][level]
+        return torch.load(self.directory / f"{name}.pt", mmap=True, weights_only=True)[level]
+
+    def mean_sparsity(self, levels) -> float:
+        """Parameter-weighted mean sparsity of per-layer ``levels`` (ladder indices)."""
+        sparsity = np.asarray(self.ladder)[np.asarray(levels, dtype=int)]
+        return float(np.average(sparsity, weights=self.numels))

@@ -1,0 +1,148 @@
+"""EvoPress's sparsity-level search as a pymoo problem (a level problem of
+:mod:`optishear_moo.search.levels`).
+
+Decision vector: one level (an index of the database's sparsity ladder) per prunable layer. A
+level switch raises one layer's sparsity by a step and lowers another's of the same role (q_proj
+with q_proj...) – layers of one role have one shape across blocks, so the parameter-weighted mean
+sparsity is kept exactly. With one ``target_sparsity`` the objective is the calibration KL to the
+dense model and one constraint holds the mean on the target; with ``(low, high)`` a second
+objective, the share of weights kept (``density``), gives the size-vs-quality front.
+
+A candidate is stitched into one working model: only layers whose level changed since the last
+candidate are copied in from the database. ``restore_dense()`` gives the dense model back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pymoo.core.variable import Integer
+from torch import nn
+
+from ..evaluation.divergence import DenseOutputs, kl_to_dense
+from ..models.adapters import get_adapter
+from ..pruning.masks import check_sparsity
+from ..pruning.weights import DenseSnapshot
+from ..search.problem import ModelProblem, problem_fingerprint
+from .database import SparsityLevelDatabase, sparsity_ladder
+
+SPARSITY_TOLERANCE = 1e-6
+
+
+class LevelSearchProblem(ModelProblem):
+    """Per-layer sparsity levels of ``model`` read from ``database`` (built here if not given:
+    ``method``/``update`` at a ladder of ``step`` around the target)."""
+
+    def __init__(self, model: nn.Module, calibration: torch.Tensor,
+                 target_sparsity: float | tuple[float, float] = 0.5,
+                 database: SparsityLevelDatabase | None = None, method: str = "sparsegpt",
+                 update: str = "none", step: float = 0.05, batch_size: int = 8, progress: bool = False,
+                 **problem_kwargs):
+        self.multi_objective = isinstance(target_sparsity, (tuple, list))
+        targets = tuple(sorted(check_sparsity(t) for t in (target_sparsity if self.multi_objective
+                                                           else (target_sparsity,))))
+        self.sparsity_range = (targets[0], targets[-1])
+        self.database = database or SparsityLevelDatabase.build(
+            model, calibration, sparsity_ladder(target_sparsity, step), method, update,
+            batch_size=batch_size, progress=progress)
+        ladder = np.asarray(self.database.ladder)
+        if self.sparsity_range[0] < ladder.min() - 1e-9 or self.sparsity_range[1] > ladder.max() + 1e-9:
+            raise ValueError(f"target sparsity {target_sparsity} lies outside the database's ladder "
+                             f"{ladder.min():.3f}..{ladder.max():.3f}: build it around the target")
+        self.model = model
+        self.layers = get_adapter(model).prunable_layers(model)
+        if [layer.name for layer in self.layers] != self.database.names:
+            raise ValueError("the level database was built for another model (its layers differ)")
+        self.snapshot = DenseSnapshot(self.layers)
+        self.reference = DenseOutputs.build(model, calibration, batch_size, progress)
+        self.current = np.full(len(self.layers), -1)  # the level each layer holds now (-1: dense)
+        self.eval_fidelity = 1.0
+        self._scores: dict[tuple, float] = {}  # (levels, fidelity) -> KL, so re-scoring is free
+        roles = self.database.roles
+        self.level_groups = [np.array([i for i, r in enumerate(roles) if r == role])
+                             for role in dict.fromkeys(roles)]
+        steps = np.array([self.database.numels[group[0]] for group in self.level_groups], dtype=float)
+        self.group_weights = steps / steps.sum()
+        n_var, top = len(self.layers), self.database.n_levels - 1
+        fingerprint = problem_fingerprint(type(self).__name__, model, calibration, self.sparsity_range,
+                                          self.database.ladder, self.database.method, self.database.update)
+        super().__init__(n_var=n_var, n_obj=2 if self.multi_objective else 1,
+                         n_ieq_constr=2 if self.multi_objective else 1, xl=0, xu=top, vtype=int,
+                         vars={name: Integer(bounds=(0, top)) for name in self.database.names},
+                         fingerprint=fingerprint,
+                         exclude_from_serialization=["model", "database", "layers", "snapshot", "reference",
+                                                     "_scores"],
+                         **problem_kwargs)
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return ("kl", "density") if self.multi_objective else ("kl",)
+
+    @property
+    def size_range(self) -> tuple[float, float]:
+        return self.sparsity_range
+
+    def levels(self, x) -> np.ndarray:
+        """Per-layer ladder indices of a vector (or dict of variables)."""
+        return np.rint(np.asarray(self.as_vector(x), dtype=float)).astype(int)
+
+    decode = levels
+
+    def layer_sparsity(self, x) -> dict[str, float]:
+        return {name: self.database.ladder[level] for name, level in zip(self.database.names, self.levels(x))}
+
+    def uniform_x(self, target: float) -> np.ndarray:
+        """Every layer at the ladder level nearest ``target``; a target between two levels mixes
+        them over whole role groups so the mean comes as close as the steps allow."""
+        ladder = np.asarray(self.database.ladder)
+        below = int(np.clip(np.searchsorted(ladder, target + 1e-9) - 1, 0, len(ladder) - 1))
+        x = np.full(self.n_var, below)
+        if below + 1 < len(ladder) and target > ladder[below] + 1e-9:
+            share = (target - ladder[below]) / (ladder[below + 1] - ladder[below])
+            for group in self.level_groups:  # raise a share of each role's layers one level
+                x[group[: int(round(share * len(group)))]] += 1
+        return x
+
+    def stitch(self, levels: np.ndarray) -> None:
+        """Copy into the working model the database weights of the layers whose level changed."""
+        for i in np.flatnonzero(levels != self.current):
+            self.layers[i].weight.copy_(self.database.weight(self.layers[i].name, int(levels[i])))
+        self.current = levels.copy()
+
+    @torch.no_grad()
+    def kl(self, x, fidelity: float = 1.0) -> float:
+        """KL to the dense model on the first ``fidelity`` share of the calibration windows."""
+        self._check_attached()
+        levels = self.levels(x)
+        key = (levels.tobytes(), round(fidelity, 9))
+        if key not in self._scores:
+            if len(self._scores) > 65536:
+                self._scores.clear()
+            self.stitch(levels)
+            self._scores[key] = kl_to_dense(self.model, self.reference, fidelity)
+        return self._scores[key]
+
+    def stage_score(self, x, stage) -> float:
+        """KL on the first ``stage.eval_samples`` calibration windows (all when None)."""
+        n_total = len(self.reference.calibration)
+        fidelity = 1.0 if stage.eval_samples is None else min(stage.eval_samples, n_total) / n_total
+        return self.kl(x, fidelity)
+
+    def _evaluate_vectors(self, X, out, *args, **kwargs):
+        X = np.rint(np.asarray(X, dtype=float)).astype(int)
+        F = np.empty((len(X), self.n_obj))
+        sparsity = np.array([self.database.mean_sparsity(x) for x in X])
+        for row, x in enumerate(X):
+            F[row, 0] = self.kl(x, self.eval_fidelity)
+        if self.multi_objective:
+            F[:, 1] = 1 - sparsity
+            low, high = self.sparsity_range
+            out["G"] = np.column_stack([low - sparsity, sparsity - high])
+        else:
+            out["G"] = (np.abs(sparsity - self.sparsity_range[0]) - SPARSITY_TOLERANCE)[:, None]
+        out["F"] = F
+
+    def restore_dense(self) -> nn.Module:
+        self.snapshot.restore()
+        self.current[:] = -1
+        return self.model

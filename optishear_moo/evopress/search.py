@@ -1,0 +1,105 @@
+"""EvoPress-style sparsity-level search in one call (API and CLI): build the level database, run
+the pymoo search with multi-fidelity selection (checkpointed), and return the chosen per-layer
+sparsities. The model comes back dense; :meth:`LevelChoice.apply` prunes it to the choice."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models.adapters import get_adapter
+from ..search import front_arrays, run_search
+from ..search.levels import StagedSurvival, check_stages, fidelity_stages, level_algorithm
+from .database import SparsityLevelDatabase, sparsity_ladder
+from .problem import LevelSearchProblem
+
+
+@dataclass
+class LevelChoice:
+    """Per-layer sparsity (``layer_sparsity``, layer name -> sparsity) and how it scores.
+
+    ``sparsity``: parameter-weighted mean over the prunable layers; ``calibration_kl``: KL to the
+    dense model on all calibration windows; ``front`` (sparsity range only): every Pareto point,
+    sparsest first.
+    """
+
+    layer_sparsity: dict[str, float]
+    levels: list[int]
+    sparsity: float
+    calibration_kl: float
+    n_evaluations: int
+    method: str
+    update: str
+    ladder: list[float]
+    seconds: float = 0.0
+    front: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module, database: SparsityLevelDatabase) -> nn.Module:
+        """Prune ``model`` **in place** to this choice: each layer gets the database's weights at its
+        level (what the search scored). Returns the model."""
+        for layer, level in zip(get_adapter(model).prunable_layers(model), self.levels):
+            layer.weight.copy_(database.weight(layer.name, level))
+        return model
+
+
+def search_levels(model: nn.Module, calibration: torch.Tensor,
+                  target_sparsity: float | tuple[float, float] = 0.5, method: str = "sparsegpt",
+                  update: str = "none", step: float = 0.05,
+                  levels_each_side: int = 3, pop_size: int = 1, n_offsprings: int = 16, n_gen: int = 10,
+                  stages=None, seed: int = 0, batch_size: int = 8,
+                  database: SparsityLevelDatabase | None = None, database_dir: str | Path | None = None,
+                  checkpoint_dir: str | Path | None = None, config: dict | None = None,
+                  resume: bool = False, trust: bool = False, verbose: bool = False) -> LevelChoice:
+    """EvoPress's search over ``model`` (left dense afterwards).
+
+    ``target_sparsity``: one mean sparsity (kept exactly), or ``(low, high)`` for a size-vs-quality
+    front (NSGA-II; the sparsest point is chosen). The database holds every layer pruned with
+    ``method`` (+ ``update``) at sparsities ``step`` apart around the target (``levels_each_side``
+    more on each side). ``stages`` (one target only; default :func:`fidelity_stages`: survivors
+    halve while the windows scored double) select the survivors of each generation.
+    """
+    started = time.perf_counter()
+    if n_gen < 1:
+        raise ValueError(f"the number of generations must be at least 1, got {n_gen}")
+    database = database or SparsityLevelDatabase.build(
+        model, calibration, sparsity_ladder(target_sparsity, step, levels_each_side), method, update,
+        directory=database_dir, batch_size=batch_size, progress=verbose)
+    problem = LevelSearchProblem(model, calibration, target_sparsity, database, batch_size=batch_size,
+                                 progress=verbose)
+    survival = None
+    if not problem.multi_objective:
+        stages = check_stages(stages if stages is not None else fidelity_stages(len(calibration), pop_size),
+                              pop_size)
+        first = stages[0].eval_samples
+        problem.eval_fidelity = 1.0 if first is None else min(first, len(calibration)) / len(calibration)
+        survival = StagedSurvival(stages, score_name="kl")
+    algorithm = level_algorithm(problem, pop_size, n_offsprings, survival)
+    try:
+        result = run_search(problem, algorithm, ("n_gen", n_gen), seed=seed,
+                            checkpoint_dir=checkpoint_dir, config=config, resume=resume, trust=trust,
+                            verbose=verbose)
+        n_eval = int(result.algorithm.evaluator.n_eval)
+        if problem.multi_objective:
+            X, F = front_arrays(result)
+            points = sorted(({"levels": problem.levels(x).tolist(), "sparsity": 1 - float(f[1]),
+                              "calibration_kl": problem.kl(x)} for x, f in zip(X, F)),
+                            key=lambda point: -point["sparsity"])
+            best = problem.levels(points[0]["levels"])
+        else:
+            points = []
+            best = problem.levels(result.algorithm.pop[0].X)  # ranked by the last (full) stage
+        kl = problem.kl(best)
+        return LevelChoice(problem.layer_sparsity(best), best.tolist(), database.mean_sparsity(best), kl,
+                           n_eval, database.method, database.update, database.ladder,
+                           time.perf_counter() - started, points)
+    finally:
+        problem.restore_dense()
+

@@ -1,0 +1,137 @@
+"""EvoPress's sparsity-level database and search on a tiny Llama."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pymoo.core.callback import Callback
+
+from optishear_moo.activations import collect_input_statistics
+from optishear_moo.evopress import LevelSearchProblem, SparsityLevelDatabase, search_levels, sparsity_ladder
+from optishear_moo.models import get_adapter
+from optishear_moo.pruning import sparsegpt_prune_
+from optishear_moo.search import run_search
+from optishear_moo.search.levels import (
+    BudgetSampling,
+    LevelSwitchMutation,
+    StagedSurvival,
+    fidelity_stages,
+    level_algorithm,
+)
+from tests.conftest import make_tiny_model
+
+LADDER = [0.4, 0.5, 0.6]
+
+
+@pytest.fixture(scope="module")
+def calibration_ids():
+    return torch.randint(0, 384, (4, 32), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def database(calibration_ids):
+    return SparsityLevelDatabase.build(make_tiny_model("llama"), calibration_ids, LADDER)
+
+
+def test_ladder():
+    assert sparsity_ladder(0.5) == [0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65]
+    assert sparsity_ladder((0.3, 0.4), step=0.1, levels_each_side=1) == [0.2, 0.3, 0.4, 0.5]
+    assert sparsity_ladder(0.1, levels_each_side=3)[0] == 0.0
+    assert 0.52 in sparsity_ladder(0.52)
+
+
+def test_database_holds_sparsegpt_from_dense_inputs_at_every_level(database, calibration_ids, tmp_path):
+    model = make_tiny_model("llama")
+    layers = get_adapter(model).prunable_layers(model)
+    name = "model.layers.2.mlp.down_proj"  # the last block: dense inputs differ from pruned ones
+    statistics = collect_input_statistics(model, calibration_ids, layers=layers, with_gram=True)
+    for level, sparsity in enumerate(LADDER):
+        weight = database.weight(name, level)
+        assert float((weight == 0).float().mean()) == pytest.approx(sparsity, abs=0.01)
+        expected = next(layer.weight for layer in layers if layer.name == name).clone()
+        sparsegpt_prune_(expected, statistics[name].gram, statistics[name].count, sparsity)
+        torch.testing.assert_close(weight, expected, rtol=1e-4, atol=1e-5)
+    on_disk = SparsityLevelDatabase.build(model, calibration_ids, LADDER, method="wanda", update="obs",
+                                          directory=tmp_path / "db")
+    assert len(list((tmp_path / "db").glob("*.pt"))) == len(layers)
+    in_memory = SparsityLevelDatabase.build(model, calibration_ids, LADDER, method="wanda", update="obs")
+    torch.testing.assert_close(on_disk.weight(name, 2), in_memory.weight(name, 2))
+
+
+def test_switches_keep_the_mean_sparsity_and_stitching_equals_a_fresh_build(database, calibration_ids):
+    problem = LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.5, database)
+    rng = np.random.default_rng(0)
+    X = BudgetSampling()._do(problem, 8, random_state=rng)
+    X = LevelSwitchMutation()._do(problem, X, random_state=rng)
+    assert len({tuple(x) for x in X}) > 4
+    assert all(database.mean_sparsity(x) == pytest.approx(0.5, abs=1e-12) for x in X)
+    out = problem.evaluate(X, return_as_dictionary=True)
+    assert (out["G"] <= 0).all() and np.isfinite(out["F"]).all()
+    # the working model after many swaps equals a model given those levels directly
+    problem.stitch(X[3])
+    fresh = make_tiny_model("llama")
+    for layer, level in zip(get_adapter(fresh).prunable_layers(fresh), X[3]):
+        layer.weight.copy_(database.weight(layer.name, level))
+    with torch.no_grad():
+        torch.testing.assert_close(problem.model(calibration_ids).logits, fresh(calibration_ids).logits)
+    dense = make_tiny_model("llama")
+    problem.restore_dense()
+    dense_layers = get_adapter(dense).prunable_layers(dense)
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(problem.layers, dense_layers))
+
+
+def test_search_beats_uniform_where_layers_differ_and_keeps_the_budget(calibration_ids):
+    model = make_tiny_model("llama")
+    with torch.no_grad():  # layers of unequal importance: uniform sparsity is not the best
+        for layer in (model.model.layers[0].mlp.gate_proj, model.model.layers[0].mlp.up_proj):
+            layer.weight.mul_(0.05)
+    database = SparsityLevelDatabase.build(model, calibration_ids, LADDER)
+    problem = LevelSearchProblem(model, calibration_ids, 0.5, database)
+    uniform = problem.kl(problem.uniform_x(0.5))
+    problem.restore_dense()
+    choice = search_levels(model, calibration_ids, 0.5, database=database, n_offsprings=8, n_gen=10, seed=0)
+    assert choice.sparsity == pytest.approx(0.5, abs=1e-12)
+    assert choice.calibration_kl < 0.95 * uniform
+    assert len(set(choice.layer_sparsity.values())) > 1  # non-uniform
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(  # left dense
+        get_adapter(model).prunable_layers(model), problem.snapshot.layers))
+
+
+class _InterruptAt(Callback):
+    def __init__(self, generation):
+        super().__init__()
+        self.generation = generation
+
+    def notify(self, algorithm):
+        if algorithm.n_gen == self.generation:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_the_level_search_to_the_same_result(database, calibration_ids, tmp_path):
+    def run(directory, **kwargs):
+        problem = LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.5, database)
+        stages = fidelity_stages(4, 1, 2)
+        algorithm = level_algorithm(problem, 1, 4, StagedSurvival(stages, "kl"))
+        return run_search(problem, algorithm, ("n_gen", 4), seed=3, checkpoint_dir=directory, **kwargs)
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", callback=_InterruptAt(3))
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["generation"] == 2
+    problem = LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.5, database)
+    resumed = run_search(problem, None, checkpoint_dir=tmp_path / "b", resume=True)
+    np.testing.assert_array_equal(resumed.algorithm.pop[0].X, straight.algorithm.pop[0].X)
+    assert resumed.algorithm.evaluator.n_eval == straight.algorithm.evaluator.n_eval
+
+
+def test_a_front_over_a_sparsity_range(calibration_ids):
+    choice = search_levels(make_tiny_model("llama"), calibration_ids, (0.4, 0.6), step=0.1,
+                           levels_each_side=1, pop_size=6, n_offsprings=6, n_gen=3, seed=0)
+    sparsities = [point["sparsity"] for point in choice.front]
+    assert len(sparsities) >= 2 and sparsities == sorted(sparsities, reverse=True)
+    assert 0.4 - 1e-9 <= min(sparsities) and max(sparsities) <= 0.6 + 1e-9
+    assert choice.sparsity == pytest.approx(sparsities[0])
+    with pytest.raises(ValueError, match="outside the database's ladder"):
+        LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.8,
+                           SparsityLevelDatabase.build(make_tiny_model("llama"), calibration_ids, LADDER))
