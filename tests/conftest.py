@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from pymoo.core.callback import Callback
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -22,6 +23,18 @@ from transformers import (
 from optishear_moo.data import load_corpus
 
 VOCAB = 384
+
+
+class InterruptAt(Callback):
+    """A pymoo callback that stops a search like Ctrl-C once generation ``generation`` is under way."""
+
+    def __init__(self, generation):
+        super().__init__()
+        self.generation = generation
+
+    def notify(self, algorithm):
+        if algorithm.n_gen == self.generation:
+            raise KeyboardInterrupt
 
 
 @pytest.fixture(autouse=True, scope="session")

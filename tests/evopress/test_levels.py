@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from pymoo.core.callback import Callback
 
 from optishear_moo.activations import collect_input_statistics
 from optishear_moo.evopress import LevelSearchProblem, SparsityLevelDatabase, search_levels, sparsity_ladder
@@ -19,7 +18,7 @@ from optishear_moo.search.levels import (
     fidelity_stages,
     level_algorithm,
 )
-from tests.conftest import make_tiny_model
+from tests.conftest import InterruptAt, make_tiny_model
 
 LADDER = [0.4, 0.5, 0.6]
 
@@ -98,16 +97,6 @@ def test_search_beats_uniform_where_layers_differ_and_keeps_the_budget(calibrati
         get_adapter(model).prunable_layers(model), problem.snapshot.layers))
 
 
-class _InterruptAt(Callback):
-    def __init__(self, generation):
-        super().__init__()
-        self.generation = generation
-
-    def notify(self, algorithm):
-        if algorithm.n_gen == self.generation:
-            raise KeyboardInterrupt
-
-
 def test_resume_continues_the_level_search_to_the_same_result(database, calibration_ids, tmp_path):
     def run(directory, **kwargs):
         problem = LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.5, database)
@@ -117,7 +106,7 @@ def test_resume_continues_the_level_search_to_the_same_result(database, calibrat
 
     straight = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "b", callback=_InterruptAt(3))
+        run(tmp_path / "b", callback=InterruptAt(3))
     assert json.loads((tmp_path / "b" / "state.json").read_text())["generation"] == 2
     problem = LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.5, database)
     resumed = run_search(problem, None, checkpoint_dir=tmp_path / "b", resume=True)

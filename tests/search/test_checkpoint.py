@@ -3,20 +3,10 @@ import json
 import numpy as np
 import pytest
 from pymoo.algorithms.moo.nsga2 import NSGA2
-from pymoo.core.callback import Callback
 
 from optishear_moo.search import load_checkpoint, run_search
 from tests.cli.conftest import evaluations
-
-
-class _InterruptAt(Callback):
-    def __init__(self, generation):
-        super().__init__()
-        self.generation = generation
-
-    def notify(self, algorithm):
-        if algorithm.n_gen == self.generation:
-            raise KeyboardInterrupt
+from tests.conftest import InterruptAt
 
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(problem, tmp_path):
@@ -24,7 +14,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(problem, tmp_p
                           checkpoint_dir=tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):  # dies while generation 3 is under way
         run_search(problem, NSGA2(pop_size=4), ("n_gen", 4), seed=2, checkpoint_dir=tmp_path / "b",
-                   callback=_InterruptAt(3))
+                   callback=InterruptAt(3))
     saved = json.loads((tmp_path / "b" / "state.json").read_text())
     assert saved["n_eval"] < 16 and len(evaluations(tmp_path / "b")) == saved["n_eval"]
     resumed = run_search(problem, None, checkpoint_dir=tmp_path / "b", resume=True)
