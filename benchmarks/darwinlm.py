@@ -4,10 +4,11 @@
     python benchmarks/darwinlm.py --gens 10 --offspring 16 --finetune-tokens 1024 4096 16384
     python benchmarks/darwinlm.py --targets 1.5 --gens 1 --offspring 2 --post-train-tokens 512   # a smoke run
 
-For each target: uniform structured pruning (the most uniform level allocation), the
-evolutionary search with one-shot selection, and with training-aware selection (same number of
-generations and offspring). Each result is then post-trained on the same number of tokens and
-evaluated on WikiText-2 test before and after; speed is measured against the dense model.
+For each target: uniform structured pruning (the most uniform level allocation), and
+``search_structured`` (what ``optishear-moo structured`` runs) with one-shot selection and with
+training-aware selection (same number of generations and offspring). Each result is then
+post-trained on the same number of tokens and evaluated on WikiText-2 test before and after;
+speed is measured against the dense model.
 Writes results/darwinlm.json, results/darwinlm.md and results/darwinlm.png.
 """
 
@@ -21,13 +22,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
-from pymoo.optimize import minimize  # noqa: E402
 
 from optishear_moo import load_calibration, load_model, perplexity  # noqa: E402
-from optishear_moo.darwinlm import LevelDatabase, apply_levels_  # noqa: E402
-from optishear_moo.darwinlm.problem import StructuredPruningProblem, darwinlm_algorithm  # noqa: E402
-from optishear_moo.darwinlm.search import halving_stages  # noqa: E402
+from optishear_moo.darwinlm import (  # noqa: E402
+    LevelDatabase,
+    StructuredPruningProblem,
+    apply_levels_,
+    halving_stages,
+    search_structured,
+)
 from optishear_moo.evaluation import measure_speed  # noqa: E402
 from optishear_moo.finetuning import post_train  # noqa: E402
 
@@ -63,23 +68,24 @@ def main() -> None:
     for target in args.targets:
         problem = StructuredPruningProblem(model, calibration, target, database=database, training=training,
                                            finetune_learning_rate=args.learning_rate)
-        candidates = {"uniform": (problem.uniform_levels(target), 0.0, 0)}
-        for label, schedule in (("search one-shot", None), ("search training-aware", stages)):
-            started = time.perf_counter()
-            algorithm = darwinlm_algorithm(problem, pop_size=1, n_offsprings=args.offspring, stages=schedule)
-            result = minimize(problem, algorithm, ("n_gen", args.gens), seed=args.seed, verbose=False)
-            candidates[label] = (result.X, time.perf_counter() - started, result.algorithm.evaluator.n_eval)
+        uniform = problem.levels(problem.uniform_levels(target))
+        candidates = {"uniform": (uniform, problem.evaluator.evaluate(uniform), 0.0, 0)}
         problem.restore_dense()
-        for label, (x, seconds, n_eval) in candidates.items():
-            pruned = apply_levels_(copy.deepcopy(model), database, problem.levels(x))
-            kl = problem.evaluator.evaluate(problem.levels(x))
-            problem.restore_dense()
+        for label, schedule in (("search one-shot", None), ("search training-aware", stages)):
+            started = time.perf_counter()  # what optishear-moo structured runs
+            choice = search_structured(model, calibration, target, training, schedule, pop_size=1,
+                                       n_offsprings=args.offspring, n_gen=args.gens, seed=args.seed,
+                                       learning_rate=args.learning_rate, database=database)
+            candidates[label] = (np.array(choice.levels), choice.calibration_kl,
+                                 time.perf_counter() - started, choice.n_evaluations)
+        for label, (levels, kl, seconds, n_eval) in candidates.items():
+            pruned = apply_levels_(copy.deepcopy(model), database, levels)
             before = perplexity(pruned, tokenizer, 1024, args.eval_segments, progress=False).perplexity
             post_train(pruned, training[: args.post_train_tokens // args.seq_len], args.learning_rate)
             after = perplexity(pruned, tokenizer, 1024, args.eval_segments, progress=False).perplexity
             speed = measure_speed(pruned, seq_len=256, new_tokens=32, repeats=3)
-            row = {"target": target, "method": label, "levels": problem.levels(x).tolist(),
-                   "compression": 1 / problem.kept_share(x), "calibration_kl": kl, "ppl_before": before,
+            row = {"target": target, "method": label, "levels": levels.tolist(),
+                   "compression": 1 / problem.kept_share(levels), "calibration_kl": kl, "ppl_before": before,
                    "ppl_after": after, "search_seconds": seconds, "evaluations": n_eval,
                    "parameters": speed.parameters,
                    "prefill_speedup": dense_speed.prefill_seconds / speed.prefill_seconds,

