@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
-from . import finetune, levels, prune, remove_blocks, search, structured
+from . import evaluate, finetune, levels, prune, remove_blocks, search, structured
 from .common import AlreadyFinished, abandon_begun_jobs, forget_begun_jobs
 
-COMMANDS = (prune, search, levels, remove_blocks, structured, finetune)
+COMMANDS = (prune, search, levels, remove_blocks, structured, finetune, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, n_samples: int = 32, se
                         help="tokens per window (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
+    add_zero_shot_arguments(parser)
     if resumable:
         parser.add_argument("--resume", action="store_true",
                             help="continue the interrupted search in --output (its settings are reused)")
@@ -43,6 +44,56 @@ def add_model_arguments(parser: argparse.ArgumentParser, n_samples: int = 32, se
                             help="resume a checkpoint this user's optishear-moo did not write (from a "
                                  "colleague or another machine); it is still read as data only")
     add_output_arguments(parser)
+
+
+def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--zero-shot", default=None, metavar="TASKS",
+                        help="also report 0-shot accuracy on these tasks (comma-separated: arc_easy, "
+                             "arc_challenge, boolq, hellaswag, piqa, winogrande, openbookqa, rte)")
+    parser.add_argument("--zero-shot-limit", type=int, default=None,
+                        help="examples per zero-shot task (default: the whole validation set)")
+
+
+def check_zero_shot(args: argparse.Namespace) -> None:
+    """Zero-shot settings checked before any work: task names, the engine and the task data."""
+    if getattr(args, "zero_shot", None):
+        from ..evaluation.zero_shot import check_engine, task_configs
+
+        check_engine()
+        task_configs(args.zero_shot)  # known tasks whose data is installed
+        check_positive(args, "zero_shot_limit")
+
+
+def zero_shot_report(args: argparse.Namespace, model, tokenizer) -> dict | None:
+    """Zero-shot accuracies of ``model`` as it is, or None without ``--zero-shot``."""
+    if not getattr(args, "zero_shot", None):
+        return None
+    from ..evaluation.zero_shot import zero_shot
+
+    return zero_shot(model, tokenizer, args.zero_shot, args.zero_shot_limit, batch_size=args.batch_size)
+
+
+def front_zero_shot(args: argparse.Namespace, tokenizer, points: list[dict], pruned, size_name: str,
+                    output: Path, title: str, baselines: dict | None = None) -> None:
+    """With ``--zero-shot``, score every front point (and baseline) on the zero-shot tasks: each
+    ``points[i]`` gets ``"zero_shot"`` (the results) and the front is drawn as ``size_name`` (a key
+    of the points) against average accuracy in ``pareto_zero_shot.png``. ``pruned(point)`` is a
+    context manager giving the pruned model of a point (and restoring what it changed)."""
+    if not getattr(args, "zero_shot", None):
+        return
+    from ..search import plot_pareto
+
+    reference = {}
+    for label, point in (baselines or {}).items():
+        with pruned(point) as model:
+            point["zero_shot"] = zero_shot_report(args, model, tokenizer)
+        reference[label] = [point[size_name], point["zero_shot"]["average"]["acc"]]
+    for point in points:
+        with pruned(point) as model:
+            point["zero_shot"] = zero_shot_report(args, model, tokenizer)
+    F = [[point[size_name], point["zero_shot"]["average"]["acc"]] for point in points]
+    plot_pareto(F, [size_name, "zero_shot_accuracy"], output / "pareto_zero_shot", baselines=reference,
+                title=f"{title}: average 0-shot accuracy ({args.zero_shot})")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,6 +247,7 @@ class Job:
         check_positive(args, "n_samples", "batch_size", "pop", "offspring", "n_clusters", "tokens",
                        "checkpoint_every")
         check_positive(args, "seq_len", "eval_seq_len", minimum=2)
+        check_zero_shot(args)
 
     def model_config(self):
         """The model's config, read without its weights, with the token lengths checked against it."""
@@ -269,7 +321,10 @@ class Job:
 
     def finish(self, model, tokenizer, report: dict) -> dict:
         """``output/model`` (staged, moved into place when complete), then ``output/report.json``
-        with the settings, versions and wall time added."""
+        with the zero-shot accuracies (``--zero-shot``), settings, versions and wall time added."""
+        accuracy = zero_shot_report(self.args, model, tokenizer)
+        if accuracy is not None:
+            report["zero_shot"] = accuracy
         report = {**report, "seconds": self.seconds, "settings": self.settings, "versions": versions()}
         save_atomically(self.output / "model", lambda directory: (model.save_pretrained(directory),
                                                                    tokenizer.save_pretrained(directory)))

@@ -7,7 +7,7 @@ import argparse
 import json
 import shutil
 
-from .common import Job, add_output_arguments
+from .common import Job, add_output_arguments, add_zero_shot_arguments
 
 SETTINGS = ("model", "teacher", "temperature", "training", "tokens", "seq_len", "batch_size",
             "learning_rate", "checkpoint_every", "device", "dtype", "seed", "eval_seq_len", "eval_segments")
@@ -31,6 +31,7 @@ def add_parser(commands) -> None:
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--resume", action="store_true",
                           help="continue the interrupted training in --output (settings are reused)")
+    add_zero_shot_arguments(finetune)
     add_output_arguments(finetune)
     finetune.set_defaults(handler=run)
 

@@ -4,12 +4,15 @@ pruned weights (SparseGPT by default); checkpointed, resumable."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 
 from .common import (
     MODEL_SETTINGS,
     Job,
     add_model_arguments,
     calibration_settings,
+    front_zero_shot,
     load_calibration_for,
     value_or_range,
 )
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..evopress import SparsityLevelDatabase, search_levels, sparsity_ladder
     from ..models import load_model
     from ..pruning.prune import PruningConfig
-    from ..pruning.weights import sparsity_report
+    from ..pruning.weights import DenseSnapshot, sparsity_report
     from ..search import plot_pareto
     from ..search.levels import fidelity_stages
 
@@ -68,6 +71,20 @@ def run(args: argparse.Namespace) -> dict:
                                batch_size=args.batch_size, checkpoint_dir=job.output, config=job.settings,
                                resume=args.resume, trust=args.trust_checkpoint, verbose=not args.quiet)
     search_seconds = job.seconds
+    if choice.front and args.zero_shot:
+        snapshot = DenseSnapshot.of(model)
+
+        @contextlib.contextmanager
+        def pruned(point):
+            try:
+                yield dataclasses.replace(choice, levels=point["levels"]).apply(model, database)
+            finally:
+                snapshot.restore()
+
+        for point in choice.front:
+            point["density"] = 1 - point["sparsity"]
+        front_zero_shot(args, tokenizer, choice.front, pruned, "density", job.output,
+                        "EvoPress sparsity levels")
     choice.apply(model, database)
     pruned = job.perplexity(model, tokenizer)
     report_sparsity = sparsity_report(model)

@@ -14,6 +14,7 @@ from .common import (
     load_calibration_for,
     save_atomically,
     versions,
+    zero_shot_report,
 )
 
 logger = logging.getLogger("optishear_moo")
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> dict:
         "versions": versions(),
         **result.report.to_dict(),
     }
+    accuracy = zero_shot_report(args, model, tokenizer)
+    if accuracy is not None:
+        report["zero_shot"] = accuracy
 
     def write(directory: Path) -> None:  # the output directory is the model directory
         model.save_pretrained(directory)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 
 from .common import (
     MODEL_SETTINGS,
     Job,
     add_model_arguments,
     calibration_settings,
+    front_zero_shot,
     load_calibration_for,
     value_or_range,
 )
@@ -57,6 +60,15 @@ def run(args: argparse.Namespace) -> dict:
                                config=job.settings, resume=args.resume, trust=args.trust_checkpoint,
                                verbose=not args.quiet)
     search_seconds = job.seconds
+    if choice.front and args.zero_shot:
+        @contextlib.contextmanager
+        def pruned(point):
+            yield remove_blocks_(copy.deepcopy(model), point["removed_blocks"])
+
+        for point in choice.front:
+            point["blocks_kept"] = model.config.num_hidden_layers - len(point["removed_blocks"])
+        front_zero_shot(args, tokenizer, choice.front, pruned, "blocks_kept", job.output,
+                        "EvoP block removal")
     dense = job.perplexity(model, tokenizer)
     n_blocks = model.config.num_hidden_layers
     remove_blocks_(model, choice.removed_blocks)

@@ -9,6 +9,7 @@ from .common import (
     Job,
     add_model_arguments,
     check_positive,
+    front_zero_shot,
     load_calibration_for,
     value_or_range,
 )
@@ -46,6 +47,36 @@ def add_parser(commands) -> None:
                         help="held-out windows (default: --n-samples; 0: choose by the first objective)")
     add_model_arguments(search, n_samples=8, seq_len=128, resumable=True)
     search.set_defaults(handler=run)
+
+
+def _front_zero_shot(args, model, tokenizer, calibration, result, output, title) -> dict:
+    """``--zero-shot``: every front plan and baseline plan re-scored on the zero-shot tasks (the
+    front's entries get ``"zero_shot"``); returns the baselines' results."""
+    if not args.zero_shot:
+        return {}
+    import contextlib
+
+    from ..optishear import PruningPlan
+    from ..pruning.weights import DenseSnapshot
+
+    snapshot = DenseSnapshot.of(model)
+
+    @contextlib.contextmanager
+    def pruned(point):
+        try:
+            PruningPlan.from_dict(point["plan"]).apply(model, calibration)
+            yield model
+        finally:
+            snapshot.restore()
+
+    for point in result.front:
+        point["density"] = 1 - point["plan"]["target_sparsity"]
+    problem = result.result.problem
+    plans = {label: problem.decode(x) for label, x in problem.baseline_vectors().items()}
+    baselines = {label: {"plan": plan.to_dict(), "density": 1 - plan.target_sparsity}
+                 for label, plan in plans.items()}
+    front_zero_shot(args, tokenizer, result.front, pruned, "density", output, title, baselines)
+    return {label: point["zero_shot"] for label, point in baselines.items()}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -88,14 +119,17 @@ def run(args: argparse.Namespace) -> dict:
                                   validation, checkpoint_dir=job.output,
                                   config=job.settings, resume=args.resume, trust=args.trust_checkpoint,
                                   verbose=not args.quiet)
-    result.save(job.output, title=f"OptiShear search, target sparsity {args.target_sparsity}")
+    title = f"OptiShear search, target sparsity {args.target_sparsity}"
+    baselines_zero_shot = _front_zero_shot(args, model, tokenizer, calibration, result, job.output, title)
+    result.save(job.output, title=title)
     dense = job.perplexity(model, tokenizer)
     result.chosen.apply(model)
     pruned = job.perplexity(model, tokenizer)
     sparsity = sparsity_report(model)
     report = job.finish(model, tokenizer, {
         **result.to_dict(), "dense_ppl": dense.perplexity, "pruned_ppl": pruned.perplexity,
-        "sparsity": sparsity.total, "per_layer_sparsity": sparsity.per_layer})
+        "sparsity": sparsity.total, "per_layer_sparsity": sparsity.per_layer,
+        **({"baselines_zero_shot": baselines_zero_shot} if baselines_zero_shot else {})})
     print(f"front of {len(result.front)} plans after {result.n_evaluations} evaluations; chosen: "
           f"{result.chosen.metric.formula()}; ppl {dense.perplexity:.3f} -> {pruned.perplexity:.3f} at "
           f"sparsity {sparsity.total:.4f}; saved to {job.output}")

@@ -4,12 +4,15 @@ searched levels (training-aware by default; checkpointed, resumable)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 
 from .common import (
     MODEL_SETTINGS,
     Job,
     add_model_arguments,
     calibration_settings,
+    front_zero_shot,
     load_calibration_for,
     value_or_range,
 )
@@ -90,6 +93,15 @@ def run(args: argparse.Namespace) -> dict:
                                    checkpoint_dir=job.output, config=job.settings, resume=args.resume,
                                    trust=args.trust_checkpoint, verbose=not args.quiet)
     search_seconds = job.seconds
+    if choice.front and args.zero_shot:
+        @contextlib.contextmanager
+        def pruned(point):
+            yield apply_levels_(copy.deepcopy(model), database, point["levels"])
+
+        for point in choice.front:
+            point["kept_share"] = 1 / point["compression"]
+        front_zero_shot(args, tokenizer, choice.front, pruned, "kept_share", job.output,
+                        "DarwinLM structured pruning")
     apply_levels_(model, database, choice.levels)
     pruned = job.perplexity(model, tokenizer)
     parameters = sum(p.numel() for p in model.parameters())

@@ -9,7 +9,9 @@ import numpy as np
 
 LABELS = {"kl": "KL divergence to dense", "output_error": "final hidden-state error (rel.)",
           "reconstruction": "layer reconstruction error (rel.)", "density": "weights kept (share)",
-          "ppl": "WikiText-2 perplexity", "blocks_kept": "decoder blocks kept"}
+          "ppl": "WikiText-2 perplexity", "blocks_kept": "decoder blocks kept",
+          "kept_share": "block weights kept (share)",
+          "zero_shot_accuracy": "average zero-shot accuracy (higher is better)"}
 
 
 def plot_pareto(

@@ -83,3 +83,30 @@ def test_unknown_model_exits_with_one_line():
 
 
 
+
+
+def test_evaluate_and_zero_shot_on_a_pruned_model(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        pytest.skip("lm-evaluation-harness (the [eval] extra) is not installed")
+    from optishear_moo.evaluation import zero_shot as module
+    from tests.foundation.test_zero_shot import write_task_data
+
+    root = write_task_data(tmp_path / "tasks", ("piqa", "boolq"))
+    monkeypatch.setattr(module, "default_data_root", lambda: root)
+    output = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tiny_model_dir), "--output", str(output),
+                 "--zero-shot", "piqa,boolq", *FAST]) == 0
+    accuracy = json.loads((output / "report.json").read_text())["zero_shot"]
+    assert set(accuracy["tasks"]) == {"piqa", "boolq"} and accuracy["average"]["acc"] >= 0
+    assert main(["evaluate", "--model", str(output), "--tasks", "piqa", "--output", str(tmp_path / "e.json"),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "acc_norm" in printed and "average" in printed
+    scores = json.loads((tmp_path / "e.json").read_text())
+    assert scores["tasks"]["piqa"]["n"] == 3 and scores["model"] == str(output)
+    assert main(["evaluate", "--model", str(output), "--tasks", "mmlu"]) == 2
+    assert "choose from" in capsys.readouterr().err
+    assert main(["prune", "--model", "./missing", "--output", str(tmp_path / "x"), "--zero-shot", "rte"]) == 2
+    assert "rte" in capsys.readouterr().err  # its data is missing: refused before the model loads

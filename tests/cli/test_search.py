@@ -47,3 +47,23 @@ def test_cli_search_bad_input(tiny_model_dir, tmp_path, capsys):
     assert main(["search", "--output", str(tmp_path / "none"), "--resume", "--quiet"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert torch.is_grad_enabled()
+
+
+def test_front_rescored_on_zero_shot_tasks(tiny_model_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        pytest.skip("lm-evaluation-harness (the [eval] extra) is not installed")
+    from optishear_moo.evaluation import zero_shot as module
+    from tests.foundation.test_zero_shot import write_task_data
+
+    monkeypatch.setattr(module, "default_data_root", lambda: write_task_data(tmp_path / "tasks", ("piqa",)))
+    output = tmp_path / "front"
+    assert main(["search", "--model", str(tiny_model_dir), "--target-sparsity", "0.3:0.7", "--objectives",
+                 "kl,density", "--pop", "4", "--gens", "1", "--n-samples", "4", "--seq-len", "32",
+                 "--eval-seq-len", "32", "--eval-segments", "1", "--device", "cpu", "--output", str(output),
+                 "--quiet", "--zero-shot", "piqa", "--validation-samples", "0"]) == 0
+    report = json.loads((output / "report.json").read_text())
+    assert all("zero_shot" in point and 0 <= point["density"] <= 1 for point in report["front"])
+    assert set(report["baselines_zero_shot"]) == {"magnitude", "uniform Wanda", "OWL-Wanda"}
+    assert (output / "pareto_zero_shot.png").is_file() and "zero_shot" in report

@@ -55,6 +55,21 @@ def test_a_weight_update_makes_wanda_better_at_60_percent(dense_setup):
     assert ppl["obs"] < 0.9 * ppl["none"], ppl
 
 
+@pytest.mark.ci
+def test_zero_shot_piqa_is_above_chance(smollm2):
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("lm_eval") is None and not os.environ.get("CI"):
+        pytest.skip("lm-evaluation-harness is not installed (bash scripts/install.sh --eval)")
+    from optishear_moo.evaluation.zero_shot import zero_shot
+
+    model, tokenizer = smollm2
+    result = zero_shot(model, tokenizer, ["piqa"], limit=50)
+    piqa = result["tasks"]["piqa"]
+    assert piqa["n"] == 50 and piqa["acc"] > 0.5, piqa  # two choices: chance is 0.5
+
+
 def test_magnitude_is_far_worse_than_wanda(dense_setup):
     model, tokenizer, calibration, _ = dense_setup
     snapshot = DenseSnapshot.of(model)
