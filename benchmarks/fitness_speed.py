@@ -1,18 +1,20 @@
 """Fitness evaluation speed of OptiShearProblem on SmolLM2-135M.
 
     python benchmarks/fitness_speed.py [--candidates 8] [--naive 3]
+    python benchmarks/fitness_speed.py --table-only      # results/fitness_speed.md from the saved JSON
 
 Compares candidate evaluations per second of (a) ``OptiShearProblem._evaluate`` on a population
 (masks from cached statistics, applied in place to one working model and restored), (b) a naive
 loop (deep-copy the model, collect its activation statistics, prune with the candidate's
 metric, forward, compare with the dense logits), and (c) one dense forward of the same
-calibration batch, the floor. Writes results/fitness_speed.json and .png.
+calibration batch, the floor. Writes results/fitness_speed.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 
 import matplotlib
@@ -22,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import RESULTS, environment, save_json  # noqa: E402
+from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
 
 from optishear_moo import OptiShearProblem, load_calibration, load_model  # noqa: E402
 from optishear_moo.activations import collect_input_statistics  # noqa: E402
@@ -50,13 +52,35 @@ def naive_kl(model, calibration, dense_log_probs, metric, block_sparsity, batch_
                           reduction="sum")) / calibration.numel()
 
 
+def write_table(payload: dict) -> None:
+    floor = payload["dense_forward_seconds"]
+    rows = [[key, value["seconds_per_candidate"], value["ratio_to_dense_forward"]]
+            for key, value in payload["problem"].items()]
+    rows.append(["naive loop (deep copy, statistics, prune, forward)", payload["naive_seconds_per_candidate"],
+                 payload["naive_seconds_per_candidate"] / floor])
+    environment_ = payload["environment"]
+    device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+    text = (f"SmolLM2-135M, {payload['calibration']['n_samples']} x {payload['calibration']['seq_len']} "
+            f"calibration tokens, {device}; one dense forward: {floor:.2f} s\n\n"
+            + markdown_table(["evaluation (population)", "s / candidate", "vs dense forward"], rows)
+            + f"\n\nSpeed-up over the naive loop: {payload['speedup_vs_naive_kl_random']:.2f}x (random "
+            f"population), {payload['speedup_vs_naive_kl_converged']:.2f}x (converged); KL agrees with "
+            f"the naive loop to {payload['max_relative_kl_difference_naive_vs_problem']:.1e} (relative).\n")
+    (RESULTS / "fitness_speed.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--naive", type=int, default=3, help="candidates for the naive loop")
     parser.add_argument("--n-samples", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--table-only", action="store_true", help="rewrite the table from the saved JSON")
     args = parser.parse_args()
+    if args.table_only:
+        write_table(json.loads((RESULTS / "fitness_speed.json").read_text()))
+        return
 
     model, tokenizer = load_model("smollm2-135m")
     calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed=0)
@@ -115,6 +139,7 @@ def main() -> None:
                "max_relative_kl_difference_naive_vs_problem": agreement,
                "environment": environment()}
     save_json("fitness_speed", payload)
+    write_table(payload)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = ["dense forward", *results, "naive loop"]
     values = [floor, *[r["seconds_per_candidate"] for r in results.values()], naive_seconds]
