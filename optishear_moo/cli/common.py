@@ -40,6 +40,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, n_samples: int = 32, se
     if resumable:
         parser.add_argument("--resume", action="store_true",
                             help="continue the interrupted search in --output (its settings are reused)")
+        parser.add_argument("--workers", type=int, default=None,
+                            help="evaluate populations on this many Ray workers (one per GPU, or CPU "
+                                 "processes); needs the [ray] extra (default: in this process)")
+        parser.add_argument("--ray-address", default=None,
+                            help="join this Ray cluster (HEAD:6379 or auto) instead of starting a local one")
         parser.add_argument("--trust-checkpoint", action="store_true",
                             help="resume a checkpoint this user's optishear-moo did not write (from a "
                                  "colleague or another machine); it is still read as data only")
@@ -245,7 +250,11 @@ class Job:
         self.started = time.perf_counter()
         self.created = False
         check_positive(args, "n_samples", "batch_size", "pop", "offspring", "n_clusters", "tokens",
-                       "checkpoint_every")
+                       "checkpoint_every", "workers")
+        if getattr(args, "workers", None) or getattr(args, "ray_address", None):
+            from ..search.pool import _ray
+
+            _ray()  # the [ray] extra is installed
         check_positive(args, "seq_len", "eval_seq_len", minimum=2)
         check_zero_shot(args)
 

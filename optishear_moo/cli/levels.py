@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> dict:
         choice = search_levels(model, calibration, target, database=database, pop_size=args.pop,
                                n_offsprings=args.offspring, n_gen=args.gens, stages=stages, seed=args.seed,
                                batch_size=args.batch_size, checkpoint_dir=job.output, config=job.settings,
-                               resume=args.resume, trust=args.trust_checkpoint, verbose=not args.quiet)
+                               resume=args.resume, trust=args.trust_checkpoint, verbose=not args.quiet,
+                               workers=args.workers, ray_address=args.ray_address)
     search_seconds = job.seconds
     if choice.front and args.zero_shot:
         snapshot = DenseSnapshot.of(model)

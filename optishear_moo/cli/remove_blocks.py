@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> dict:
         choice = choose_blocks(model, calibration, n_remove, args.method, args.objective, args.pop,
                                args.gens, args.seed, args.batch_size, checkpoint_dir=job.output,
                                config=job.settings, resume=args.resume, trust=args.trust_checkpoint,
-                               verbose=not args.quiet)
+                               verbose=not args.quiet,
+                               workers=args.workers, ray_address=args.ray_address)
     search_seconds = job.seconds
     if choice.front and args.zero_shot:
         @contextlib.contextmanager

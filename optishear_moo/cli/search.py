@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> dict:
                                   args.low_fidelity, args.low_fidelity_gens, args.update, args.search_update,
                                   validation, checkpoint_dir=job.output,
                                   config=job.settings, resume=args.resume, trust=args.trust_checkpoint,
-                                  verbose=not args.quiet)
+                                  verbose=not args.quiet,
+                                  workers=args.workers, ray_address=args.ray_address)
     title = f"OptiShear search, target sparsity {args.target_sparsity}"
     baselines_zero_shot = _front_zero_shot(args, model, tokenizer, calibration, result, job.output, title)
     result.save(job.output, title=title)

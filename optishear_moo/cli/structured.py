@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> dict:
                                    args.gens, args.seed, batch_size=args.batch_size,
                                    learning_rate=args.learning_rate, database=database,
                                    checkpoint_dir=job.output, config=job.settings, resume=args.resume,
-                                   trust=args.trust_checkpoint, verbose=not args.quiet)
+                                   trust=args.trust_checkpoint, verbose=not args.quiet,
+                                   workers=args.workers, ray_address=args.ray_address)
     search_seconds = job.seconds
     if choice.front and args.zero_shot:
         @contextlib.contextmanager

@@ -52,7 +52,8 @@ def search_structured(model, calibration, target_compression, training=None, sta
                       mlp_levels: int | None = None, batch_size: int = 8,
                       learning_rate: float = 1e-4, database: LevelDatabase | None = None,
                       checkpoint_dir: str | Path | None = None, config: dict | None = None,
-                      resume: bool = False, trust: bool = False, verbose: bool = False) -> StructuredChoice:
+                      resume: bool = False, trust: bool = False, verbose: bool = False, workers=None,
+                      ray_address: str | None = None) -> StructuredChoice:
     """DarwinLM search over ``model`` (left dense afterwards).
 
     ``target_compression``: one ratio (dense / kept block weights), or ``(low, high)`` for a
@@ -61,7 +62,8 @@ def search_structured(model, calibration, target_compression, training=None, sta
     fine-tuned on ``training`` windows (default: the calibration windows).
     """
     problem = StructuredPruningProblem(model, calibration, target_compression, database, training,
-                                       mlp_levels, batch_size, learning_rate, progress=verbose)
+                                       mlp_levels, batch_size, learning_rate, progress=verbose,
+                                       workers=workers, ray_address=ray_address)
     algorithm = darwinlm_algorithm(problem, pop_size, n_offsprings, stages)
     try:
         result = run_search(problem, algorithm, ("n_gen", n_gen), seed=seed,

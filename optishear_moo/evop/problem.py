@@ -74,6 +74,12 @@ class BlockRemovalProblem(ModelProblem):
         x[list(removed)] = True
         return x
 
+    def evaluation_groups(self, X) -> list:
+        """Lexicographic neighbours go to one worker, where they share cached prefixes."""
+        order = sorted(range(len(X)), key=lambda r: tuple(_removal_mask(X[r])))
+        size = len(self.pool.groups(len(X))[0])
+        return [order[start:start + size] for start in range(0, len(order), size)]
+
     def _evaluate_vectors(self, X, out, *args, **kwargs):
         X = _removal_mask(X)
         F = np.full((len(X), self.n_obj), INFEASIBLE)

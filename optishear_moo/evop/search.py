@@ -39,7 +39,8 @@ def choose_blocks(model, calibration, n_remove: int | tuple[int, int], method: s
                   objective: str = "kl", pop_size: int = 16, n_gen: int = 10, seed: int = 0,
                   batch_size: int = 8, evaluator: BlockRemovalEvaluator | None = None,
                   checkpoint_dir: str | Path | None = None, config: dict | None = None,
-                  resume: bool = False, trust: bool = False, verbose: bool = False) -> BlockChoice:
+                  resume: bool = False, trust: bool = False, verbose: bool = False, workers=None,
+                  ray_address: str | None = None) -> BlockChoice:
     """Which blocks of ``model`` to remove (the model is not modified; see ``remove_blocks_``).
 
     ``n_remove=(low, high)`` (``evop`` only) searches the size too: ``front`` holds the whole
@@ -62,14 +63,15 @@ def choose_blocks(model, calibration, n_remove: int | tuple[int, int], method: s
         removed = sorted(greedy_removal_order(evaluator, n_remove, objective="ppl", progress=verbose))
     else:
         return _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, evaluator,
-                     checkpoint_dir, config, resume, trust, verbose)
+                     checkpoint_dir, config, resume, trust, verbose, workers, ray_address)
     check_n_remove(len(removed), n_blocks)
     return BlockChoice(method, removed, evaluator.evaluate(removed))
 
 
 def _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, evaluator,
-          checkpoint_dir, config, resume, trust, verbose) -> BlockChoice:
-    problem = BlockRemovalProblem(model, calibration, n_remove, objective, evaluator=evaluator)
+          checkpoint_dir, config, resume, trust, verbose, workers, ray_address) -> BlockChoice:
+    problem = BlockRemovalProblem(model, calibration, n_remove, objective, evaluator=evaluator,
+                                  workers=workers, ray_address=ray_address)
     low, high = problem.n_remove_range
     influence = evaluator.block_influence()
     initial = [last_blocks(problem.n_var, n) for n in {low, high}]

@@ -57,7 +57,8 @@ def search_levels(model: nn.Module, calibration: torch.Tensor,
                   stages=None, seed: int = 0, batch_size: int = 8,
                   database: SparsityLevelDatabase | None = None, database_dir: str | Path | None = None,
                   checkpoint_dir: str | Path | None = None, config: dict | None = None,
-                  resume: bool = False, trust: bool = False, verbose: bool = False) -> LevelChoice:
+                  resume: bool = False, trust: bool = False, verbose: bool = False, workers=None,
+                  ray_address: str | None = None) -> LevelChoice:
     """EvoPress's search over ``model`` (left dense afterwards).
 
     ``target_sparsity``: one mean sparsity (kept exactly), or ``(low, high)`` for a size-vs-quality
@@ -73,7 +74,7 @@ def search_levels(model: nn.Module, calibration: torch.Tensor,
         model, calibration, sparsity_ladder(target_sparsity, step, levels_each_side), method, update,
         directory=database_dir, batch_size=batch_size, progress=verbose)
     problem = LevelSearchProblem(model, calibration, target_sparsity, database, batch_size=batch_size,
-                                 progress=verbose)
+                                 progress=verbose, workers=workers, ray_address=ray_address)
     survival = None
     if not problem.multi_objective:
         stages = check_stages(stages if stages is not None else fidelity_stages(len(calibration), pop_size),

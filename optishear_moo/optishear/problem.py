@@ -169,6 +169,13 @@ class OptiShearProblem(ModelProblem):
         rest = rng.uniform(self.xl, self.xu, size=(max(pop_size - len(seeds), 0), self.n_var))
         return np.vstack([np.array(seeds[:pop_size]), rest])
 
+    def evaluation_groups(self, X) -> list:
+        """Candidates sharing a metric go to one worker: its score ranks are computed once there."""
+        groups: dict[str, list[int]] = {}
+        for i, x in enumerate(X):
+            groups.setdefault(repr(self.space.decode(x)[0]), []).append(i)
+        return list(groups.values())
+
     def _evaluate_vectors(self, X, out, *args, **kwargs):
         F = np.empty((len(X), self.n_obj))
         G = np.empty((len(X), 1))

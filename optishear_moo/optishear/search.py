@@ -84,7 +84,8 @@ def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
                      low_fidelity: float = 1.0, low_fidelity_gens: int = 3,
                      update: str = "none", search_update: bool = False,
                      validation: torch.Tensor | None = None,
-                     problem: OptiShearProblem | None = None,
+                     problem: OptiShearProblem | None = None, workers=None,
+                     ray_address: str | None = None,
                      checkpoint_dir: str | Path | None = None, config: dict | None = None,
                      resume: bool = False, trust: bool = False, verbose: bool = False) -> OptiShearResult:
     """OptiShear search over ``model`` (left dense afterwards).
@@ -95,7 +96,8 @@ def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
     generations on that share of the calibration samples and re-scores the final front on all.
     ``update``/``search_update``: a fixed weight update for every candidate, or the update as a
     gene (see :class:`OptiShearProblem`). With ``validation`` windows (other text than the
-    calibration), the front's plan with the lowest KL on them is chosen.
+    calibration), the front's plan with the lowest KL on them is chosen. ``workers`` (a number,
+    or a :class:`~optishear_moo.search.pool.RayPool`) evaluates populations on Ray workers.
     With ``checkpoint_dir`` the run is saved after every generation; ``resume=True`` continues it
     (``trust=True`` accepts a checkpoint this user did not write; see :mod:`optishear_moo.search`).
     """
@@ -104,7 +106,8 @@ def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
         raise ValueError(f"the number of generations must be at least 1, got {n_gen}")
     problem = problem or OptiShearProblem(model, calibration, target_sparsity, objectives, layerwise, nm,
                                           batch_size=batch_size, progress=verbose, update=update,
-                                          search_update=search_update)
+                                          search_update=search_update, workers=workers,
+                                          ray_address=ray_address)
     schedule = {"callback": FidelitySchedule(low_fidelity, low_fidelity_gens)} if low_fidelity < 1 else {}
     result = run_search(problem, make_algorithm(algorithm, problem, pop_size, seed), ("n_gen", n_gen),
                         seed=seed, checkpoint_dir=checkpoint_dir, config=config, resume=resume,

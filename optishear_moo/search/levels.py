@@ -142,7 +142,9 @@ class StagedSurvival(Survival):
         check_stages(self.stages, n_survive)
         candidates = pop
         for stage in self.stages:
-            scores = np.array([problem.stage_score(ind.X, stage) for ind in candidates])
+            X = np.array([ind.X for ind in candidates])
+            scores = np.array(problem.stage_scores(X, stage) if hasattr(problem, "stage_scores")
+                              else [problem.stage_score(x, stage) for x in X])
             order = np.argsort(scores, kind="stable")[: max(stage.survivors, n_survive)]
             candidates = candidates[order]
             for ind, score in zip(candidates, scores[order]):

@@ -10,6 +10,9 @@
   ``Real``/``Integer``/``Choice``/``Binary`` variables for ``MixedVariableGA`` and NSGA-II's
   mixed-variable operators. ``_evaluate`` accepts both (dict candidates are turned into vectors
   with :meth:`ModelProblem.vector_from_variables`), and so do the problems' ``decode``.
+* **Parallel evaluation.** ``workers=N`` (and ``ray_address=...``) evaluates each population on
+  a :class:`~optishear_moo.search.pool.RayPool` of N replicas of the problem, built from the
+  arguments the problem was constructed with; results come back in order and equal local ones.
 * Other ``Problem`` keyword arguments (``callback``, ``replace_nan_values_by``, ``strict``...)
   pass through to pymoo.
 """
@@ -45,13 +48,40 @@ class ModelProblem(Problem):
     :meth:`vector_from_variables`.
     """
 
-    def __init__(self, *, fingerprint: str, exclude_from_serialization, **kwargs):
+    def __init_subclass__(cls, **kwargs):
+        """Record how each problem is constructed (class, arguments), so workers can build replicas."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        def recording_init(self, *args, **kwargs):
+            if not hasattr(self, "construction"):
+                self.construction = (type(self), args, kwargs)
+            init(self, *args, **kwargs)
+
+        recording_init.__doc__, recording_init.__wrapped__ = init.__doc__, init
+        cls.__init__ = recording_init
+
+    def __init__(self, *, fingerprint: str, exclude_from_serialization, workers=None,
+                 ray_address: str | None = None, **kwargs):
         if kwargs.get("elementwise"):
             raise ValueError(f"{type(self).__name__} evaluates whole populations at once (elementwise=True "
                              "is not supported); spread evaluation over workers with workers=N instead")
         super().__init__(exclude_from_serialization=list(exclude_from_serialization), **kwargs)
         self.fingerprint = fingerprint
         _LIVE[fingerprint] = self
+        self.pool = None
+        if workers is not None and not isinstance(workers, int):
+            self.pool = workers  # a RayPool built by the caller
+        elif workers is not None:
+            from .pool import RayPool
+
+            self.pool = RayPool(self, workers, ray_address)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["pool"] = None  # workers and the construction arguments (the model) are never serialised
+        state["construction"] = None
+        return state
 
     # serialisation ---------------------------------------------------------------------------
     def __setstate__(self, state):
@@ -101,7 +131,34 @@ class ModelProblem(Problem):
 
     def _evaluate(self, X, out, *args, **kwargs):
         self._check_attached()
-        self._evaluate_vectors(self.as_vectors(X), out, *args, **kwargs)
+        X = self.as_vectors(X)
+        if getattr(self, "pool", None) is None:
+            self._evaluate_vectors(X, out, *args, **kwargs)
+            return
+        groups = self.evaluation_groups(X)
+        results = self.pool.map("evaluate", [X[group] for group in groups])
+        for key in ("F", "G"):
+            if key in results[0]:
+                values = np.empty((len(X), results[0][key].shape[1]))
+                for group, result in zip(groups, results):
+                    values[group] = result[key]
+                out[key] = values
+
+    def evaluation_groups(self, X: np.ndarray) -> list:
+        """How a population is handed to workers: index groups evaluated together (a problem may
+        keep candidates that share expensive work in one group)."""
+        return self.pool.groups(len(X))
+
+    def stage_scores(self, X, stage) -> list[float]:
+        """``stage_score`` of every candidate (on the workers when there are some)."""
+        X = self.as_vectors(X)
+        if getattr(self, "pool", None) is None:
+            return [self.stage_score(x, stage) for x in X]
+        groups = self.pool.groups(len(X))
+        scores = np.empty(len(X))
+        for group, values in zip(groups, self.pool.map("stage_scores", [X[g] for g in groups], stage)):
+            scores[group] = values
+        return scores.tolist()
 
     def _evaluate_vectors(self, X: np.ndarray, out: dict, *args, **kwargs) -> None:
         raise NotImplementedError

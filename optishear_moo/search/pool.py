@@ -1,0 +1,138 @@
+"""Evaluating populations across GPUs and machines on Ray (the ``[ray]`` extra).
+
+A :class:`RayPool` starts one actor per worker – one per GPU when the cluster has GPUs, one CPU
+process otherwise – and each actor builds its own replica of the problem (model, dense
+references...) once, from the arguments the problem was constructed with. A generation's
+candidates are handed out in groups as actors become free (load balancing when candidates cost
+differently: training-aware stages, candidates sharing a metric), and the results are put back
+in the population's order. An actor that dies has its group run again on another (and is
+replaced, up to ``max_restarts`` times): no candidate is lost or scored twice, and checkpoints
+are unchanged (the pool is never serialised).
+
+With ``address`` the pool joins an existing Ray cluster (``ray start --head`` on one node,
+``ray start --address HEAD:6379`` on the others); otherwise it starts a local one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+
+logger = logging.getLogger(__name__)
+
+INSTALL = "pip install 'optishear-moo[ray]'"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(f"evaluation on several workers needs Ray: {INSTALL}") from None
+    return ray
+
+
+class Replica:
+    """What runs inside one actor: a replica of the problem, built once."""
+
+    def __init__(self, construction):
+        cls, args, kwargs = construction
+        self.problem = cls(*args, **{**kwargs, "workers": None, "ray_address": None})
+
+    def evaluate(self, X):
+        out = self.problem.evaluate(X, return_as_dictionary=True)
+        return {key: out[key] for key in ("F", "G") if out.get(key) is not None}
+
+    def stage_scores(self, X, stage):
+        return [self.problem.stage_score(x, stage) for x in X]
+
+    def ready(self) -> bool:
+        return True
+
+
+class RayPool:
+    """``workers`` actors, each holding a replica of ``problem`` (see the module docstring)."""
+
+    def __init__(self, problem, workers: int | None = None, address: str | None = None,
+                 cpus_per_worker: float = 1, gpus_per_worker: float | None = None,
+                 max_restarts: int = 1):
+        ray = _ray()
+        construction = getattr(problem, "construction", None)
+        if construction is None:
+            raise ValueError(f"{type(problem).__name__} does not record how it was built; it cannot be "
+                             "replicated on workers")
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        resources = ray.cluster_resources()
+        if gpus_per_worker is None:
+            gpus_per_worker = 1 if resources.get("GPU", 0) >= 1 else 0
+        if workers is None:
+            workers = int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker else int(
+                resources.get("CPU", 1) // cpus_per_worker)
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        free = ray.available_resources()
+        for resource, each in (("CPU", cpus_per_worker), ("GPU", gpus_per_worker)):
+            if each and free.get(resource, 0) + 1e-9 < each * workers:
+                raise ValueError(f"{workers} workers need {each * workers:g} {resource}s but the Ray cluster "
+                                 f"has {free.get(resource, 0):g} free: use fewer workers (or shut down "
+                                 "other pools)")
+        self.construction = construction
+        self.options = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
+        self.restarts_left = max_restarts * workers
+        self.actor_class = ray.remote(Replica)
+        self.actors = [self._start() for _ in range(workers)]
+        ray.get([actor.ready.remote() for actor in self.actors])  # every replica is built
+        logger.info("evaluation pool of %d workers (%s)", workers, self.options)
+
+    def _start(self):
+        return self.actor_class.options(**self.options).remote(self.construction)
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.actors)
+
+    def map(self, method: str, items: list, *extra) -> list:
+        """``getattr(replica, method)(item, *extra)`` for every item, on whichever actor is free;
+        results in the order of ``items``."""
+        ray = _ray()
+        from ray.exceptions import RayActorError
+
+        results: list = [None] * len(items)
+        pending = deque(enumerate(items))
+        in_flight: dict = {}
+        idle = list(self.actors)
+        while pending or in_flight:
+            while pending and idle:
+                actor = idle.pop()
+                index, item = pending.popleft()
+                in_flight[getattr(actor, method).remote(item, *extra)] = (index, item, actor)
+            if not in_flight:
+                raise RuntimeError("every evaluation worker died: see the Ray logs")
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            index, item, actor = in_flight.pop(ref)
+            try:
+                results[index] = ray.get(ref)
+                idle.append(actor)
+            except RayActorError as error:
+                logger.warning("an evaluation worker died (%s); its candidates run again",
+                               type(error).__name__)
+                self.actors.remove(actor)
+                if self.restarts_left > 0:
+                    self.restarts_left -= 1
+                    replacement = self._start()
+                    self.actors.append(replacement)
+                    idle.append(replacement)
+                pending.appendleft((index, item))
+        return results
+
+    def groups(self, n: int) -> list:
+        """Index chunks for ``n`` candidates: a few per worker so that faster workers take more."""
+        size = max(1, math.ceil(n / (2 * max(self.n_workers, 1))))
+        return [list(range(start, min(start + size, n))) for start in range(0, n, size)]
+
+    def shutdown(self) -> None:
+        ray = _ray()
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
