@@ -7,7 +7,8 @@
 
 Per target: uniform and OWL Wanda and SparseGPT (``prune_model``); OptiShear's searched metric and
 allocation without and with the OBS weight update (``search_optishear``); the EvoPress-style level
-search over a SparseGPT database (``search_levels``); and the joint OptiShear space, metric +
+search over a SparseGPT database (``search_levels``; the database's weights, and the allocation
+found pruned again block by block); and the joint OptiShear space, metric +
 allocation + update (``search_optishear(search_update=True)``). Every method prunes from the same
 calibration windows (``--n-samples`` x ``--seq-len``); searches score candidates on a smaller
 set (``--search-samples`` x ``--search-seq-len``) and choose their plan on held-out
@@ -40,7 +41,7 @@ from optishear_moo.pruning import DenseSnapshot  # noqa: E402
 
 BASELINES = [("wanda", "uniform"), ("wanda", "owl"), ("sparsegpt", "uniform"), ("sparsegpt", "owl")]
 SEARCHES = ["OptiShear", "OptiShear + OBS update", "EvoPress levels (SparseGPT)",
-            "joint (metric + allocation + update)"]
+            "EvoPress levels, pruned again block by block", "joint (metric + allocation + update)"]
 
 
 def main() -> None:
@@ -120,17 +121,28 @@ def main() -> None:
         record(target, SEARCHES[0], optishear)
         record(target, SEARCHES[1], lambda: optishear(update="obs"))
         if nm is None:
-            def levels():
-                database = SparsityLevelDatabase.build(model, calibration, sparsity_ladder(sparsity))
-                choice = search_levels(model, search_calibration, sparsity, database=database,
-                                       n_offsprings=args.level_offspring, n_gen=args.level_gens)
-                choice.apply(model, database)
+            searched = {}
+
+            def levels(sequential: bool):
+                if not searched:
+                    database = SparsityLevelDatabase.build(model, calibration, sparsity_ladder(sparsity))
+                    searched["choice"] = search_levels(model, search_calibration, sparsity,
+                                                       database=database, n_offsprings=args.level_offspring,
+                                                       n_gen=args.level_gens)
+                    searched["database"] = database
+                choice = searched["choice"]
+                if sequential:  # the allocation found, pruned block by block from the same windows
+                    choice.apply(model, calibration=calibration)
+                else:  # the database's weights, exactly what the search scored
+                    choice.apply(model, searched["database"])
                 return {"evaluations": choice.n_evaluations, "search_seconds": choice.seconds,
                         "layer_sparsity_range": [min(choice.layer_sparsity.values()),
                                                  max(choice.layer_sparsity.values())]}
 
-            record(target, SEARCHES[2], levels)
-        record(target, SEARCHES[3], lambda: optishear(search_update=True))
+            record(target, SEARCHES[2], lambda: levels(False))
+            record(target, SEARCHES[3], lambda: levels(True))
+            searched.clear()
+        record(target, SEARCHES[4], lambda: optishear(search_update=True))
 
     for target in args.targets.split(","):
         run_target(target)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
             point["density"] = 1 - point["sparsity"]
         front_zero_shot(args, tokenizer, choice.front, pruned, "density", job.output,
                         "EvoPress sparsity levels")
-    choice.apply(model, database)
+    choice.apply(model, calibration=calibration)  # the allocation found, pruned block by block
     pruned = job.perplexity(model, tokenizer)
     report_sparsity = sparsity_report(model)
     if choice.front:

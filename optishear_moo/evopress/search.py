@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..activations import sequential_blocks
 from ..models.adapters import get_adapter
+from ..pruning.prune import shared_factors
 from ..search import front_arrays, run_search
 from ..search.levels import StagedSurvival, check_stages, fidelity_stages, level_algorithm
-from .database import SparsityLevelDatabase, sparsity_ladder
+from .database import SparsityLevelDatabase, prune_layer_, sparsity_ladder
 from .problem import LevelSearchProblem
 
 
@@ -42,9 +44,25 @@ class LevelChoice:
         return asdict(self)
 
     @torch.no_grad()
-    def apply(self, model: nn.Module, database: SparsityLevelDatabase) -> nn.Module:
-        """Prune ``model`` **in place** to this choice: each layer gets the database's weights at its
-        level (what the search scored). Returns the model."""
+    def apply(self, model: nn.Module, database: SparsityLevelDatabase | None = None,
+              calibration: torch.Tensor | None = None, batch_size: int = 8) -> nn.Module:
+        """Prune ``model`` **in place** to this choice; returns the model.
+
+        With ``database``: each layer gets the stored weights at its level (exactly what the search
+        scored, pruned from dense inputs). With ``calibration`` instead: every layer is pruned again
+        at its chosen sparsity with the database's method, block by block from the inputs of the
+        already-pruned blocks, as SparseGPT prunes (usually a little better)."""
+        if calibration is not None:
+            needs_gram = self.method == "sparsegpt" or self.update != "none"
+            for _index, layers, statistics in sequential_blocks(model, calibration, batch_size,
+                                                                 with_gram=needs_gram, progress=False):
+                factors = shared_factors(statistics) if needs_gram else {}
+                for layer in layers:
+                    prune_layer_(layer.weight, self.layer_sparsity[layer.name], self.method, self.update,
+                                 statistics[layer.name], factors.get(layer.name))
+            return model
+        if database is None:
+            raise ValueError("apply needs the level database, or calibration tokens to prune again")
         for layer, level in zip(get_adapter(model).prunable_layers(model), self.levels):
             layer.weight.copy_(database.weight(layer.name, level))
         return model

@@ -1,5 +1,6 @@
 """EvoPress's sparsity-level database and search on a tiny Llama."""
 
+import copy
 import json
 
 import numpy as np
@@ -93,6 +94,13 @@ def test_search_beats_uniform_where_layers_differ_and_keeps_the_budget(calibrati
     assert choice.sparsity == pytest.approx(0.5, abs=1e-12)
     assert choice.calibration_kl < 0.95 * uniform
     assert len(set(choice.layer_sparsity.values())) > 1  # non-uniform
+    # pruned again block by block at the chosen sparsities: block 0 sees dense inputs either way
+    from_database = choice.apply(copy.deepcopy(model), database)
+    sequential = choice.apply(copy.deepcopy(model), calibration=calibration_ids)
+    for a, b in zip(get_adapter(from_database).prunable_layers(from_database),
+                    get_adapter(sequential).prunable_layers(sequential)):
+        assert float((b.weight == 0).float().mean()) == pytest.approx(choice.layer_sparsity[a.name], abs=0.01)
+        assert torch.allclose(a.weight, b.weight, atol=1e-5) == (a.block_index == 0), a.name
     assert all(torch.equal(a.weight, b.weight) for a, b in zip(  # left dense
         get_adapter(model).prunable_layers(model), problem.snapshot.layers))
 
