@@ -35,10 +35,18 @@ from optishear_moo.pruning import apply_masks_  # noqa: E402
 
 @torch.no_grad()
 def dense_forward_seconds(model, calibration, batch_size) -> float:
+    device = next(model.parameters()).device
+    _synchronize(device)
     start = time.perf_counter()
-    for batch in torch.split(calibration, batch_size):
+    for batch in torch.split(calibration.to(device), batch_size):
         model(input_ids=batch, use_cache=False)
+    _synchronize(device)
     return time.perf_counter() - start
+
+
+def _synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -47,7 +55,8 @@ def naive_kl(model, calibration, dense_log_probs, metric, block_sparsity, batch_
     layers = get_adapter(candidate).prunable_layers(candidate)
     statistics = collect_input_statistics(candidate, calibration, batch_size, layers)
     apply_masks_(layers, metric_masks(metric, layers, block_sparsity, statistics))
-    log_probs = F.log_softmax(candidate(input_ids=calibration, use_cache=False).logits, -1)
+    device = next(candidate.parameters()).device
+    log_probs = F.log_softmax(candidate(input_ids=calibration.to(device), use_cache=False).logits, -1)
     return float(F.kl_div(log_probs.flatten(0, 1), dense_log_probs.flatten(0, 1), log_target=True,
                           reduction="sum")) / calibration.numel()
 
@@ -112,7 +121,8 @@ def main() -> None:
                   f"forward); setup {setup:.1f} s", flush=True)
 
     with torch.no_grad():
-        dense_log_probs = F.log_softmax(model(input_ids=calibration, use_cache=False).logits, -1)
+        device = next(model.parameters()).device
+        dense_log_probs = F.log_softmax(model(input_ids=calibration.to(device), use_cache=False).logits, -1)
     problem_kl = OptiShearProblem(model, calibration, 0.5, ("kl",), batch_size=batch_size)
     X = converged_X[: args.naive]
     start = time.perf_counter()

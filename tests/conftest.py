@@ -37,6 +37,15 @@ class InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _checkpoint_key(tmp_path_factory):
     """Checkpoints written by the tests are signed with a key of their own, not the user's."""

@@ -1,5 +1,10 @@
 """Divergence from the dense model: its LM-head inputs on calibration tokens, cached once, and
-the KL of a candidate's next-token distributions to it. Shared by every method's fitness."""
+the KL of a candidate's next-token distributions to it. Shared by every method's fitness.
+
+The candidate's forward stops at the LM head; the logits of both models are then formed and
+compared in chunks of ``chunk_tokens`` tokens, so full ``(batch, seq, vocab)`` float32 logits of
+the two models never exist at once (they dwarf everything else for large vocabularies).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..activations import model_device
 from ..data.calibration import check_calibration
+from ..models.adapters import ArchitectureAdapter
 
 
 def kl_sum_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
@@ -22,17 +28,6 @@ def kl_sum_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
     dense_log_probs = F.log_softmax(dense_logits.float(), dim=-1).flatten(0, 1)
     log_probs = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)
     return float(F.kl_div(log_probs, dense_log_probs, log_target=True, reduction="sum"))
-
-
-@contextlib.contextmanager
-def recording_head_inputs(model: nn.Module, sink: list):
-    """Append the inputs of the LM head (the final hidden states) to ``sink`` while the block runs."""
-    handle = model.get_output_embeddings().register_forward_pre_hook(
-        lambda _m, args: sink.append(args[0]))
-    try:
-        yield sink
-    finally:
-        handle.remove()
 
 
 @dataclass
@@ -54,12 +49,8 @@ class DenseOutputs:
               progress: bool = False) -> DenseOutputs:
         """One dense pass; hooks the caller holds open (e.g. activation statistics) see it too."""
         check_calibration(calibration, model)
-        device = model_device(model)
-        head_inputs: list[torch.Tensor] = []
-        with recording_head_inputs(model, head_inputs):
-            for batch in tqdm(torch.split(calibration, batch_size), desc="dense reference",
-                              disable=not progress, leave=False):
-                model(input_ids=batch.to(device), use_cache=False)
+        head_inputs = [final_hidden(model, batch) for batch in tqdm(
+            torch.split(calibration, batch_size), desc="dense reference", disable=not progress, leave=False)]
         return cls(calibration, batch_size, head_inputs)
 
     def batches(self, fidelity: float = 1.0):
@@ -72,15 +63,49 @@ class DenseOutputs:
             yield batch, dense_hidden[: len(batch)]  # the last batch may be cut by the fidelity
 
 
+class _HeadReached(Exception):
+    """Stops a forward pass at the LM head: only its inputs are wanted."""
+
+
 @torch.no_grad()
-def kl_to_dense(model: nn.Module, dense: DenseOutputs, fidelity: float = 1.0) -> float:
+def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The LM head's inputs ``(batch, seq, hidden)`` for ``input_ids``, without computing logits."""
+    caught: list[torch.Tensor] = []
+
+    def stop(_module, args):
+        caught.append(args[0])
+        raise _HeadReached
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(stop)
+    try:
+        with contextlib.suppress(_HeadReached):
+            model(input_ids=input_ids.to(model_device(model)), use_cache=False)
+    finally:
+        handle.remove()
+    return caught[0]
+
+
+@torch.no_grad()
+def chunked_kl_sum(model: nn.Module, hidden: torch.Tensor, dense_hidden: torch.Tensor,
+                   chunk_tokens: int = 4096) -> float:
+    """Sum over tokens of KL(dense ‖ pruned) from the two models' LM-head inputs, the logits formed
+    ``chunk_tokens`` tokens at a time."""
+    hidden, dense_hidden = hidden.flatten(0, 1), dense_hidden.flatten(0, 1)
+    total = 0.0
+    for start in range(0, len(hidden), chunk_tokens):
+        end = start + chunk_tokens
+        total += kl_sum_to_dense(ArchitectureAdapter.logits(model, hidden[start:end])[None],
+                                 ArchitectureAdapter.logits(model, dense_hidden[start:end])[None])
+    return total
+
+
+@torch.no_grad()
+def kl_to_dense(model: nn.Module, dense: DenseOutputs, fidelity: float = 1.0,
+                chunk_tokens: int = 4096) -> float:
     """Mean KL(dense ‖ ``model``) per calibration token, over the first ``fidelity`` of samples."""
-    head = model.get_output_embeddings()
-    device = model_device(model)
     total, tokens = 0.0, 0
     for batch, dense_hidden in dense.batches(fidelity):
-        logits = model(input_ids=batch.to(device), use_cache=False).logits
-        total += kl_sum_to_dense(logits, head(dense_hidden))
+        total += chunked_kl_sum(model, final_hidden(model, batch), dense_hidden, chunk_tokens)
         tokens += batch.numel()
     value = total / tokens
     if value != value:

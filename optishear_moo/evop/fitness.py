@@ -69,8 +69,7 @@ class BlockRemovalEvaluator:
         return [run_block(self.blocks[index], h, k) for h, k in zip(hidden, self.kwargs[index])]
 
     def _logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
-        head = self.model.get_output_embeddings()
-        return head(self.adapter.head_inputs(self.model, final_hidden)).float()
+        return self.adapter.logits(self.model, self.adapter.head_inputs(self.model, final_hidden))
 
     def _start(self, removed: list[int], decisions: tuple[bool, ...]):
         """The furthest cached state this candidate can start from: (block index, hidden)."""

@@ -82,6 +82,14 @@ class ArchitectureAdapter:
                 hidden = module(hidden)
         return hidden
 
+    @staticmethod
+    def logits(model: nn.Module, head_inputs: torch.Tensor) -> torch.Tensor:
+        """float32 next-token logits from LM-head inputs, with the final soft-capping some families
+        (Gemma 2) apply after the head."""
+        logits = model.get_output_embeddings()(head_inputs).float()
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def prunable_layers(self, model: nn.Module) -> list[PrunableLayer]:
         """All prunable linear layers, block by block, in module order."""
         layers = []

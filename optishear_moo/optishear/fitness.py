@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..activations import InputStatistics, model_device, recording_inputs
-from ..evaluation.divergence import DenseOutputs, kl_sum_to_dense, recording_head_inputs
+from ..evaluation.divergence import DenseOutputs, chunked_kl_sum, final_hidden
 from ..models.adapters import PrunableLayer, get_adapter
 from ..pruning.prune import shared_factors
 from ..pruning.update import reconstruct_
@@ -174,18 +174,14 @@ class FitnessEvaluator:
         return sum(errors) / len(errors)
 
     def _forward_objectives(self, fidelity: float) -> dict[str, float]:
-        head = self.model.get_output_embeddings()
-        device = model_device(self.model)
         kl_sum, n_tokens, error_sq, dense_sq = 0.0, 0, 0.0, 0.0
         for batch, dense_hidden in self.reference.batches(fidelity):
-            hidden: list[torch.Tensor] = []
-            with recording_head_inputs(self.model, hidden):
-                logits = self.model(input_ids=batch.to(device), use_cache=False).logits.float()
+            hidden = final_hidden(self.model, batch)
             if "kl" in self.objectives:
-                kl_sum += kl_sum_to_dense(logits, head(dense_hidden))
+                kl_sum += chunked_kl_sum(self.model, hidden, dense_hidden)
                 n_tokens += batch.numel()
             if "output_error" in self.objectives:
-                error_sq += float((hidden[0].float() - dense_hidden.float()).square().sum())
+                error_sq += float((hidden.float() - dense_hidden.float()).square().sum())
                 dense_sq += float(dense_hidden.float().square().sum())
         values = {}
         if "kl" in self.objectives:
