@@ -198,20 +198,31 @@ def capture_block_inputs(model: nn.Module, calibration: torch.Tensor, batch_size
 
 def capture_first_block_output(model: nn.Module, batch: torch.Tensor):
     """What the first block returns on ``batch`` (a tensor or a tuple, by architecture)."""
-    first = get_adapter(model).blocks(model)[0]
-    output = []
+    return run_until(model, get_adapter(model).blocks(model)[0], batch, "output")
 
-    def catch(_module, _args, result):
-        output.append(result)
+
+@torch.no_grad()
+def run_until(model: nn.Module, module: nn.Module, input_ids: torch.Tensor, what: str = "input"):
+    """Run ``model`` on ``input_ids`` only until ``module`` is reached; returns its first positional
+    input (``what="input"``, the module does not run) or its output (``"output"``)."""
+    caught = []
+
+    def on_input(_module, args):
+        caught.append(args[0])
         raise _StopForward
 
-    handle = first.register_forward_hook(catch)
+    def on_output(_module, _args, result):
+        caught.append(result)
+        raise _StopForward
+
+    handle = (module.register_forward_pre_hook(on_input) if what == "input"
+              else module.register_forward_hook(on_output))
     try:
         with contextlib.suppress(_StopForward):
-            model(input_ids=batch.to(model_device(model)), use_cache=False)
+            model(input_ids=input_ids.to(model_device(model)), use_cache=False)
     finally:
         handle.remove()
-    return output[0]
+    return caught[0]
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:

@@ -8,7 +8,6 @@ the two models never exist at once (they dwarf everything else for large vocabul
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..activations import model_device
+from ..activations import run_until
 from ..data.calibration import check_calibration
 from ..models.adapters import ArchitectureAdapter
 
@@ -63,26 +62,9 @@ class DenseOutputs:
             yield batch, dense_hidden[: len(batch)]  # the last batch may be cut by the fidelity
 
 
-class _HeadReached(Exception):
-    """Stops a forward pass at the LM head: only its inputs are wanted."""
-
-
-@torch.no_grad()
 def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """The LM head's inputs ``(batch, seq, hidden)`` for ``input_ids``, without computing logits."""
-    caught: list[torch.Tensor] = []
-
-    def stop(_module, args):
-        caught.append(args[0])
-        raise _HeadReached
-
-    handle = model.get_output_embeddings().register_forward_pre_hook(stop)
-    try:
-        with contextlib.suppress(_HeadReached):
-            model(input_ids=input_ids.to(model_device(model)), use_cache=False)
-    finally:
-        handle.remove()
-    return caught[0]
+    return run_until(model, model.get_output_embeddings(), input_ids)
 
 
 @torch.no_grad()

@@ -17,11 +17,29 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 
 logger = logging.getLogger(__name__)
 
 INSTALL = "pip install 'optishear-moo[ray]'"
+
+
+RELEASE_GRACE_S = 30.0  # how long shutdown waits for Ray to hand back the actors' resources
+CHECK_GRACE_S = 5.0  # how long a new pool waits for resources still being released
+
+
+def _wait_for(ray, amounts: dict, timeout: float) -> dict:
+    """Ray's free resources once they reach ``amounts`` (Ray releases a killed actor's share a
+    moment later), or as they are after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        free = ray.available_resources()
+        if all(free.get(key, 0) + 1e-9 >= amount for key, amount in amounts.items() if amount):
+            return free
+        if time.monotonic() >= deadline:
+            return free
+        time.sleep(0.2)
 
 
 def _ray():
@@ -71,10 +89,11 @@ class RayPool:
                 resources.get("CPU", 1) // cpus_per_worker)
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        free = ray.available_resources()
-        for resource, each in (("CPU", cpus_per_worker), ("GPU", gpus_per_worker)):
-            if each and free.get(resource, 0) + 1e-9 < each * workers:
-                raise ValueError(f"{workers} workers need {each * workers:g} {resource}s but the Ray cluster "
+        needed = {"CPU": cpus_per_worker * workers, "GPU": gpus_per_worker * workers}
+        free = _wait_for(ray, needed, CHECK_GRACE_S)
+        for resource, amount in needed.items():
+            if amount and free.get(resource, 0) + 1e-9 < amount:
+                raise ValueError(f"{workers} workers need {amount:g} {resource}s but the Ray cluster "
                                  f"has {free.get(resource, 0):g} free: use fewer workers (or shut down "
                                  "other pools)")
         self.construction = construction
@@ -132,7 +151,13 @@ class RayPool:
         return [list(range(start, min(start + size, n))) for start in range(0, n, size)]
 
     def shutdown(self) -> None:
+        """Stop the actors and wait (a little) until the cluster has their resources back, so that
+        a pool started next can count on them."""
         ray = _ray()
+        held = {"CPU": self.options["num_cpus"] * len(self.actors),
+                "GPU": self.options["num_gpus"] * len(self.actors)}
+        before = ray.available_resources()
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+        _wait_for(ray, {key: before.get(key, 0) + amount for key, amount in held.items()}, RELEASE_GRACE_S)
