@@ -4,8 +4,9 @@
     python benchmarks/parallel.py --workers 1 2 4 8   # on a machine with more cores or GPUs
 
 Evaluates the same population of OptiShear candidates (KL objective, 8 x 128 calibration
-tokens) in this process, then on pools of N workers (``OptiShearProblem(..., workers=N)``, what
-``--workers N`` gives), and checks the objectives agree. Each worker is one CPU process with one
+tokens) in this process (its default threads, then one thread), then on pools of N workers
+(``OptiShearProblem(..., workers=N)``, what ``--workers N`` gives), and checks the objectives
+agree. Each worker is one CPU process with one
 torch thread, or one GPU when the cluster has GPUs. Writes results/parallel.{json,md,png}.
 """
 
@@ -43,13 +44,18 @@ def main() -> None:
     X = np.random.default_rng(0).uniform(problem.xl, problem.xu, (args.candidates, problem.n_var))
     X[: len(X) // 2, :5] = problem.encode()[:5]  # half the population shares Wanda's metric
 
-    torch.set_num_threads(1)  # as each worker does: the comparison is per process
-    start = time.perf_counter()
-    local = problem.evaluate(X, return_values_of=["F"])
-    local_seconds = time.perf_counter() - start
-    rows = [{"workers": 0, "label": "this process, 1 thread", "seconds": local_seconds,
-             "candidates_per_second": len(X) / local_seconds, "max_relative_difference": 0.0}]
-    print(f"local: {len(X) / local_seconds:.3f} candidates/s", flush=True)
+    rows, local = [], None
+    for threads in (torch.get_num_threads(), 1):  # what a user gets without workers; then per process
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        F = problem.evaluate(X, return_values_of=["F"])
+        seconds = time.perf_counter() - start
+        local = F if local is None else local
+        difference = float(np.max(np.abs(F - local) / np.maximum(np.abs(local), 1e-12)))
+        rows.append({"workers": 0, "label": f"this process, {threads} thread(s)", "seconds": seconds,
+                     "candidates_per_second": len(X) / seconds, "max_relative_difference": difference})
+        print(f"local, {threads} thread(s): {len(X) / seconds:.3f} candidates/s", flush=True)
+    # each worker runs one torch thread, as the 1-thread row does
 
     ray.init(include_dashboard=False, log_to_driver=False)
     for workers in args.workers:
