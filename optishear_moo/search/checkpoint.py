@@ -80,13 +80,32 @@ def _signature(key: bytes, state: dict, data: bytes) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    tmp.replace(path)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    _write_durably(_tmp(path), data)
+    _tmp(path).replace(path)
+
+
+def _finish_interrupted_save(directory: Path) -> None:
+    """A save writes ``algorithm.pkl.tmp`` and ``state.json.tmp`` in full, then renames the first
+    and the second. Interrupted before the first rename, the previous pair stands (the
+    temporaries go); between the renames, the new state is put in place."""
+    pkl, state = _tmp(directory / "algorithm.pkl"), _tmp(directory / "state.json")
+    if pkl.exists():
+        pkl.unlink()
+        state.unlink(missing_ok=True)
+    elif state.exists():
+        state.replace(directory / "state.json")
 
 
 def save_checkpoint(algorithm: Algorithm, directory: str | Path, config: dict | None = None) -> None:
@@ -115,13 +134,16 @@ def save_checkpoint(algorithm: Algorithm, directory: str | Path, config: dict | 
              "generation": generation, "n_eval": int(algorithm.evaluator.n_eval),
              "finished": not algorithm.has_next(), "seed": algorithm.seed, "config": config or {}}
     state["signature"] = _signature(checkpoint_key(), state, data)
-    _write_atomically(directory / "algorithm.pkl", data)
-    _write_atomically(directory / "state.json", json.dumps(state, indent=2).encode())
+    _write_durably(_tmp(directory / "algorithm.pkl"), data)  # both in full, then both renamed
+    _write_durably(_tmp(directory / "state.json"), json.dumps(state, indent=2).encode())
+    _tmp(directory / "algorithm.pkl").replace(directory / "algorithm.pkl")
+    _tmp(directory / "state.json").replace(directory / "state.json")
 
 
 def load_state(directory: str | Path) -> dict:
     """The ``state.json`` of a checkpoint directory (not yet authenticated)."""
     directory = Path(directory)
+    _finish_interrupted_save(directory)
     path = directory / "state.json"
     if not path.is_file():
         raise CheckpointError(f"{directory} holds no checkpoint (no state.json): start a new search instead")
