@@ -6,8 +6,8 @@
 Evaluates the same population of OptiShear candidates (KL objective, 8 x 128 calibration
 tokens) in this process (its default threads, then one thread), then on pools of N workers
 (``OptiShearProblem(..., workers=N)``, what ``--workers N`` gives), and checks the objectives
-agree. Each worker is one CPU process with one
-torch thread, or one GPU when the cluster has GPUs. Writes results/parallel.{json,md,png}.
+agree. Each worker is one CPU process with one torch thread, or one GPU when the cluster has
+GPUs. Writes results/parallel.{json,md,png}.
 """
 
 from __future__ import annotations
