@@ -19,11 +19,9 @@ from tqdm.auto import tqdm
 
 from ..activations import sequential_blocks
 from ..models.adapters import PrunableLayer, get_adapter
-from ..pruning.masks import build_mask, check_sparsity
-from ..pruning.metrics import SCORE_METRICS
-from ..pruning.prune import METHODS, shared_factors
-from ..pruning.sparsegpt import HessianFactor, sparsegpt_prune_
-from ..pruning.update import check_update, reconstruct_
+from ..pruning.masks import check_sparsity
+from ..pruning.prune import METHODS, prune_weight_, shared_factors
+from ..pruning.update import check_update
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +40,6 @@ def sparsity_ladder(target: float | tuple[float, float], step: float = 0.05, lev
     ladder = np.round(np.arange(start, stop + step / 2, step), 6)
     ladder = ladder[(ladder >= bounds[0] - 1e-9) & (ladder <= bounds[1] + 1e-9)]
     return [float(s) for s in ladder]
-
-
-def prune_layer_(weight: torch.Tensor, sparsity: float, method: str, update: str, statistics,
-                 factor: HessianFactor | None) -> None:
-    """Prune one layer's ``(out, in)`` weight **in place** to ``sparsity`` with ``method`` (and,
-    for a metric, ``update``) from its input ``statistics`` / Hessian ``factor``."""
-    if method == "sparsegpt":
-        sparsegpt_prune_(weight, None, 0, sparsity, factor=factor)
-        return
-    mask = build_mask(SCORE_METRICS[method](weight, statistics), sparsity)
-    reconstruct_(weight, mask, update, factor=factor)
 
 
 class SparsityLevelDatabase:
@@ -97,8 +84,8 @@ class SparsityLevelDatabase:
                 levels = torch.empty((len(ladder), *dense.shape), dtype=dense.dtype, device="cpu")
                 for k, sparsity in enumerate(ladder):
                     weight = dense.clone()
-                    prune_layer_(weight, sparsity, method, update, statistics[layer.name],
-                                 factors.get(layer.name))
+                    prune_weight_(weight, statistics[layer.name], sparsity, method, update,
+                                  factor=factors.get(layer.name))
                     levels[k] = weight.cpu()
                 database._store(layer.name, levels)
         return database

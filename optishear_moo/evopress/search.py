@@ -13,10 +13,10 @@ from torch import nn
 
 from ..activations import sequential_blocks
 from ..models.adapters import get_adapter
-from ..pruning.prune import shared_factors
+from ..pruning.prune import prune_weight_, shared_factors
 from ..search import front_arrays, run_search
 from ..search.levels import StagedSurvival, check_stages, fidelity_stages, level_algorithm
-from .database import SparsityLevelDatabase, prune_layer_, sparsity_ladder
+from .database import SparsityLevelDatabase, sparsity_ladder
 from .problem import LevelSearchProblem
 
 
@@ -58,8 +58,8 @@ class LevelChoice:
                                                                  with_gram=needs_gram, progress=False):
                 factors = shared_factors(statistics) if needs_gram else {}
                 for layer in layers:
-                    prune_layer_(layer.weight, self.layer_sparsity[layer.name], self.method, self.update,
-                                 statistics[layer.name], factors.get(layer.name))
+                    prune_weight_(layer.weight, statistics[layer.name], self.layer_sparsity[layer.name],
+                                  self.method, self.update, factor=factors.get(layer.name))
             return model
         if database is None:
             raise ValueError("apply needs the level database, or calibration tokens to prune again")

@@ -17,7 +17,7 @@ from .masks import build_mask, check_sparsity, parse_nm
 from .metrics import SCORE_METRICS, wanda_score
 from .sparsegpt import HessianFactor, sparsegpt_prune_
 from .update import check_update, reconstruct_
-from .weights import SparsityReport, apply_masks_, sparsity_report
+from .weights import SparsityReport, sparsity_report
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +103,20 @@ def allocate_block_sparsity(
     return owl_allocation(ratios, config.sparsity, config.owl_lambda, sizes)
 
 
+def prune_weight_(weight: torch.Tensor, statistics, sparsity: float, method: str, update: str = "none",
+                  nm: tuple[int, int] | None = None, factor: HessianFactor | None = None) -> torch.Tensor:
+    """Prune one layer's ``(out, in)`` weight **in place** to ``sparsity`` (or ``nm``) with
+    ``method`` from its input ``statistics`` / Hessian ``factor``, then apply ``update`` (metrics
+    only: SparseGPT updates itself); returns the mask."""
+    if method == "sparsegpt":
+        return sparsegpt_prune_(weight, None, 0, sparsity, nm, factor=factor)
+    mask = build_mask(SCORE_METRICS[method](weight, statistics), sparsity, nm)
+    return reconstruct_(weight, mask, update, factor=factor)
+
+
 def _prune_layer_(layer: PrunableLayer, statistics, sparsity: float, config: PruningConfig,
                   factor: HessianFactor | None = None):
-    if config.method == "sparsegpt":
-        return sparsegpt_prune_(layer.weight, None, 0, sparsity, config.nm, factor=factor)
-    scores = SCORE_METRICS[config.method](layer.weight, statistics)
-    mask = build_mask(scores, sparsity, config.nm)
-    if config.update != "none":
-        return reconstruct_(layer.weight, mask, config.update, factor=factor)
-    apply_masks_([layer], {layer.name: mask})
-    return mask
+    return prune_weight_(layer.weight, statistics, sparsity, config.method, config.update, config.nm, factor)
 
 
 def shared_factors(statistics: dict) -> dict[str, HessianFactor]:

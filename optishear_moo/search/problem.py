@@ -139,10 +139,7 @@ class ModelProblem(Problem):
         results = self.pool.map("evaluate", [X[group] for group in groups])
         for key in ("F", "G"):
             if key in results[0]:
-                values = np.empty((len(X), results[0][key].shape[1]))
-                for group, result in zip(groups, results):
-                    values[group] = result[key]
-                out[key] = values
+                out[key] = _in_order(groups, [result[key] for result in results], len(X))
 
     def evaluation_groups(self, X: np.ndarray) -> list:
         """How a population is handed to workers: index groups evaluated together (a problem may
@@ -155,10 +152,18 @@ class ModelProblem(Problem):
         if getattr(self, "pool", None) is None:
             return [self.stage_score(x, stage) for x in X]
         groups = self.pool.groups(len(X))
-        scores = np.empty(len(X))
-        for group, values in zip(groups, self.pool.map("stage_scores", [X[g] for g in groups], stage)):
-            scores[group] = values
-        return scores.tolist()
+        scores = self.pool.map("stage_scores", [X[group] for group in groups], stage)
+        return _in_order(groups, scores, len(X)).tolist()
 
     def _evaluate_vectors(self, X: np.ndarray, out: dict, *args, **kwargs) -> None:
         raise NotImplementedError
+
+
+def _in_order(groups: list, parts: list, n: int) -> np.ndarray:
+    """The workers' per-group results (``parts[i]`` for the rows ``groups[i]``) as one array in the
+    population's order."""
+    first = np.asarray(parts[0])
+    values = np.empty((n, *first.shape[1:]))
+    for group, part in zip(groups, parts):
+        values[group] = part
+    return values

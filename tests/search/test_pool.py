@@ -78,3 +78,29 @@ def test_a_worker_dying_mid_generation_loses_no_evaluation(ray_cluster, calibrat
     killed = run(tmp_path / "b", kill=True)
     assert killed.algorithm.evaluator.n_eval == straight.algorithm.evaluator.n_eval == 18
     np.testing.assert_allclose(killed.F, straight.F)
+
+
+def test_stage_scores_through_a_pool_come_back_in_the_population_order(calibration_ids):
+    from optishear_moo.evopress import LevelSearchProblem, SparsityLevelDatabase
+    from optishear_moo.search.levels import FidelityStage
+    from optishear_moo.search.pool import RayPool, Replica
+
+    model = make_tiny_model("llama")
+    database = SparsityLevelDatabase.build(model, calibration_ids, [0.4, 0.5, 0.6])
+
+    class InProcessPool:  # RayPool's grouping, each group run by a replica here, last group first
+        n_workers = 3
+        groups = RayPool.groups
+
+        def map(self, method, items, *extra):
+            replica = Replica.__new__(Replica)
+            replica.problem = local
+            return [getattr(replica, method)(item, *extra) for item in items[::-1]][::-1]
+
+    local = LevelSearchProblem(model, calibration_ids, 0.5, database)
+    pooled = LevelSearchProblem(model, calibration_ids, 0.5, database, workers=InProcessPool())
+    X = np.random.default_rng(0).integers(0, 3, (7, local.n_var))
+    stage = FidelityStage(survivors=2, eval_samples=2)
+    expected = [local.stage_score(x, stage) for x in X]
+    assert len(set(expected)) > 1
+    assert pooled.stage_scores(X, stage) == pytest.approx(expected, rel=1e-6)
