@@ -7,9 +7,11 @@
 
 Per target: uniform and OWL Wanda and SparseGPT (``prune_model``); OptiShear's searched metric and
 allocation without and with the OBS weight update (``search_optishear``); the EvoPress-style level
-search over a SparseGPT database (``search_levels``; the database's weights, and the allocation
-found pruned again block by block); and the joint OptiShear space, metric +
-allocation + update (``search_optishear(search_update=True)``). Every method prunes from the same
+search over a SparseGPT database (``search_levels``) built from dense inputs as EvoPress does and
+built as ``search_levels`` does by default (each block pruned from the blocks before it pruned at
+the target), each shown with the database's weights and with the allocation found pruned again
+block by block; and the joint OptiShear space, metric + allocation + update
+(``search_optishear(search_update=True)``). Every method prunes from the same
 calibration windows (``--n-samples`` x ``--seq-len``); searches score candidates on a smaller
 set (``--search-samples`` x ``--search-seq-len``) and choose their plan on held-out
 WikiText-2 validation windows. Writes results/NAME.{json,md,png}.
@@ -37,11 +39,16 @@ from optishear_moo import (  # noqa: E402
     search_optishear,
 )
 from optishear_moo.evopress import SparsityLevelDatabase, sparsity_ladder  # noqa: E402
+from optishear_moo.evopress.database import database_inputs_at  # noqa: E402
 from optishear_moo.pruning import DenseSnapshot  # noqa: E402
 
 BASELINES = [("wanda", "uniform"), ("wanda", "owl"), ("sparsegpt", "uniform"), ("sparsegpt", "owl")]
-SEARCHES = ["OptiShear", "OptiShear + OBS update", "EvoPress levels (SparseGPT)",
-            "EvoPress levels, pruned again block by block", "joint (metric + allocation + update)"]
+SEARCHES = ["OptiShear", "OptiShear + OBS update", "joint (metric + allocation + update)"]
+# (database inputs, pruned again block by block) -> label
+LEVELS = {("dense", False): "EvoPress levels, dense-input database",
+          ("dense", True): "EvoPress levels, dense-input database, pruned again block by block",
+          ("pruned", False): "EvoPress levels, database pruned at the target (search_levels default)",
+          ("pruned", True): "EvoPress levels, database pruned at the target, pruned again block by block"}
 
 
 def main() -> None:
@@ -120,12 +127,16 @@ def main() -> None:
 
         record(target, SEARCHES[0], optishear)
         record(target, SEARCHES[1], lambda: optishear(update="obs"))
-        if nm is None:
+        for inputs in ("dense", "pruned") if nm is None else ():
             searched = {}
 
-            def levels(sequential: bool):
+            def levels(sequential: bool, inputs=inputs, searched=searched):
                 if not searched:
-                    database = SparsityLevelDatabase.build(model, calibration, sparsity_ladder(sparsity))
+                    ladder = sparsity_ladder(sparsity)
+                    started = time.perf_counter()
+                    database = SparsityLevelDatabase.build(
+                        model, calibration, ladder, inputs_at=database_inputs_at(inputs, sparsity, ladder))
+                    searched["database_seconds"] = time.perf_counter() - started
                     searched["choice"] = search_levels(model, search_calibration, sparsity,
                                                        database=database, n_offsprings=args.level_offspring,
                                                        n_gen=args.level_gens)
@@ -136,13 +147,13 @@ def main() -> None:
                 else:  # the database's weights, exactly what the search scored
                     choice.apply(model, searched["database"])
                 return {"evaluations": choice.n_evaluations, "search_seconds": choice.seconds,
+                        "database_seconds": searched["database_seconds"], "levels": choice.levels,
                         "layer_sparsity_range": [min(choice.layer_sparsity.values()),
                                                  max(choice.layer_sparsity.values())]}
 
-            record(target, SEARCHES[2], lambda: levels(False))
-            record(target, SEARCHES[3], lambda: levels(True))
-            searched.clear()
-        record(target, SEARCHES[4], lambda: optishear(search_update=True))
+            record(target, LEVELS[inputs, False], lambda: levels(False))
+            record(target, LEVELS[inputs, True], lambda: levels(True))
+        record(target, SEARCHES[2], lambda: optishear(search_update=True))
 
     for target in args.targets.split(","):
         run_target(target)
@@ -152,7 +163,10 @@ def main() -> None:
 
 def write_table(payload: dict, name: str) -> None:
     targets = list(dict.fromkeys(row["target"] for row in payload["rows"]))
-    methods = list(dict.fromkeys(row["method"] for row in payload["rows"]))
+    order = [f"{method} ({allocation})" for method, allocation in BASELINES] + SEARCHES[:2] + [
+        *LEVELS.values(), SEARCHES[2]]
+    found = list(dict.fromkeys(row["method"] for row in payload["rows"]))
+    methods = [m for m in order if m in found] + [m for m in found if m not in order]
     cell = {(row["target"], row["method"]): row for row in payload["rows"]}
     header = ["method", *targets]
     rows = [[method, *[cell[t, method]["ppl"] if (t, method) in cell else None for t in targets]]

@@ -17,8 +17,8 @@ from .common import (
     value_or_range,
 )
 
-SETTINGS = MODEL_SETTINGS + ("sparsity", "method", "update", "step", "levels_each_side", "pop", "offspring",
-                             "gens", "stages")
+SETTINGS = MODEL_SETTINGS + ("sparsity", "method", "update", "step", "levels_each_side", "database_inputs",
+                             "pop", "offspring", "gens", "stages")
 
 
 def add_parser(commands) -> None:
@@ -33,6 +33,11 @@ def add_parser(commands) -> None:
     levels.add_argument("--step", type=float, default=0.05, help="sparsity between levels (default: 0.05)")
     levels.add_argument("--levels-each-side", type=int, default=3,
                         help="levels below and above the target (default: 3)")
+    levels.add_argument("--database-inputs", choices=("pruned", "dense"), default="pruned",
+                        help="what each block of the database is pruned from: the blocks before it "
+                             "pruned at the target (pruned, default; the model gets the weights the "
+                             "search scored) or the dense model (dense, EvoPress; the model is then "
+                             "pruned again block by block at the levels found)")
     levels.add_argument("--pop", type=int, default=1, help="parents kept per generation (default: 1)")
     levels.add_argument("--offspring", type=int, default=16, help="offspring per generation (default: 16)")
     levels.add_argument("--gens", type=int, default=None,
@@ -46,6 +51,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from ..evopress import SparsityLevelDatabase, search_levels, sparsity_ladder
+    from ..evopress.database import database_inputs_at
     from ..models import load_model
     from ..pruning.prune import PruningConfig
     from ..pruning.weights import DenseSnapshot, sparsity_report
@@ -64,7 +70,8 @@ def run(args: argparse.Namespace) -> dict:
     job.begin()
     dense = job.perplexity(model, tokenizer)
     database = SparsityLevelDatabase.build(model, calibration, ladder, args.method, args.update,
-                                           batch_size=args.batch_size, progress=not args.quiet)
+                                           batch_size=args.batch_size, progress=not args.quiet,
+                                           inputs_at=database_inputs_at(args.database_inputs, target, ladder))
     with job.interruptible():
         choice = search_levels(model, calibration, target, database=database, pop_size=args.pop,
                                n_offsprings=args.offspring, n_gen=args.gens, stages=stages, seed=args.seed,
@@ -86,7 +93,10 @@ def run(args: argparse.Namespace) -> dict:
             point["density"] = 1 - point["sparsity"]
         front_zero_shot(args, tokenizer, choice.front, pruned, "density", job.output,
                         "EvoPress sparsity levels")
-    choice.apply(model, calibration=calibration)  # the allocation found, pruned block by block
+    if database.inputs_at is None:
+        choice.apply(model, calibration=calibration)  # the allocation found, pruned block by block
+    else:
+        choice.apply(model, database)  # what the search scored
     pruned = job.perplexity(model, tokenizer)
     report_sparsity = sparsity_report(model)
     if choice.front:

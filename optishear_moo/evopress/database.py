@@ -1,8 +1,11 @@
 """EvoPress's level database: every prunable layer pruned at a ladder of sparsities, once.
 
-Each layer is pruned from the dense model's inputs (so any mix of levels is consistent) with a
-baseline method and weight update – SparseGPT by default – at every sparsity of the ladder; a
-search then only swaps in the stored weights of the layers whose level changed. Blocks are
+Each layer is pruned with a baseline method and weight update – SparseGPT by default – at every
+sparsity of the ladder; a search then only swaps in the stored weights of the layers whose level
+changed. Each block's inputs come from the dense model (EvoPress: any mix of levels is equally
+consistent) or, with ``inputs_at``, from the blocks before it pruned at one level of the ladder
+(SparseGPT's sequential scheme: mixes near that level behave like a model pruned block by block,
+which at high sparsity is far better; see the README's search-vs-baselines table). Blocks are
 walked one at a time, so only one block's Hessians are held; the entries live in memory, or on
 disk (one file per layer, memory-mapped when read) with ``directory``.
 """
@@ -22,6 +25,7 @@ from ..models.adapters import PrunableLayer, get_adapter
 from ..pruning.masks import check_sparsity
 from ..pruning.prune import METHODS, prune_weight_, shared_factors
 from ..pruning.update import check_update
+from ..pruning.weights import DenseSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +46,35 @@ def sparsity_ladder(target: float | tuple[float, float], step: float = 0.05, lev
     return [float(s) for s in ladder]
 
 
+DATABASE_INPUTS = ("pruned", "dense")
+
+
+def database_inputs_at(database_inputs: str, target: float | tuple[float, float],
+                       ladder: list[float]) -> float | None:
+    """The ``inputs_at`` of :meth:`SparsityLevelDatabase.build` for a search's target: ``"pruned"``
+    prunes each block from the blocks before it at the ladder's level nearest the target (a
+    range's sparsest end, the point a range search returns), ``"dense"`` from dense inputs
+    (EvoPress)."""
+    if database_inputs not in DATABASE_INPUTS:
+        raise ValueError(f"unknown database inputs {database_inputs!r}: "
+                         f"use one of {', '.join(DATABASE_INPUTS)}")
+    if database_inputs == "dense":
+        return None
+    point = max(target) if isinstance(target, (tuple, list)) else target
+    return float(min(ladder, key=lambda level: abs(level - point)))
+
+
 class SparsityLevelDatabase:
     """Weights of every prunable layer at every sparsity in ``ladder`` (built once, then read)."""
 
     def __init__(self, layers: list[PrunableLayer], ladder: list[float], method: str, update: str,
-                 directory: str | Path | None = None):
+                 directory: str | Path | None = None, inputs_at: float | None = None):
         self.names = [layer.name for layer in layers]
         self.numels = np.array([layer.numel for layer in layers], dtype=np.int64)
         self.roles = [layer.role for layer in layers]
         self.ladder = [float(s) for s in ladder]
         self.method, self.update = method, update
+        self.inputs_at = inputs_at  # None: every block pruned from dense inputs
         self.directory = Path(directory) if directory is not None else None
         self._entries: dict[str, torch.Tensor] = {}
 
@@ -63,31 +86,50 @@ class SparsityLevelDatabase:
     @torch.no_grad()
     def build(cls, model: nn.Module, calibration: torch.Tensor, ladder, method: str = "sparsegpt",
               update: str = "none", directory: str | Path | None = None, batch_size: int = 8,
-              progress: bool = False) -> SparsityLevelDatabase:
-        """Prune every layer of ``model`` (left unchanged) at every sparsity of ``ladder``."""
+              progress: bool = False, inputs_at: float | None = None) -> SparsityLevelDatabase:
+        """Prune every layer of ``model`` (left unchanged) at every sparsity of ``ladder``.
+
+        ``inputs_at``: None prunes every block from the dense model's inputs (EvoPress); a sparsity
+        of the ladder prunes each block from the outputs of the blocks before it *at that level*,
+        as SparseGPT's sequential scheme does, so that stitched levels near it behave like a
+        model pruned block by block (at high sparsity far closer than dense inputs)."""
         if method not in METHODS:
             raise ValueError(f"unknown pruning method {method!r}: use one of {', '.join(METHODS)}")
         check_update(update)
         if method == "sparsegpt" and update != "none":
             raise ValueError("sparsegpt updates the kept weights itself: use update 'none' with it")
         ladder = [check_sparsity(s) for s in ladder]
+        anchor = None
+        if inputs_at is not None:
+            matches = [k for k, s in enumerate(ladder) if abs(s - inputs_at) < 1e-6]
+            if not matches:
+                raise ValueError(f"inputs_at={inputs_at} is not a sparsity of the ladder {ladder}: "
+                                 "use one of them, or None for dense inputs")
+            anchor = matches[0]
         layers = get_adapter(model).prunable_layers(model)
-        database = cls(layers, ladder, method, update, directory)
+        database = cls(layers, ladder, method, update, directory, inputs_at)
         needs_gram = method == "sparsegpt" or update != "none"
         walk = sequential_blocks(model, calibration, batch_size, with_gram=needs_gram, progress=False)
         n_blocks = len(get_adapter(model).blocks(model))
-        for _index, block_layers, statistics in tqdm(walk, total=n_blocks, desc="level database",
-                                                      disable=not progress, leave=False):
-            factors = shared_factors(statistics) if needs_gram else {}
-            for layer in block_layers:  # the block is left dense: later blocks see dense inputs
-                dense = layer.weight.detach().clone()
-                levels = torch.empty((len(ladder), *dense.shape), dtype=dense.dtype, device="cpu")
-                for k, sparsity in enumerate(ladder):
-                    weight = dense.clone()
-                    prune_weight_(weight, statistics[layer.name], sparsity, method, update,
-                                  factor=factors.get(layer.name))
-                    levels[k] = weight.cpu()
-                database._store(layer.name, levels)
+        snapshot = DenseSnapshot(layers, storage_device=torch.device("cpu")) if anchor is not None else None
+        try:
+            for _index, block_layers, statistics in tqdm(walk, total=n_blocks, desc="level database",
+                                                          disable=not progress, leave=False):
+                factors = shared_factors(statistics) if needs_gram else {}
+                for layer in block_layers:
+                    dense = layer.weight.detach().clone()
+                    levels = torch.empty((len(ladder), *dense.shape), dtype=dense.dtype, device="cpu")
+                    for k, sparsity in enumerate(ladder):
+                        weight = dense.clone()
+                        prune_weight_(weight, statistics[layer.name], sparsity, method, update,
+                                      factor=factors.get(layer.name))
+                        levels[k] = weight.cpu()
+                    database._store(layer.name, levels)
+                    if anchor is not None:  # later blocks see this block at the anchor level
+                        layer.weight.copy_(levels[anchor])
+        finally:
+            if snapshot is not None:
+                snapshot.restore()
         return database
 
     def _store(self, name: str, levels: torch.Tensor) -> None:

@@ -24,27 +24,32 @@ from ..models.adapters import get_adapter
 from ..pruning.masks import check_sparsity
 from ..pruning.weights import DenseSnapshot
 from ..search.problem import ModelProblem, problem_fingerprint
-from .database import SparsityLevelDatabase, sparsity_ladder
+from .database import SparsityLevelDatabase, database_inputs_at, sparsity_ladder
 
 SPARSITY_TOLERANCE = 1e-6
 
 
 class LevelSearchProblem(ModelProblem):
     """Per-layer sparsity levels of ``model`` read from ``database`` (built here if not given:
-    ``method``/``update`` at a ladder of ``step`` around the target)."""
+    ``method``/``update`` at a ladder of ``step`` around the target, each block pruned from the
+    inputs of the blocks before it at the target, or with ``database_inputs="dense"`` from dense
+    inputs as EvoPress does)."""
 
     def __init__(self, model: nn.Module, calibration: torch.Tensor,
                  target_sparsity: float | tuple[float, float] = 0.5,
                  database: SparsityLevelDatabase | None = None, method: str = "sparsegpt",
                  update: str = "none", step: float = 0.05, batch_size: int = 8, progress: bool = False,
-                 **problem_kwargs):
+                 database_inputs: str = "pruned", **problem_kwargs):
         self.multi_objective = isinstance(target_sparsity, (tuple, list))
         targets = tuple(sorted(check_sparsity(t) for t in (target_sparsity if self.multi_objective
                                                            else (target_sparsity,))))
         self.sparsity_range = (targets[0], targets[-1])
-        self.database = database or SparsityLevelDatabase.build(
-            model, calibration, sparsity_ladder(target_sparsity, step), method, update,
-            batch_size=batch_size, progress=progress)
+        if database is None:
+            ladder = sparsity_ladder(target_sparsity, step)
+            database = SparsityLevelDatabase.build(
+                model, calibration, ladder, method, update, batch_size=batch_size, progress=progress,
+                inputs_at=database_inputs_at(database_inputs, target_sparsity, ladder))
+        self.database = database
         ladder = np.asarray(self.database.ladder)
         if self.sparsity_range[0] < ladder.min() - 1e-9 or self.sparsity_range[1] > ladder.max() + 1e-9:
             raise ValueError(f"target sparsity {target_sparsity} lies outside the database's ladder "
@@ -65,7 +70,8 @@ class LevelSearchProblem(ModelProblem):
         self.group_weights = steps / steps.sum()
         n_var, top = len(self.layers), self.database.n_levels - 1
         fingerprint = problem_fingerprint(type(self).__name__, model, calibration, self.sparsity_range,
-                                          self.database.ladder, self.database.method, self.database.update)
+                                          self.database.ladder, self.database.method, self.database.update,
+                                          self.database.inputs_at)
         super().__init__(n_var=n_var, n_obj=2 if self.multi_objective else 1,
                          n_ieq_constr=2 if self.multi_objective else 1, xl=0, xu=top, vtype=int,
                          vars={name: Integer(bounds=(0, top)) for name in self.database.names},

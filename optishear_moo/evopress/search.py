@@ -16,7 +16,7 @@ from ..models.adapters import get_adapter
 from ..pruning.prune import prune_weight_, shared_factors
 from ..search import front_arrays, run_search
 from ..search.levels import StagedSurvival, check_stages, fidelity_stages, level_algorithm
-from .database import SparsityLevelDatabase, sparsity_ladder
+from .database import SparsityLevelDatabase, database_inputs_at, sparsity_ladder
 from .problem import LevelSearchProblem
 
 
@@ -26,7 +26,8 @@ class LevelChoice:
 
     ``sparsity``: parameter-weighted mean over the prunable layers; ``calibration_kl``: KL to the
     dense model on all calibration windows; ``front`` (sparsity range only): every Pareto point,
-    sparsest first.
+    sparsest first; ``database_inputs_at``: the level at which the database saw the blocks before
+    each layer (None: dense inputs).
     """
 
     layer_sparsity: dict[str, float]
@@ -39,6 +40,7 @@ class LevelChoice:
     ladder: list[float]
     seconds: float = 0.0
     front: list[dict] = field(default_factory=list)
+    database_inputs_at: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,9 +51,10 @@ class LevelChoice:
         """Prune ``model`` **in place** to this choice; returns the model.
 
         With ``database``: each layer gets the stored weights at its level (exactly what the search
-        scored, pruned from dense inputs). With ``calibration`` instead: every layer is pruned again
-        at its chosen sparsity with the database's method, block by block from the inputs of the
-        already-pruned blocks, as SparseGPT prunes (usually a little better)."""
+        scored). With ``calibration`` instead: every layer is pruned again at its chosen sparsity
+        with the database's method, block by block from the inputs of the already-pruned blocks, as
+        SparseGPT prunes (far better than a database built from dense inputs; a database built at
+        the target is usually as good or better)."""
         if calibration is not None:
             needs_gram = self.method == "sparsegpt" or self.update != "none"
             for _index, layers, statistics in sequential_blocks(model, calibration, batch_size,
@@ -76,21 +79,25 @@ def search_levels(model: nn.Module, calibration: torch.Tensor,
                   database: SparsityLevelDatabase | None = None, database_dir: str | Path | None = None,
                   checkpoint_dir: str | Path | None = None, config: dict | None = None,
                   resume: bool = False, trust: bool = False, verbose: bool = False, workers=None,
-                  ray_address: str | None = None) -> LevelChoice:
+                  ray_address: str | None = None, database_inputs: str = "pruned") -> LevelChoice:
     """EvoPress's search over ``model`` (left dense afterwards).
 
     ``target_sparsity``: one mean sparsity (kept exactly), or ``(low, high)`` for a size-vs-quality
     front (NSGA-II; the sparsest point is chosen). The database holds every layer pruned with
     ``method`` (+ ``update``) at sparsities ``step`` apart around the target (``levels_each_side``
-    more on each side). ``stages`` (one target only; default :func:`fidelity_stages`: survivors
+    more on each side), each block pruned from the outputs of the blocks before it pruned at the
+    target (``database_inputs="pruned"``) or from dense inputs (``"dense"``, as EvoPress).
+    ``stages`` (one target only; default :func:`fidelity_stages`: survivors
     halve while the windows scored double) select the survivors of each generation.
     """
     started = time.perf_counter()
     if n_gen < 1:
         raise ValueError(f"the number of generations must be at least 1, got {n_gen}")
-    database = database or SparsityLevelDatabase.build(
-        model, calibration, sparsity_ladder(target_sparsity, step, levels_each_side), method, update,
-        directory=database_dir, batch_size=batch_size, progress=verbose)
+    if database is None:
+        ladder = sparsity_ladder(target_sparsity, step, levels_each_side)
+        database = SparsityLevelDatabase.build(
+            model, calibration, ladder, method, update, directory=database_dir, batch_size=batch_size,
+            progress=verbose, inputs_at=database_inputs_at(database_inputs, target_sparsity, ladder))
     problem = LevelSearchProblem(model, calibration, target_sparsity, database, batch_size=batch_size,
                                  progress=verbose, workers=workers, ray_address=ray_address)
     survival = None
@@ -118,7 +125,7 @@ def search_levels(model: nn.Module, calibration: torch.Tensor,
         kl = problem.kl(best)
         return LevelChoice(problem.layer_sparsity(best), best.tolist(), database.mean_sparsity(best), kl,
                            n_eval, database.method, database.update, database.ladder,
-                           time.perf_counter() - started, points)
+                           time.perf_counter() - started, points, database.inputs_at)
     finally:
         problem.restore_dense()
 

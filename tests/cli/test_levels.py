@@ -2,6 +2,7 @@
 
 import json
 
+import torch
 from transformers import AutoModelForCausalLM
 
 from optishear_moo.cli import main
@@ -24,3 +25,38 @@ def test_levels_writes_a_pruned_model_and_report_and_resumes(tiny_model_dir, tmp
     assert json.loads((output / "report.json").read_text())["evaluations"] > report["evaluations"]
     assert main([*settings, "--output", str(tmp_path / "x"), "--method", "obc"]) == 2
     assert "unknown pruning method" in capsys.readouterr().err
+
+
+def test_levels_gives_the_model_the_weights_the_search_scored(tiny_model_dir, tmp_path):
+    """With the default database (blocks pruned from the blocks before them at the target) the
+    saved model holds exactly the database's weights at the levels found; with dense inputs it is
+    pruned again block by block, so its weights differ from the database's."""
+    from optishear_moo.evopress import SparsityLevelDatabase
+    from optishear_moo.models import get_adapter, load_model
+
+    settings = ["levels", "--model", str(tiny_model_dir), "--sparsity", "0.6", "--step", "0.1",
+                "--levels-each-side", "1", "--offspring", "4", "--stages", "2", "--gens", "3", *FAST]
+    dense_model, tokenizer = load_model(str(tiny_model_dir))
+    for inputs, equal in (("pruned", True), ("dense", False)):
+        output = tmp_path / inputs
+        assert main([*settings, "--database-inputs", inputs, "--output", str(output)]) == 0
+        report = json.loads((output / "report.json").read_text())
+        assert len(set(report["levels"])) > 1  # a mix, where pruning again changes the weights
+        assert report["database_inputs_at"] == (0.6 if inputs == "pruned" else None)
+        calibration = _calibration_of(tokenizer, report)
+        database = SparsityLevelDatabase.build(dense_model, calibration, report["ladder"],
+                                               inputs_at=report["database_inputs_at"])
+        saved = AutoModelForCausalLM.from_pretrained(output / "model")
+        same = [bool(torch.allclose(layer.weight, database.weight(layer.name, level), atol=1e-6))
+                for layer, level in zip(get_adapter(saved).prunable_layers(saved), report["levels"])]
+        assert all(same) if equal else not all(same)
+
+
+def _calibration_of(tokenizer, report):
+    """The calibration windows a command used, rebuilt from its report."""
+    from optishear_moo.data import load_calibration
+
+    settings = report["calibration"]
+    return load_calibration(tokenizer, settings["n_samples"], settings["seq_len"], settings["seed"],
+                            settings["source"], sampling=settings["sampling"],
+                            n_clusters=settings["n_clusters"], progress=False)

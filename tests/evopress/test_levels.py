@@ -10,7 +10,7 @@ import torch
 from optishear_moo.activations import collect_input_statistics
 from optishear_moo.evopress import LevelSearchProblem, SparsityLevelDatabase, search_levels, sparsity_ladder
 from optishear_moo.models import get_adapter
-from optishear_moo.pruning import sparsegpt_prune_
+from optishear_moo.pruning import prune_model, sparsegpt_prune_
 from optishear_moo.search import run_search
 from optishear_moo.search.levels import (
     BudgetSampling,
@@ -57,6 +57,23 @@ def test_database_holds_sparsegpt_from_dense_inputs_at_every_level(database, cal
     assert len(list((tmp_path / "db").glob("*.pt"))) == len(layers)
     in_memory = SparsityLevelDatabase.build(model, calibration_ids, LADDER, method="wanda", update="obs")
     torch.testing.assert_close(on_disk.weight(name, 2), in_memory.weight(name, 2))
+
+
+def test_a_database_with_inputs_at_a_level_stitches_uniformly_into_sequential_sparsegpt(calibration_ids):
+    model = make_tiny_model("llama")
+    dense = {name: p.clone() for name, p in model.state_dict().items()}
+    database = SparsityLevelDatabase.build(model, calibration_ids, LADDER, inputs_at=0.5)
+    for name, value in model.state_dict().items():  # the model comes back dense
+        assert torch.equal(value, dense[name]), name
+    reference = make_tiny_model("llama")
+    prune_model(reference, calibration_ids, method="sparsegpt", sparsity=0.5, progress=False)
+    name = "model.layers.2.mlp.down_proj"  # later blocks saw the earlier ones pruned at 0.5
+    expected = dict(reference.named_parameters())[name + ".weight"]
+    torch.testing.assert_close(database.weight(name, 1), expected, rtol=1e-4, atol=1e-5)
+    from_dense = SparsityLevelDatabase.build(model, calibration_ids, LADDER)
+    assert not torch.allclose(from_dense.weight(name, 1), expected, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="not a sparsity of the ladder"):
+        SparsityLevelDatabase.build(model, calibration_ids, LADDER, inputs_at=0.55)
 
 
 def test_switches_keep_the_mean_sparsity_and_stitching_equals_a_fresh_build(database, calibration_ids):
