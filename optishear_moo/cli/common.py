@@ -18,6 +18,26 @@ MODEL_SETTINGS = ("model", "device", "dtype", "calibration", "calibration_sampli
 """Settings of :func:`add_model_arguments` that a resumed run reuses."""
 
 
+def add_validation_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--validation`` / ``--validation-samples``: held-out windows that choose ``what``."""
+    parser.add_argument("--validation", default="wikitext2-valid",
+                        help=f"text of the held-out windows that choose {what} "
+                             "(default: %(default)s; the calibration never uses it)")
+    parser.add_argument("--validation-samples", type=int, default=None,
+                        help="held-out windows (default: --n-samples; 0: none)")
+
+
+def load_validation_for(args: argparse.Namespace, tokenizer):
+    """The held-out windows of :func:`add_validation_arguments`, or None with 0 samples."""
+    from ..data import load_calibration
+
+    if args.validation_samples is None:
+        args.validation_samples = args.n_samples
+    if not args.validation_samples:
+        return None
+    return load_calibration(tokenizer, args.validation_samples, args.seq_len, args.seed, args.validation)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, n_samples: int = 32, seq_len: int = 512,
                         resumable: bool = False) -> None:
     parser.add_argument("--model", default="smollm2-135m",

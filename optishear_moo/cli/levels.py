@@ -11,14 +11,17 @@ from .common import (
     MODEL_SETTINGS,
     Job,
     add_model_arguments,
+    add_validation_arguments,
     calibration_settings,
+    check_positive,
     front_zero_shot,
     load_calibration_for,
+    load_validation_for,
     value_or_range,
 )
 
 SETTINGS = MODEL_SETTINGS + ("sparsity", "method", "update", "step", "levels_each_side", "database_inputs",
-                             "pop", "offspring", "gens", "stages")
+                             "pop", "offspring", "gens", "stages", "validation", "validation_samples")
 
 
 def add_parser(commands) -> None:
@@ -35,9 +38,8 @@ def add_parser(commands) -> None:
                         help="levels below and above the target (default: 3)")
     levels.add_argument("--database-inputs", choices=("pruned", "dense"), default="pruned",
                         help="what each block of the database is pruned from: the blocks before it "
-                             "pruned at the target (pruned, default; the model gets the weights the "
-                             "search scored) or the dense model (dense, EvoPress; the model is then "
-                             "pruned again block by block at the levels found)")
+                             "pruned at the target (pruned, default) or the dense model (dense, as "
+                             "EvoPress)")
     levels.add_argument("--pop", type=int, default=1, help="parents kept per generation (default: 1)")
     levels.add_argument("--offspring", type=int, default=16, help="offspring per generation (default: 16)")
     levels.add_argument("--gens", type=int, default=None,
@@ -45,12 +47,15 @@ def add_parser(commands) -> None:
     levels.add_argument("--stages", type=int, default=3,
                         help="multi-fidelity stages: survivors halve while the windows scored double "
                              "(default: 3)")
+    add_validation_arguments(levels, "between the database's weights at the levels found and the levels "
+                                     "pruned again block by block (0 samples: the database's weights, "
+                                     "or pruned again with --database-inputs dense)")
     add_model_arguments(levels, n_samples=8, seq_len=128, resumable=True)
     levels.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..evopress import SparsityLevelDatabase, search_levels, sparsity_ladder
+    from ..evopress import SparsityLevelDatabase, apply_better_, search_levels, sparsity_ladder
     from ..evopress.database import database_inputs_at
     from ..models import load_model
     from ..pruning.prune import PruningConfig
@@ -64,9 +69,11 @@ def run(args: argparse.Namespace) -> dict:
     PruningConfig(args.method, target if not isinstance(target, tuple) else target[0], update=args.update)
     ladder = sparsity_ladder(target, args.step, args.levels_each_side)
     stages = None if isinstance(target, tuple) else fidelity_stages(args.n_samples, args.pop, args.stages)
+    check_positive(args, "validation_samples", minimum=0)
     job.model_config()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
+    validation = load_validation_for(args, tokenizer)
     job.begin()
     dense = job.perplexity(model, tokenizer)
     database = SparsityLevelDatabase.build(model, calibration, ladder, args.method, args.update,
@@ -93,7 +100,10 @@ def run(args: argparse.Namespace) -> dict:
             point["density"] = 1 - point["sparsity"]
         front_zero_shot(args, tokenizer, choice.front, pruned, "density", job.output,
                         "EvoPress sparsity levels")
-    if database.inputs_at is None:
+    final = {"weights": "pruned again" if database.inputs_at is None else "database"}
+    if validation is not None:
+        final = apply_better_(model, choice, database, calibration, validation, args.batch_size)
+    elif database.inputs_at is None:
         choice.apply(model, calibration=calibration)  # the allocation found, pruned block by block
     else:
         choice.apply(model, database)  # what the search scored
@@ -105,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
     report = job.finish(model, tokenizer, {
         **choice.to_dict(), "dense_ppl": dense.perplexity, "pruned_ppl": pruned.perplexity,
         "sparsity": report_sparsity.total, "per_layer_sparsity": report_sparsity.per_layer,
-        "evaluations": choice.n_evaluations, "calibration": calibration_settings(args),
+        "evaluations": choice.n_evaluations, "calibration": calibration_settings(args), "final": final,
         "search_seconds": search_seconds})
     print(f"levels of {len(choice.levels)} layers ({args.method}, {choice.n_evaluations} evaluations); ppl "
           f"{dense.perplexity:.3f} -> {pruned.perplexity:.3f} at sparsity {report_sparsity.total:.4f}; "

@@ -8,9 +8,11 @@ from .common import (
     MODEL_SETTINGS,
     Job,
     add_model_arguments,
+    add_validation_arguments,
     check_positive,
     front_zero_shot,
     load_calibration_for,
+    load_validation_for,
     value_or_range,
 )
 
@@ -40,11 +42,7 @@ def add_parser(commands) -> None:
                         help="reconstruct every candidate's kept weights: none, obs or lstsq (default: none)")
     search.add_argument("--search-update", action="store_true",
                         help="search the weight update too (the joint space: metric, allocation, update)")
-    search.add_argument("--validation", default="wikitext2-valid",
-                        help="text of the held-out windows that choose the front's plan "
-                             "(default: %(default)s; the calibration never uses it)")
-    search.add_argument("--validation-samples", type=int, default=None,
-                        help="held-out windows (default: --n-samples; 0: choose by the first objective)")
+    add_validation_arguments(search, "the front's plan (0 samples: chosen by the first objective)")
     add_model_arguments(search, n_samples=8, seq_len=128, resumable=True)
     search.set_defaults(handler=run)
 
@@ -80,7 +78,6 @@ def _front_zero_shot(args, model, tokenizer, calibration, result, output, title)
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..data import load_calibration
     from ..models import load_model
     from ..optishear import search_optishear
     from ..optishear.fitness import check_objectives
@@ -107,10 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     check_positive(args, "validation_samples", minimum=0)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
-    validation = None
-    if args.validation_samples:
-        validation = load_calibration(tokenizer, args.validation_samples, args.seq_len, args.seed,
-                                      args.validation)
+    validation = load_validation_for(args, tokenizer)
     job.begin()
     with job.interruptible():
         result = search_optishear(model, calibration, target, objectives, args.layerwise, args.nm,

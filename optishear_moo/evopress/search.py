@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from ..activations import sequential_blocks
+from ..evaluation.divergence import DenseOutputs, kl_to_dense
 from ..models.adapters import get_adapter
 from ..pruning.prune import prune_weight_, shared_factors
+from ..pruning.weights import DenseSnapshot
 from ..search import front_arrays, run_search
 from ..search.levels import StagedSurvival, check_stages, fidelity_stages, level_algorithm
 from .database import SparsityLevelDatabase, database_inputs_at, sparsity_ladder
@@ -69,6 +71,28 @@ class LevelChoice:
         for layer, level in zip(get_adapter(model).prunable_layers(model), self.levels):
             layer.weight.copy_(database.weight(layer.name, level))
         return model
+
+
+@torch.no_grad()
+def apply_better_(model: nn.Module, choice: LevelChoice, database: SparsityLevelDatabase,
+                  calibration: torch.Tensor, windows: torch.Tensor, batch_size: int = 8) -> dict:
+    """Prune the dense ``model`` **in place** to ``choice`` the better of its two ways: the
+    database's weights (what the search scored) or the levels pruned again block by block from
+    ``calibration``, judged by KL to the dense model on ``windows`` (held-out ones: the search
+    chose its levels on the calibration). Returns ``{"weights": "database" | "pruned again",
+    "kl_database": .., "kl_pruned_again": ..}``."""
+    dense = DenseOutputs.build(model, windows, batch_size)
+    snapshot = DenseSnapshot.of(model, storage_device=torch.device("cpu"))
+    choice.apply(model, database)
+    kl_database = kl_to_dense(model, dense)
+    snapshot.restore()
+    choice.apply(model, calibration=calibration, batch_size=batch_size)
+    kl_again = kl_to_dense(model, dense)
+    if kl_database < kl_again:
+        snapshot.restore()
+        choice.apply(model, database)
+    return {"weights": "database" if kl_database < kl_again else "pruned again",
+            "kl_database": kl_database, "kl_pruned_again": kl_again}
 
 
 def search_levels(model: nn.Module, calibration: torch.Tensor,

@@ -27,20 +27,30 @@ def test_levels_writes_a_pruned_model_and_report_and_resumes(tiny_model_dir, tmp
     assert "unknown pruning method" in capsys.readouterr().err
 
 
-def test_levels_gives_the_model_the_weights_the_search_scored(tiny_model_dir, tmp_path):
-    """With the default database (blocks pruned from the blocks before them at the target) the
-    saved model holds exactly the database's weights at the levels found; with dense inputs it is
-    pruned again block by block, so its weights differ from the database's."""
+def test_levels_saves_the_scored_weights_or_the_better_way_on_held_out_windows(tiny_model_dir, tmp_path):
+    """Without held-out windows, the default database (blocks pruned from the blocks before them
+    at the target) gives the saved model exactly the database's weights at the levels found, and a
+    dense-input database has them pruned again block by block; with held-out windows the way with
+    the lower KL on them is saved."""
     from optishear_moo.evopress import SparsityLevelDatabase
     from optishear_moo.models import get_adapter, load_model
 
     settings = ["levels", "--model", str(tiny_model_dir), "--sparsity", "0.6", "--step", "0.1",
                 "--levels-each-side", "1", "--offspring", "4", "--stages", "2", "--gens", "3", *FAST]
     dense_model, tokenizer = load_model(str(tiny_model_dir))
-    for inputs, equal in (("pruned", True), ("dense", False)):
-        output = tmp_path / inputs
-        assert main([*settings, "--database-inputs", inputs, "--output", str(output)]) == 0
+    for inputs, held_out in (("pruned", "0"), ("dense", "0"), ("pruned", "4")):
+        output = tmp_path / f"{inputs}-{held_out}"
+        assert main([*settings, "--database-inputs", inputs, "--validation-samples", held_out,
+                     "--output", str(output)]) == 0
         report = json.loads((output / "report.json").read_text())
+        final = report["final"]
+        if held_out == "0":
+            assert final["weights"] == ("database" if inputs == "pruned" else "pruned again")
+        else:
+            assert final["weights"] == min(("database", "pruned again"),
+                                           key=lambda way: final["kl_" + way.replace(" ", "_")])
+            assert final["kl_database"] != final["kl_pruned_again"]
+        equal = final["weights"] == "database"
         assert len(set(report["levels"])) > 1  # a mix, where pruning again changes the weights
         assert report["database_inputs_at"] == (0.6 if inputs == "pruned" else None)
         calibration = _calibration_of(tokenizer, report)
