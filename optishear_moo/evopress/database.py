@@ -111,10 +111,13 @@ class SparsityLevelDatabase:
         needs_gram = method == "sparsegpt" or update != "none"
         walk = sequential_blocks(model, calibration, batch_size, with_gram=needs_gram, progress=False)
         n_blocks = len(get_adapter(model).blocks(model))
-        snapshot = DenseSnapshot(layers, storage_device=torch.device("cpu")) if anchor is not None else None
+        previous = None  # the block before, held at the anchor level until its outputs are taken
         try:
             for _index, block_layers, statistics in tqdm(walk, total=n_blocks, desc="level database",
                                                           disable=not progress, leave=False):
+                if previous is not None:  # its outputs, this block's inputs, are computed: make it dense
+                    previous.restore()
+                previous = DenseSnapshot(block_layers) if anchor is not None else None
                 factors = shared_factors(statistics) if needs_gram else {}
                 for layer in block_layers:
                     dense = layer.weight.detach().clone()
@@ -128,8 +131,8 @@ class SparsityLevelDatabase:
                     if anchor is not None:  # later blocks see this block at the anchor level
                         layer.weight.copy_(levels[anchor])
         finally:
-            if snapshot is not None:
-                snapshot.restore()
+            if previous is not None:
+                previous.restore()
         return database
 
     def _store(self, name: str, levels: torch.Tensor) -> None:
