@@ -55,8 +55,8 @@ class LevelChoice:
         With ``database``: each layer gets the stored weights at its level (exactly what the search
         scored). With ``calibration`` instead: every layer is pruned again at its chosen sparsity
         with the database's method, block by block from the inputs of the already-pruned blocks, as
-        SparseGPT prunes (far better than a database built from dense inputs; a database built at
-        the target is usually as good or better)."""
+        SparseGPT prunes (far better for a database built from dense inputs; for one built at the
+        target either can win: :func:`apply_better_` judges on held-out windows)."""
         if calibration is not None:
             needs_gram = self.method == "sparsegpt" or self.update != "none"
             for _index, layers, statistics in sequential_blocks(model, calibration, batch_size,
