@@ -38,8 +38,7 @@ from optishear_moo import (  # noqa: E402
     search_levels,
     search_optishear,
 )
-from optishear_moo.evopress import SparsityLevelDatabase, sparsity_ladder  # noqa: E402
-from optishear_moo.evopress.database import database_inputs_at  # noqa: E402
+from optishear_moo.evopress import SparsityLevelDatabase  # noqa: E402
 from optishear_moo.pruning import DenseSnapshot  # noqa: E402
 
 BASELINES = [("wanda", "uniform"), ("wanda", "owl"), ("sparsegpt", "uniform"), ("sparsegpt", "owl")]
@@ -132,10 +131,9 @@ def main() -> None:
 
             def levels(sequential: bool, inputs=inputs, searched=searched):
                 if not searched:
-                    ladder = sparsity_ladder(sparsity)
                     started = time.perf_counter()
-                    database = SparsityLevelDatabase.build(
-                        model, calibration, ladder, inputs_at=database_inputs_at(inputs, sparsity, ladder))
+                    database = SparsityLevelDatabase.for_target(model, calibration, sparsity,
+                                                                database_inputs=inputs)
                     searched["database_seconds"] = time.perf_counter() - started
                     searched["choice"] = search_levels(model, search_calibration, sparsity,
                                                        database=database, n_offsprings=args.level_offspring,

@@ -27,12 +27,18 @@ def add_validation_arguments(parser: argparse.ArgumentParser, what: str) -> None
                         help="held-out windows (default: --n-samples; 0: none)")
 
 
-def load_validation_for(args: argparse.Namespace, tokenizer):
-    """The held-out windows of :func:`add_validation_arguments`, or None with 0 samples."""
-    from ..data import load_calibration
-
+def check_validation(args: argparse.Namespace) -> None:
+    """``--validation-samples`` defaults to ``--n-samples`` and may be 0 (checked before any work)."""
     if args.validation_samples is None:
         args.validation_samples = args.n_samples
+    check_positive(args, "validation_samples", minimum=0)
+
+
+def load_validation_for(args: argparse.Namespace, tokenizer):
+    """The held-out windows of :func:`add_validation_arguments` (after :func:`check_validation`), or
+    None with 0 samples."""
+    from ..data import load_calibration
+
     if not args.validation_samples:
         return None
     return load_calibration(tokenizer, args.validation_samples, args.seq_len, args.seed, args.validation)

@@ -13,7 +13,7 @@ from .common import (
     add_model_arguments,
     add_validation_arguments,
     calibration_settings,
-    check_positive,
+    check_validation,
     front_zero_shot,
     load_calibration_for,
     load_validation_for,
@@ -56,7 +56,6 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from ..evopress import SparsityLevelDatabase, apply_better_, search_levels, sparsity_ladder
-    from ..evopress.database import database_inputs_at
     from ..models import load_model
     from ..pruning.prune import PruningConfig
     from ..pruning.weights import DenseSnapshot, sparsity_report
@@ -67,18 +66,18 @@ def run(args: argparse.Namespace) -> dict:
     job.resume_search()
     target = value_or_range(args.sparsity, "--sparsity")
     PruningConfig(args.method, target if not isinstance(target, tuple) else target[0], update=args.update)
-    ladder = sparsity_ladder(target, args.step, args.levels_each_side)
+    sparsity_ladder(target, args.step, args.levels_each_side)  # checks the ladder before the model loads
     stages = None if isinstance(target, tuple) else fidelity_stages(args.n_samples, args.pop, args.stages)
-    check_positive(args, "validation_samples", minimum=0)
+    check_validation(args)
     job.model_config()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
     validation = load_validation_for(args, tokenizer)
     job.begin()
     dense = job.perplexity(model, tokenizer)
-    database = SparsityLevelDatabase.build(model, calibration, ladder, args.method, args.update,
-                                           batch_size=args.batch_size, progress=not args.quiet,
-                                           inputs_at=database_inputs_at(args.database_inputs, target, ladder))
+    database = SparsityLevelDatabase.for_target(
+        model, calibration, target, args.method, args.update, args.step, args.levels_each_side,
+        args.database_inputs, batch_size=args.batch_size, progress=not args.quiet)
     with job.interruptible():
         choice = search_levels(model, calibration, target, database=database, pop_size=args.pop,
                                n_offsprings=args.offspring, n_gen=args.gens, stages=stages, seed=args.seed,

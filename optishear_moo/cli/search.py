@@ -10,6 +10,7 @@ from .common import (
     add_model_arguments,
     add_validation_arguments,
     check_positive,
+    check_validation,
     front_zero_shot,
     load_calibration_for,
     load_validation_for,
@@ -99,9 +100,7 @@ def run(args: argparse.Namespace) -> dict:
     job.model_config()
 
     check_update(args.update)
-    if args.validation_samples is None:
-        args.validation_samples = args.n_samples
-    check_positive(args, "validation_samples", minimum=0)
+    check_validation(args)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
     validation = load_validation_for(args, tokenizer)

@@ -49,21 +49,6 @@ def sparsity_ladder(target: float | tuple[float, float], step: float = 0.05, lev
 DATABASE_INPUTS = ("pruned", "dense")
 
 
-def database_inputs_at(database_inputs: str, target: float | tuple[float, float],
-                       ladder: list[float]) -> float | None:
-    """The ``inputs_at`` of :meth:`SparsityLevelDatabase.build` for a search's target: ``"pruned"``
-    prunes each block from the blocks before it at the ladder's level nearest the target (a
-    range's sparsest end, the point a range search returns), ``"dense"`` from dense inputs
-    (EvoPress)."""
-    if database_inputs not in DATABASE_INPUTS:
-        raise ValueError(f"unknown database inputs {database_inputs!r}: "
-                         f"use one of {', '.join(DATABASE_INPUTS)}")
-    if database_inputs == "dense":
-        return None
-    point = max(target) if isinstance(target, (tuple, list)) else target
-    return float(min(ladder, key=lambda level: abs(level - point)))
-
-
 class SparsityLevelDatabase:
     """Weights of every prunable layer at every sparsity in ``ladder`` (built once, then read)."""
 
@@ -81,6 +66,25 @@ class SparsityLevelDatabase:
     @property
     def n_levels(self) -> int:
         return len(self.ladder)
+
+    @classmethod
+    def for_target(cls, model: nn.Module, calibration: torch.Tensor, target: float | tuple[float, float],
+                   method: str = "sparsegpt", update: str = "none", step: float = 0.05,
+                   levels_each_side: int = 3, database_inputs: str = "pruned",
+                   **build_kwargs) -> SparsityLevelDatabase:
+        """The database a search for ``target`` needs: :func:`sparsity_ladder` around it, each block
+        pruned from the blocks before it at the ladder's level nearest the target (a range's
+        sparsest end, the point a range search returns) with ``database_inputs="pruned"``, or from
+        dense inputs with ``"dense"`` (EvoPress). ``build_kwargs`` go to :meth:`build`."""
+        if database_inputs not in DATABASE_INPUTS:
+            raise ValueError(f"unknown database inputs {database_inputs!r}: "
+                             f"use one of {', '.join(DATABASE_INPUTS)}")
+        ladder = sparsity_ladder(target, step, levels_each_side)
+        inputs_at = None
+        if database_inputs == "pruned":
+            point = max(target) if isinstance(target, (tuple, list)) else target
+            inputs_at = min(ladder, key=lambda level: abs(level - point))
+        return cls.build(model, calibration, ladder, method, update, inputs_at=inputs_at, **build_kwargs)
 
     @classmethod
     @torch.no_grad()

@@ -24,7 +24,7 @@ from ..models.adapters import get_adapter
 from ..pruning.masks import check_sparsity
 from ..pruning.weights import DenseSnapshot
 from ..search.problem import ModelProblem, problem_fingerprint
-from .database import SparsityLevelDatabase, database_inputs_at, sparsity_ladder
+from .database import SparsityLevelDatabase
 
 SPARSITY_TOLERANCE = 1e-6
 
@@ -44,12 +44,9 @@ class LevelSearchProblem(ModelProblem):
         targets = tuple(sorted(check_sparsity(t) for t in (target_sparsity if self.multi_objective
                                                            else (target_sparsity,))))
         self.sparsity_range = (targets[0], targets[-1])
-        if database is None:
-            ladder = sparsity_ladder(target_sparsity, step)
-            database = SparsityLevelDatabase.build(
-                model, calibration, ladder, method, update, batch_size=batch_size, progress=progress,
-                inputs_at=database_inputs_at(database_inputs, target_sparsity, ladder))
-        self.database = database
+        self.database = database or SparsityLevelDatabase.for_target(
+            model, calibration, target_sparsity, method, update, step, database_inputs=database_inputs,
+            batch_size=batch_size, progress=progress)
         ladder = np.asarray(self.database.ladder)
         if self.sparsity_range[0] < ladder.min() - 1e-9 or self.sparsity_range[1] > ladder.max() + 1e-9:
             raise ValueError(f"target sparsity {target_sparsity} lies outside the database's ladder "

@@ -18,7 +18,7 @@ from ..pruning.prune import prune_weight_, shared_factors
 from ..pruning.weights import DenseSnapshot
 from ..search import front_arrays, run_search
 from ..search.levels import StagedSurvival, check_stages, fidelity_stages, level_algorithm
-from .database import SparsityLevelDatabase, database_inputs_at, sparsity_ladder
+from .database import SparsityLevelDatabase
 from .problem import LevelSearchProblem
 
 
@@ -89,8 +89,7 @@ def apply_better_(model: nn.Module, choice: LevelChoice, database: SparsityLevel
     choice.apply(model, calibration=calibration, batch_size=batch_size)
     kl_again = kl_to_dense(model, dense)
     if kl_database < kl_again:
-        snapshot.restore()
-        choice.apply(model, database)
+        choice.apply(model, database)  # overwrites every prunable layer
     return {"weights": "database" if kl_database < kl_again else "pruned again",
             "kl_database": kl_database, "kl_pruned_again": kl_again}
 
@@ -117,11 +116,9 @@ def search_levels(model: nn.Module, calibration: torch.Tensor,
     started = time.perf_counter()
     if n_gen < 1:
         raise ValueError(f"the number of generations must be at least 1, got {n_gen}")
-    if database is None:
-        ladder = sparsity_ladder(target_sparsity, step, levels_each_side)
-        database = SparsityLevelDatabase.build(
-            model, calibration, ladder, method, update, directory=database_dir, batch_size=batch_size,
-            progress=verbose, inputs_at=database_inputs_at(database_inputs, target_sparsity, ladder))
+    database = database or SparsityLevelDatabase.for_target(
+        model, calibration, target_sparsity, method, update, step, levels_each_side, database_inputs,
+        directory=database_dir, batch_size=batch_size, progress=verbose)
     problem = LevelSearchProblem(model, calibration, target_sparsity, database, batch_size=batch_size,
                                  progress=verbose, workers=workers, ray_address=ray_address)
     survival = None
