@@ -64,10 +64,16 @@ def main() -> None:
     parser.add_argument("--level-gens", type=int, default=10)
     parser.add_argument("--eval-segments", type=int, default=16)
     parser.add_argument("--eval-seq-len", type=int, default=1024)
-    parser.add_argument("--skip", default="", help="comma-separated methods to leave out (table labels)")
+    parser.add_argument("--skip", action="append", default=[], metavar="LABEL",
+                        help="a method to leave out, by its table label (repeat for more)")
     parser.add_argument("--name", default="search_vs_baselines")
     parser.add_argument("--resume", action="store_true", help="keep the rows a previous run finished")
     args = parser.parse_args()
+    skip = set(args.skip)
+    unknown = skip - {f"{m} ({a})" for m, a in BASELINES} - set(SEARCHES) - set(LEVELS.values())
+    if unknown:
+        parser.error(f"--skip {sorted(unknown)[0]!r} is not a table label: use one of the method names "
+                     "in results/*.md")
 
     path = RESULTS / f"{args.name}.json"
     payload = json.loads(path.read_text()) if args.resume and path.exists() else None
@@ -84,7 +90,6 @@ def main() -> None:
         payload = {"benchmark": args.name, "model": args.model, "settings": vars(args),
                    "environment": environment(), "dense_ppl": evaluate(), "rows": []}
     done = {(row["target"], row["method"]) for row in payload["rows"]}
-    skip = {label.strip() for label in args.skip.split(",") if label.strip()}
     snapshot = DenseSnapshot.of(model)
 
     def record(target: str, method: str, run) -> None:
