@@ -45,7 +45,10 @@ def load_validation_for(args: argparse.Namespace, tokenizer):
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, n_samples: int = 32, seq_len: int = 512,
-                        resumable: bool = False) -> None:
+                        resumable: bool = False, prune_windows: tuple[int, int] | None = None) -> None:
+    """The model and calibration flags; a search (``resumable``) scores candidates on ``--n-samples``
+    x ``--seq-len`` windows, and with ``prune_windows`` prunes its final model (and any database) from
+    ``--prune-samples`` x ``--prune-seq-len`` windows (defaults: ``prune_windows``)."""
     parser.add_argument("--model", default="smollm2-135m",
                         help="embedded name, local directory, .gguf file or hub id (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
@@ -60,6 +63,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, n_samples: int = 32, se
                         help="calibration windows (default: %(default)s)")
     parser.add_argument("--seq-len", type=int, default=seq_len,
                         help="tokens per window (default: %(default)s)")
+    if prune_windows is not None:
+        parser.add_argument("--prune-samples", type=int, default=prune_windows[0],
+                            help="calibration windows the final model is pruned from (default: %(default)s; "
+                                 "--n-samples are the windows that score candidates)")
+        parser.add_argument("--prune-seq-len", type=int, default=prune_windows[1],
+                            help="tokens per pruning window (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
     add_zero_shot_arguments(parser)
@@ -173,10 +182,13 @@ def versions() -> dict:
             "machine": platform.machine()}
 
 
-def load_calibration_for(args: argparse.Namespace, tokenizer, model):
+def load_calibration_for(args: argparse.Namespace, tokenizer, model, prune: bool = False):
+    """The calibration windows that score candidates, or with ``prune`` those the final model (and
+    any database) is pruned from (``--prune-samples`` x ``--prune-seq-len``)."""
     from ..data import load_calibration
 
-    return load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed, args.calibration,
+    n_samples, seq_len = (args.prune_samples, args.prune_seq_len) if prune else (args.n_samples, args.seq_len)
+    return load_calibration(tokenizer, n_samples, seq_len, args.seed, args.calibration,
                             sampling=args.calibration_sampling, n_clusters=args.n_clusters,
                             model=model, batch_size=args.batch_size, progress=not args.quiet)
 
@@ -184,7 +196,8 @@ def load_calibration_for(args: argparse.Namespace, tokenizer, model):
 def calibration_settings(args: argparse.Namespace) -> dict:
     return {"source": args.calibration, "sampling": args.calibration_sampling,
             "n_clusters": args.n_clusters, "n_samples": args.n_samples, "seq_len": args.seq_len,
-            "seed": args.seed}
+            "seed": args.seed, **({"prune_samples": args.prune_samples, "prune_seq_len": args.prune_seq_len}
+                                  if hasattr(args, "prune_samples") else {})}
 
 
 def save_atomically(output: Path, write) -> None:
@@ -233,7 +246,7 @@ def check_positive(args: argparse.Namespace, *names: str, minimum: int = 1) -> N
 def check_context(config, args: argparse.Namespace) -> None:
     """Token lengths no longer than the model's context (``max_position_embeddings``)."""
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    for name in ("seq_len", "eval_seq_len"):
+    for name in ("seq_len", "prune_seq_len", "eval_seq_len"):
         value = getattr(args, name, None)
         if context and value is not None and value > context:
             raise ValueError(f"--{name.replace('_', '-')} {value} is longer than the model's context of "
@@ -275,13 +288,13 @@ class Job:
         self.output = Path(args.output)
         self.started = time.perf_counter()
         self.created = False
-        check_positive(args, "n_samples", "batch_size", "pop", "offspring", "n_clusters", "tokens",
-                       "checkpoint_every", "workers")
+        check_positive(args, "n_samples", "prune_samples", "batch_size", "pop", "offspring", "n_clusters",
+                       "tokens", "checkpoint_every", "workers")
         if getattr(args, "workers", None) or getattr(args, "ray_address", None):
             from ..search.pool import _ray
 
             _ray()  # the [ray] extra is installed
-        check_positive(args, "seq_len", "eval_seq_len", minimum=2)
+        check_positive(args, "seq_len", "prune_seq_len", "eval_seq_len", minimum=2)
         check_zero_shot(args)
 
     def model_config(self):

@@ -21,7 +21,8 @@ from .common import (
 )
 
 SETTINGS = MODEL_SETTINGS + ("sparsity", "method", "update", "step", "levels_each_side", "database_inputs",
-                             "pop", "offspring", "gens", "stages", "validation", "validation_samples")
+                             "prune_samples", "prune_seq_len", "pop", "offspring", "gens", "stages",
+                             "validation", "validation_samples")
 
 
 def add_parser(commands) -> None:
@@ -50,7 +51,7 @@ def add_parser(commands) -> None:
     add_validation_arguments(levels, "between the database's weights at the levels found and the levels "
                                      "pruned again block by block (0 samples: the database's weights, "
                                      "or pruned again with --database-inputs dense)")
-    add_model_arguments(levels, n_samples=8, seq_len=128, resumable=True)
+    add_model_arguments(levels, n_samples=8, seq_len=128, resumable=True, prune_windows=(32, 512))
     levels.set_defaults(handler=run)
 
 
@@ -72,11 +73,12 @@ def run(args: argparse.Namespace) -> dict:
     job.model_config()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
+    prune_calibration = load_calibration_for(args, tokenizer, model, prune=True)
     validation = load_validation_for(args, tokenizer)
     job.begin()
     dense = job.perplexity(model, tokenizer)
     database = SparsityLevelDatabase.for_target(
-        model, calibration, target, args.method, args.update, args.step, args.levels_each_side,
+        model, prune_calibration, target, args.method, args.update, args.step, args.levels_each_side,
         args.database_inputs, batch_size=args.batch_size, progress=not args.quiet)
     with job.interruptible():
         choice = search_levels(model, calibration, target, database=database, pop_size=args.pop,
@@ -101,9 +103,9 @@ def run(args: argparse.Namespace) -> dict:
                         "EvoPress sparsity levels")
     final = {"weights": "pruned again" if database.inputs_at is None else "database"}
     if validation is not None:
-        final = apply_better_(model, choice, database, calibration, validation, args.batch_size)
+        final = apply_better_(model, choice, database, prune_calibration, validation, args.batch_size)
     elif database.inputs_at is None:
-        choice.apply(model, calibration=calibration)  # the allocation found, pruned block by block
+        choice.apply(model, calibration=prune_calibration)  # the allocation found, pruned block by block
     else:
         choice.apply(model, database)  # what the search scored
     pruned = job.perplexity(model, tokenizer)

@@ -9,6 +9,7 @@ from .common import (
     Job,
     add_model_arguments,
     add_validation_arguments,
+    calibration_settings,
     check_positive,
     check_validation,
     front_zero_shot,
@@ -18,7 +19,8 @@ from .common import (
 )
 
 SETTINGS = MODEL_SETTINGS + ("target_sparsity", "objectives", "layerwise", "nm", "algorithm", "pop", "gens",
-                             "low_fidelity", "low_fidelity_gens", "update", "search_update", "validation",
+                             "low_fidelity", "low_fidelity_gens",
+                             "prune_samples", "prune_seq_len", "update", "search_update", "validation",
                              "validation_samples")
 
 
@@ -44,7 +46,7 @@ def add_parser(commands) -> None:
     search.add_argument("--search-update", action="store_true",
                         help="search the weight update too (the joint space: metric, allocation, update)")
     add_validation_arguments(search, "the front's plan (0 samples: chosen by the first objective)")
-    add_model_arguments(search, n_samples=8, seq_len=128, resumable=True)
+    add_model_arguments(search, n_samples=8, seq_len=128, resumable=True, prune_windows=(32, 512))
     search.set_defaults(handler=run)
 
 
@@ -103,6 +105,7 @@ def run(args: argparse.Namespace) -> dict:
     check_validation(args)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = load_calibration_for(args, tokenizer, model)
+    prune_calibration = load_calibration_for(args, tokenizer, model, prune=True)
     validation = load_validation_for(args, tokenizer)
     job.begin()
     with job.interruptible():
@@ -114,15 +117,17 @@ def run(args: argparse.Namespace) -> dict:
                                   verbose=not args.quiet,
                                   workers=args.workers, ray_address=args.ray_address)
     title = f"OptiShear search, target sparsity {args.target_sparsity}"
-    baselines_zero_shot = _front_zero_shot(args, model, tokenizer, calibration, result, job.output, title)
+    baselines_zero_shot = _front_zero_shot(args, model, tokenizer, prune_calibration, result, job.output,
+                                           title)
     result.save(job.output, title=title)
     dense = job.perplexity(model, tokenizer)
-    result.chosen.apply(model)
+    result.chosen.apply(model, prune_calibration)
     pruned = job.perplexity(model, tokenizer)
     sparsity = sparsity_report(model)
     report = job.finish(model, tokenizer, {
         **result.to_dict(), "dense_ppl": dense.perplexity, "pruned_ppl": pruned.perplexity,
         "sparsity": sparsity.total, "per_layer_sparsity": sparsity.per_layer,
+        "calibration": calibration_settings(args),
         **({"baselines_zero_shot": baselines_zero_shot} if baselines_zero_shot else {})})
     print(f"front of {len(result.front)} plans after {result.n_evaluations} evaluations; chosen: "
           f"{result.chosen.metric.formula()}; ppl {dense.perplexity:.3f} -> {pruned.perplexity:.3f} at "

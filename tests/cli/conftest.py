@@ -8,6 +8,7 @@ from optishear_moo.cli import main
 
 FAST = ["--n-samples", "4", "--seq-len", "32", "--eval-seq-len", "32", "--eval-segments", "2",
         "--device", "cpu", "--quiet"]
+PRUNE_WINDOWS = ["--prune-samples", "4", "--prune-seq-len", "32"]  # search and levels prune from these
 SEARCH = ["--pop", "1", "--offspring", "3", "--gens", "2", *FAST]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from optishear_moo.cli import main
 from optishear_moo.search.checkpoint import KEY_ENVIRONMENT
-from tests.cli.conftest import FAST
+from tests.cli.conftest import FAST, PRUNE_WINDOWS
 from tests.conftest import make_tiny_model
 
 
@@ -23,7 +23,7 @@ def finished_run(tmp_path_factory, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(root / "model")
     output = root / "search"
     assert main(["search", "--model", str(root / "model"), "--pop", "4", "--gens", "2", "--output",
-                 str(output), *FAST]) == 0
+                 str(output), *FAST, *PRUNE_WINDOWS]) == 0
     return output
 
 

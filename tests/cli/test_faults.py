@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from optishear_moo.cli import main
-from tests.cli.conftest import FAST
+from tests.cli.conftest import FAST, PRUNE_WINDOWS
 from tests.conftest import make_tiny_model
 
 
@@ -45,7 +45,12 @@ CASES = [
     (["prune", "--model", "{m}", "--output", "{out}", "--calibration", "/bin/ls"], "not UTF-8"),
     (["prune", "--model", "{m}", "--output", "{out}", "--calibration", "{root}/latin1.txt"], "not UTF-8"),
     (["prune", "--model", "{root}/nan", "--output", "{out}"], "non-finite"),
-    (["search", "--model", "{root}/nan", "--output", "{out}", "--pop", "2", "--gens", "1"], "NaN"),
+    (["search", "--model", "{root}/nan", "--output", "{out}", "--pop", "2", "--gens", "1", *PRUNE_WINDOWS],
+     "NaN"),
+    (["search", "--model", "{m}", "--output", "{out}", "--prune-seq-len", "100000"],
+     "--prune-seq-len 100000 is longer"),
+    (["levels", "--model", "./missing", "--output", "{out}", "--prune-samples", "0"],
+     "--prune-samples must be at least"),
     (["search", "--model", "./missing", "--output", "{out}", "--target-sparsity", "0.7:0.3"], "LOW < HIGH"),
     (["search", "--model", "./missing", "--output", "{out}", "--pop", "0"], "--pop must be at least"),
     (["remove-blocks", "--model", "{m}", "--output", "{out}", "--n-remove", "30"], "[0, 3)"),

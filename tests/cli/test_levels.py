@@ -7,13 +7,13 @@ from transformers import AutoModelForCausalLM
 
 from optishear_moo.cli import main
 from optishear_moo.pruning import sparsity_report
-from tests.cli.conftest import FAST
+from tests.cli.conftest import FAST, PRUNE_WINDOWS
 
 
 def test_levels_writes_a_pruned_model_and_report_and_resumes(tiny_model_dir, tmp_path, capsys):
     output = tmp_path / "levels"
     settings = ["levels", "--model", str(tiny_model_dir), "--sparsity", "0.6", "--step", "0.1",
-                "--levels-each-side", "1", "--offspring", "4", "--stages", "2", *FAST]
+                "--levels-each-side", "1", "--offspring", "4", "--stages", "2", *FAST, *PRUNE_WINDOWS]
     argv = [*settings, "--gens", "2", "--output", str(output)]
     assert main(argv) == 0
     report = json.loads((output / "report.json").read_text())
@@ -36,7 +36,8 @@ def test_levels_saves_the_scored_weights_or_the_better_way_on_held_out_windows(t
     from optishear_moo.models import get_adapter, load_model
 
     settings = ["levels", "--model", str(tiny_model_dir), "--sparsity", "0.6", "--step", "0.1",
-                "--levels-each-side", "1", "--offspring", "4", "--stages", "2", "--gens", "3", *FAST]
+                "--levels-each-side", "1", "--offspring", "4", "--stages", "2", "--gens", "4", *FAST,
+                "--prune-samples", "6", "--prune-seq-len", "48"]  # not the search's windows
     dense_model, tokenizer = load_model(str(tiny_model_dir))
     for inputs, held_out in (("pruned", "0"), ("dense", "0"), ("pruned", "4")):
         output = tmp_path / f"{inputs}-{held_out}"
@@ -63,10 +64,10 @@ def test_levels_saves_the_scored_weights_or_the_better_way_on_held_out_windows(t
 
 
 def _calibration_of(tokenizer, report):
-    """The calibration windows a command used, rebuilt from its report."""
+    """The calibration windows a command pruned from, rebuilt from its report."""
     from optishear_moo.data import load_calibration
 
     settings = report["calibration"]
-    return load_calibration(tokenizer, settings["n_samples"], settings["seq_len"], settings["seed"],
+    return load_calibration(tokenizer, settings["prune_samples"], settings["prune_seq_len"], settings["seed"],
                             settings["source"], sampling=settings["sampling"],
                             n_clusters=settings["n_clusters"], progress=False)

@@ -6,14 +6,15 @@ from transformers import AutoModelForCausalLM
 
 from optishear_moo.cli import main
 from optishear_moo.pruning import sparsity_report
-from tests.cli.conftest import evaluations
+from tests.cli.conftest import PRUNE_WINDOWS, evaluations
 
 
 def test_cli_search_writes_front_plan_plot_history_and_model(tiny_model_dir, tmp_path):
     output = tmp_path / "search"
     argv = ["search", "--model", str(tiny_model_dir), "--pop", "4", "--gens", "2", "--n-samples",
             "4", "--seq-len", "32", "--eval-seq-len", "32", "--eval-segments", "2", "--device", "cpu",
-            "--output", str(output), "--quiet", "--low-fidelity", "0.5", "--low-fidelity-gens", "1"]
+            "--output", str(output), "--quiet", "--low-fidelity", "0.5", "--low-fidelity-gens", "1",
+            "--prune-samples", "6", "--prune-seq-len", "48"]
     assert main(argv) == 0
     for name in ("front.json", "front.csv", "best_plan.json", "pareto.png", "pareto.svg",
                  "evaluations.jsonl", "report.json", "state.json", "algorithm.pkl"):
@@ -24,10 +25,35 @@ def test_cli_search_writes_front_plan_plot_history_and_model(tiny_model_dir, tmp
     assert report["sparsity"] == pytest.approx(0.5, abs=0.01)
     model = AutoModelForCausalLM.from_pretrained(output / "model")
     assert sparsity_report(model).total == pytest.approx(report["sparsity"])
+    _assert_pruned_from_the_pruning_windows(model, tiny_model_dir, output, report)
     # continuing the finished search for two more generations reuses its settings
     assert main(["search", "--output", str(output), "--resume", "--gens", "3", "--quiet",
                  "--model", "ignored-on-resume"]) == 0
     assert json.loads((output / "report.json").read_text())["n_evaluations"] == 12
+
+
+def _assert_pruned_from_the_pruning_windows(saved, model_dir, output, report):
+    """The saved model is the chosen plan applied with the --prune-samples x --prune-seq-len windows,
+    not with the windows that scored the candidates."""
+    from optishear_moo.data import load_calibration
+    from optishear_moo.models import get_adapter, load_model
+    from optishear_moo.optishear import PruningPlan
+
+    plan = PruningPlan.load(output / "best_plan.json")
+    settings = report["calibration"]
+    dense, tokenizer = load_model(str(model_dir))
+    windows = {way: load_calibration(tokenizer, settings[samples], settings[seq_len], settings["seed"],
+                                     settings["source"], progress=False)
+               for way, samples, seq_len in (("pruning", "prune_samples", "prune_seq_len"),
+                                             ("search", "n_samples", "seq_len"))}
+    masks = {}
+    for way, calibration in windows.items():
+        model, _ = load_model(str(model_dir))
+        plan.apply(model, calibration)
+        masks[way] = [layer.weight == 0 for layer in get_adapter(model).prunable_layers(model)]
+    saved_masks = [layer.weight == 0 for layer in get_adapter(saved).prunable_layers(saved)]
+    assert all(torch.equal(a, b) for a, b in zip(saved_masks, masks["pruning"]))
+    assert not all(torch.equal(a, b) for a, b in zip(saved_masks, masks["search"]))
 
 
 def test_cli_search_bad_input(tiny_model_dir, tmp_path, capsys):
@@ -62,7 +88,7 @@ def test_front_rescored_on_zero_shot_tasks(tiny_model_dir, tmp_path, monkeypatch
     assert main(["search", "--model", str(tiny_model_dir), "--target-sparsity", "0.3:0.7", "--objectives",
                  "kl,density", "--pop", "4", "--gens", "1", "--n-samples", "4", "--seq-len", "32",
                  "--eval-seq-len", "32", "--eval-segments", "1", "--device", "cpu", "--output", str(output),
-                 "--quiet", "--zero-shot", "piqa", "--validation-samples", "0"]) == 0
+                 "--quiet", "--zero-shot", "piqa", "--validation-samples", "0", *PRUNE_WINDOWS]) == 0
     report = json.loads((output / "report.json").read_text())
     assert all("zero_shot" in point and 0 <= point["density"] <= 1 for point in report["front"])
     assert set(report["baselines_zero_shot"]) == {"magnitude", "uniform Wanda", "OWL-Wanda"}

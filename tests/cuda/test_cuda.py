@@ -9,7 +9,7 @@ import torch
 from optishear_moo import OptiShearProblem, prune_model
 from optishear_moo.cli import main
 from optishear_moo.evaluation import DenseOutputs, kl_to_dense
-from tests.cli.conftest import FAST
+from tests.cli.conftest import FAST, PRUNE_WINDOWS
 from tests.conftest import make_tiny_model
 
 pytestmark = pytest.mark.cuda
@@ -38,8 +38,8 @@ def test_half_precision_prunes_close_to_float32(dtype, calibration):
 
 COMMANDS = [
     ["prune", "--method", "sparsegpt"],
-    ["search", "--pop", "4", "--gens", "1"],
-    ["levels", "--offspring", "2", "--gens", "1", "--step", "0.1", "--levels-each-side", "1"],
+    ["search", "--pop", "4", "--gens", "1", *PRUNE_WINDOWS],
+    ["levels", *PRUNE_WINDOWS, "--offspring", "2", "--gens", "1", "--step", "0.1", "--levels-each-side", "1"],
     ["remove-blocks", "--n-remove", "1", "--pop", "4", "--gens", "1"],
     ["structured", "--selection", "one-shot", "--offspring", "2", "--gens", "1"],
 ]
