@@ -193,6 +193,15 @@ def load_calibration_for(args: argparse.Namespace, tokenizer, model, prune: bool
                             model=model, batch_size=args.batch_size, progress=not args.quiet)
 
 
+def load_search_and_prune_calibration_for(args: argparse.Namespace, tokenizer, model):
+    """``(windows that score candidates, windows the final model is pruned from)``: one tensor,
+    loaded once, when ``--prune-samples`` x ``--prune-seq-len`` equal ``--n-samples`` x ``--seq-len``."""
+    calibration = load_calibration_for(args, tokenizer, model)
+    if (args.prune_samples, args.prune_seq_len) == (args.n_samples, args.seq_len):
+        return calibration, calibration
+    return calibration, load_calibration_for(args, tokenizer, model, prune=True)
+
+
 def calibration_settings(args: argparse.Namespace) -> dict:
     return {"source": args.calibration, "sampling": args.calibration_sampling,
             "n_clusters": args.n_clusters, "n_samples": args.n_samples, "seq_len": args.seq_len,

@@ -15,7 +15,7 @@ from .common import (
     calibration_settings,
     check_validation,
     front_zero_shot,
-    load_calibration_for,
+    load_search_and_prune_calibration_for,
     load_validation_for,
     value_or_range,
 )
@@ -72,8 +72,7 @@ def run(args: argparse.Namespace) -> dict:
     check_validation(args)
     job.model_config()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    calibration = load_calibration_for(args, tokenizer, model)
-    prune_calibration = load_calibration_for(args, tokenizer, model, prune=True)
+    calibration, prune_calibration = load_search_and_prune_calibration_for(args, tokenizer, model)
     validation = load_validation_for(args, tokenizer)
     job.begin()
     dense = job.perplexity(model, tokenizer)
