@@ -39,6 +39,7 @@ from optishear_moo import (  # noqa: E402
     search_optishear,
 )
 from optishear_moo.evopress import SparsityLevelDatabase  # noqa: E402
+from optishear_moo.evopress.search import GENERATIONS  # noqa: E402
 from optishear_moo.pruning import DenseSnapshot  # noqa: E402
 
 BASELINES = [("wanda", "uniform"), ("wanda", "owl"), ("sparsegpt", "uniform"), ("sparsegpt", "owl")]
@@ -61,22 +62,33 @@ def main() -> None:
     parser.add_argument("--pop", type=int, default=8, help="OptiShear population")
     parser.add_argument("--gens", type=int, default=3, help="OptiShear generations")
     parser.add_argument("--level-offspring", type=int, default=16)
-    parser.add_argument("--level-gens", type=int, default=10)
+    parser.add_argument("--level-gens", type=int, default=GENERATIONS, help="default: search_levels'")
     parser.add_argument("--eval-segments", type=int, default=16)
     parser.add_argument("--eval-seq-len", type=int, default=1024)
     parser.add_argument("--skip", action="append", default=[], metavar="LABEL",
                         help="a method to leave out, by its table label (repeat for more)")
     parser.add_argument("--name", default="search_vs_baselines")
     parser.add_argument("--resume", action="store_true", help="keep the rows a previous run finished")
+    parser.add_argument("--redo", action="append", default=[], metavar="LABEL",
+                        help="with --resume: run a method again (its rows at --targets are dropped "
+                             "first), by its table label (repeat for more)")
     args = parser.parse_args()
-    skip = set(args.skip)
-    unknown = skip - {f"{m} ({a})" for m, a in BASELINES} - set(SEARCHES) - set(LEVELS.values())
-    if unknown:
-        parser.error(f"--skip {sorted(unknown)[0]!r} is not a table label: use one of the method names "
-                     "in results/*.md")
+    skip, redo = set(args.skip), set(args.redo)
+    labels = {f"{m} ({a})" for m, a in BASELINES} | set(SEARCHES) | set(LEVELS.values())
+    for flag, named in (("--skip", skip), ("--redo", redo)):
+        if named - labels:
+            parser.error(f"{flag} {sorted(named - labels)[0]!r} is not a table label: use one of the "
+                         "method names in results/*.md")
+    if redo and not args.resume:
+        parser.error("--redo runs rows of a previous run again: add --resume")
 
     path = RESULTS / f"{args.name}.json"
     payload = json.loads(path.read_text()) if args.resume and path.exists() else None
+    if payload is not None:
+        targets = set(args.targets.split(","))
+        payload["rows"] = [row for row in payload["rows"]
+                           if not (row["method"] in redo and row["target"] in targets)]
+        check_resumed_settings(parser, payload, args)
     model, tokenizer = load_model(args.model)
     calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed=0)
     search_calibration = load_calibration(tokenizer, args.search_samples, args.search_seq_len, seed=0)
@@ -149,7 +161,8 @@ def main() -> None:
                     choice.apply(model, calibration=calibration)
                 else:  # the database's weights, exactly what the search scored
                     choice.apply(model, searched["database"])
-                return {"evaluations": choice.n_evaluations, "search_seconds": choice.seconds,
+                return {"evaluations": choice.n_evaluations, "generations": args.level_gens,
+                        "offspring": args.level_offspring, "search_seconds": choice.seconds,
                         "database_seconds": searched["database_seconds"], "levels": choice.levels,
                         "layer_sparsity_range": [min(choice.layer_sparsity.values()),
                                                  max(choice.layer_sparsity.values())]}
@@ -162,6 +175,23 @@ def main() -> None:
         run_target(target)
 
     write_table(payload, args.name)
+
+
+def check_resumed_settings(parser, payload: dict, args) -> None:
+    """A resumed table keeps one protocol: every setting that shapes its rows must be the saved one,
+    except the level search's budget when no level row is kept (all of them are redone)."""
+    saved = payload["settings"]
+    kept_levels = any(row["method"] in LEVELS.values() for row in payload["rows"])
+    for key, value in vars(args).items():
+        if key in ("targets", "skip", "redo", "resume", "name") or saved.get(key, value) == value:
+            continue
+        if key in ("level_gens", "level_offspring") and not kept_levels:
+            continue
+        flag = "--" + key.replace("_", "-")
+        parser.error(f"{flag} {value} differs from the resumed table's {saved[key]}: pass {flag} "
+                     f"{saved[key]}" + (", or --redo every EvoPress row" if key.startswith("level") else ""))
+    payload["settings"] = {**saved, **{key: value for key, value in vars(args).items()
+                                       if key not in ("targets", "skip", "redo", "resume")}}
 
 
 def write_table(payload: dict, name: str) -> None:

@@ -44,7 +44,8 @@ def add_parser(commands) -> None:
     levels.add_argument("--pop", type=int, default=1, help="parents kept per generation (default: 1)")
     levels.add_argument("--offspring", type=int, default=16, help="offspring per generation (default: 16)")
     levels.add_argument("--gens", type=int, default=None,
-                        help="generations (default: 10; with --resume: those of the first run)")
+                        help="generations (default: 40, as search_levels; with --resume: those of the first "
+                             "run)")
     levels.add_argument("--stages", type=int, default=3,
                         help="multi-fidelity stages: survivors halve while the windows scored double "
                              "(default: 3)")
@@ -57,6 +58,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from ..evopress import SparsityLevelDatabase, apply_better_, search_levels, sparsity_ladder
+    from ..evopress.search import GENERATIONS
     from ..models import load_model
     from ..pruning.prune import PruningConfig
     from ..pruning.weights import DenseSnapshot, sparsity_report
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..search.levels import fidelity_stages
 
     job = Job(args, "levels", SETTINGS)
-    job.resume_search()
+    job.resume_search(default_gens=GENERATIONS)
     target = value_or_range(args.sparsity, "--sparsity")
     PruningConfig(args.method, target if not isinstance(target, tuple) else target[0], update=args.update)
     sparsity_ladder(target, args.step, args.levels_each_side)  # checks the ladder before the model loads

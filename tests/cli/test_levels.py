@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -71,3 +72,27 @@ def _calibration_of(tokenizer, report):
     return load_calibration(tokenizer, settings["prune_samples"], settings["prune_seq_len"], settings["seed"],
                             settings["source"], sampling=settings["sampling"],
                             n_clusters=settings["n_clusters"], progress=False)
+
+
+def test_levels_searches_the_library_default_generations_unless_told(tiny_model_dir, tmp_path, monkeypatch):
+    """``levels`` without ``--gens`` runs as many generations as ``search_levels`` by default
+    (40: 10 left a 70 % search well short), and ``--gens`` overrides it."""
+    import inspect
+
+    import optishear_moo.evopress as evopress
+
+    class Searched(Exception):
+        pass
+
+    def search_levels(*args, n_gen, **kwargs):
+        raise Searched(n_gen)
+
+    default = inspect.signature(evopress.search_levels).parameters["n_gen"].default
+    assert default == 40
+    monkeypatch.setattr(evopress, "search_levels", search_levels)
+    settings = ["levels", "--model", str(tiny_model_dir), "--sparsity", "0.6", "--step", "0.1",
+                "--levels-each-side", "1", *FAST, *PRUNE_WINDOWS]
+    for extra, generations in (([], default), (["--gens", "3"], 3)):
+        with pytest.raises(Searched) as searched:
+            main([*settings, *extra, "--output", str(tmp_path / f"run{generations}")])
+        assert searched.value.args == (generations,)
