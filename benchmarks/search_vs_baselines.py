@@ -4,10 +4,12 @@
     python benchmarks/search_vs_baselines.py --model qwen2.5-coder-0.5b --targets 0.5,0.7 \\
         --name search_vs_baselines_qwen                             # Qwen2.5-0.5B (split wheels)
     python benchmarks/search_vs_baselines.py --resume               # continue, keeping finished rows
+    python benchmarks/search_vs_baselines.py --resume --redo LABEL  # run one method's rows again
 
 Per target: uniform and OWL Wanda and SparseGPT (``prune_model``); OptiShear's searched metric and
 allocation without and with the OBS weight update (``search_optishear``); the EvoPress-style level
-search over a SparseGPT database (``search_levels``) built from dense inputs as EvoPress does and
+search over a SparseGPT database (``search_levels``; ``--level-methods`` adds databases pruned with
+Wanda, RIA or magnitude) built from dense inputs as EvoPress does and
 built as ``search_levels`` does by default (each block pruned from the blocks before it pruned at
 the target), each shown with the database's weights and with the allocation found pruned again
 block by block; and the joint OptiShear space, metric + allocation + update
@@ -49,6 +51,19 @@ LEVELS = {("dense", False): "EvoPress levels, dense-input database",
           ("dense", True): "EvoPress levels, dense-input database, pruned again block by block",
           ("pruned", False): "EvoPress levels, database pruned at the target (search_levels default)",
           ("pruned", True): "EvoPress levels, database pruned at the target, pruned again block by block"}
+LEVEL_METHODS = ("sparsegpt", "wanda", "ria", "magnitude")
+
+
+def level_label(method: str, inputs: str, again: bool) -> str:
+    """A level row's label: the SparseGPT database's as in LEVELS, another method's names it."""
+    label = LEVELS[inputs, again]
+    if method == "sparsegpt":
+        return label
+    return label.replace("EvoPress levels", f"EvoPress levels over {method}")
+
+
+def level_labels() -> list[str]:
+    return [level_label(method, *key) for method in LEVEL_METHODS for key in LEVELS]
 
 
 def main() -> None:
@@ -63,6 +78,9 @@ def main() -> None:
     parser.add_argument("--gens", type=int, default=3, help="OptiShear generations")
     parser.add_argument("--level-offspring", type=int, default=16)
     parser.add_argument("--level-gens", type=int, default=GENERATIONS, help="default: search_levels'")
+    parser.add_argument("--level-methods", default="sparsegpt",
+                        help="methods the level databases are pruned with, comma-separated "
+                             f"({', '.join(LEVEL_METHODS)}; default: sparsegpt)")
     parser.add_argument("--eval-segments", type=int, default=16)
     parser.add_argument("--eval-seq-len", type=int, default=1024)
     parser.add_argument("--skip", action="append", default=[], metavar="LABEL",
@@ -74,11 +92,14 @@ def main() -> None:
                              "first), by its table label (repeat for more)")
     args = parser.parse_args()
     skip, redo = set(args.skip), set(args.redo)
-    labels = {f"{m} ({a})" for m, a in BASELINES} | set(SEARCHES) | set(LEVELS.values())
+    labels = {f"{m} ({a})" for m, a in BASELINES} | set(SEARCHES) | set(level_labels())
     for flag, named in (("--skip", skip), ("--redo", redo)):
         if named - labels:
             parser.error(f"{flag} {sorted(named - labels)[0]!r} is not a table label: use one of the "
                          "method names in results/*.md")
+    level_methods = args.level_methods.split(",")
+    if set(level_methods) - set(LEVEL_METHODS):
+        parser.error(f"--level-methods {args.level_methods!r}: use {', '.join(LEVEL_METHODS)}")
     if redo and not args.resume:
         parser.error("--redo runs rows of a previous run again: add --resume")
 
@@ -143,13 +164,14 @@ def main() -> None:
 
         record(target, SEARCHES[0], optishear)
         record(target, SEARCHES[1], lambda: optishear(update="obs"))
-        for inputs in ("dense", "pruned") if nm is None else ():
+        databases = [(m, inputs) for m in level_methods for inputs in ("dense", "pruned")]
+        for level_method, inputs in databases if nm is None else ():
             searched = {}
 
-            def levels(sequential: bool, inputs=inputs, searched=searched):
+            def levels(sequential: bool, level_method=level_method, inputs=inputs, searched=searched):
                 if not searched:
                     started = time.perf_counter()
-                    database = SparsityLevelDatabase.for_target(model, calibration, sparsity,
+                    database = SparsityLevelDatabase.for_target(model, calibration, sparsity, level_method,
                                                                 database_inputs=inputs)
                     searched["database_seconds"] = time.perf_counter() - started
                     searched["choice"] = search_levels(model, search_calibration, sparsity,
@@ -167,8 +189,8 @@ def main() -> None:
                         "layer_sparsity_range": [min(choice.layer_sparsity.values()),
                                                  max(choice.layer_sparsity.values())]}
 
-            record(target, LEVELS[inputs, False], lambda: levels(False))
-            record(target, LEVELS[inputs, True], lambda: levels(True))
+            record(target, level_label(level_method, inputs, False), lambda: levels(False))
+            record(target, level_label(level_method, inputs, True), lambda: levels(True))
         record(target, SEARCHES[2], lambda: optishear(search_update=True))
 
     for target in args.targets.split(","):
@@ -181,7 +203,7 @@ def check_resumed_settings(parser, payload: dict, args) -> None:
     """A resumed table keeps one protocol: every setting that shapes its rows must be the saved one,
     except the level search's budget when no level row is kept (all of them are redone)."""
     saved = payload["settings"]
-    kept_levels = any(row["method"] in LEVELS.values() for row in payload["rows"])
+    kept_levels = any(row["method"] in level_labels() for row in payload["rows"])
     for key, value in vars(args).items():
         if key in ("targets", "skip", "redo", "resume", "name") or saved.get(key, value) == value:
             continue
@@ -197,7 +219,7 @@ def check_resumed_settings(parser, payload: dict, args) -> None:
 def write_table(payload: dict, name: str) -> None:
     targets = list(dict.fromkeys(row["target"] for row in payload["rows"]))
     order = [f"{method} ({allocation})" for method, allocation in BASELINES] + SEARCHES[:2] + [
-        *LEVELS.values(), SEARCHES[2]]
+        *level_labels(), SEARCHES[2]]
     found = list(dict.fromkeys(row["method"] for row in payload["rows"]))
     methods = [m for m in order if m in found] + [m for m in found if m not in order]
     cell = {(row["target"], row["method"]): row for row in payload["rows"]}
