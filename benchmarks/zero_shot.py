@@ -39,6 +39,7 @@ from optishear_moo import (  # noqa: E402
 from optishear_moo.darwinlm import LevelDatabase, apply_levels_  # noqa: E402
 from optishear_moo.evaluation.zero_shot import zero_shot  # noqa: E402
 from optishear_moo.evopress import SparsityLevelDatabase, sparsity_ladder  # noqa: E402
+from optishear_moo.evopress.search import GENERATIONS  # noqa: E402
 from optishear_moo.pruning import DenseSnapshot  # noqa: E402
 
 TASKS = ["arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "winogrande", "openbookqa"]
@@ -50,6 +51,8 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-segments", type=int, default=16)
+    parser.add_argument("--level-gens", type=int, default=GENERATIONS,
+                        help="EvoPress level-search generations (default: search_levels')")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
 
@@ -96,7 +99,7 @@ def main() -> None:
 
     def levels():
         database = SparsityLevelDatabase.build(model, calibration, sparsity_ladder(0.5))
-        choice = search_levels(model, search_calibration, 0.5, database=database)
+        choice = search_levels(model, search_calibration, 0.5, database=database, n_gen=args.level_gens)
         del database
         choice.apply(model, calibration=calibration)
 
