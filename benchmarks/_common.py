@@ -51,3 +51,27 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str,
+                 reference: tuple[str, float] | None = None, figsize=(8, 4)) -> None:
+    """A log-scale bar chart: one bar per series in each group (NaN: no bar), an optional
+    horizontal ``(label, value)`` reference line; saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=figsize)
+    width = 0.8 / max(len(series), 1)
+    for k, (label, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(groups)) + k * width, values, width, label=label)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2, groups)
+    ax.set(yscale="log", ylabel=ylabel, title=title)
+    if reference is not None:
+        ax.axhline(reference[1], color="k", lw=0.8, ls="--", label=reference[0])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -25,14 +25,10 @@ import argparse
 import json
 import time
 
-import matplotlib
+import numpy as np
+from _common import RESULTS, environment, grouped_bars, markdown_table, save_json
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
-
-from optishear_moo import (  # noqa: E402
+from optishear_moo import (
     load_calibration,
     load_model,
     perplexity,
@@ -40,9 +36,9 @@ from optishear_moo import (  # noqa: E402
     search_levels,
     search_optishear,
 )
-from optishear_moo.evopress import SparsityLevelDatabase  # noqa: E402
-from optishear_moo.evopress.search import GENERATIONS  # noqa: E402
-from optishear_moo.pruning import DenseSnapshot  # noqa: E402
+from optishear_moo.evopress import SparsityLevelDatabase
+from optishear_moo.evopress.search import GENERATIONS
+from optishear_moo.pruning import DenseSnapshot
 
 BASELINES = [("wanda", "uniform"), ("wanda", "owl"), ("sparsegpt", "uniform"), ("sparsegpt", "owl")]
 SEARCHES = ["OptiShear", "OptiShear + OBS update", "joint (metric + allocation + update)"]
@@ -235,17 +231,10 @@ def write_table(payload: dict, name: str) -> None:
             f"{markdown_table(header, rows)}\n\nWall seconds per row (search + pruning + evaluation):\n\n"
             f"{markdown_table(header, seconds)}\n")
     (RESULTS / f"{name}.md").write_text(text)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / max(len(methods), 1)
-    for k, method in enumerate(methods):
-        values = [cell[t, method]["ppl"] if (t, method) in cell else np.nan for t in targets]
-        ax.bar(np.arange(len(targets)) + k * width, values, width, label=method)
-    ax.set_xticks(np.arange(len(targets)) + width * (len(methods) - 1) / 2, targets)
-    ax.set(yscale="log", ylabel="WikiText-2 test perplexity", title=payload["model"])
-    ax.axhline(payload["dense_ppl"], color="k", lw=0.8, ls="--", label="dense")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    ppl = {method: [cell[t, method]["ppl"] if (t, method) in cell else np.nan for t in targets]
+           for method in methods}
+    grouped_bars(RESULTS / f"{name}.png", targets, ppl, "WikiText-2 test perplexity", payload["model"],
+                 reference=("dense", payload["dense_ppl"]))
     print(text)
 
 

@@ -3,7 +3,7 @@
 
 from .database import SparsityLevelDatabase, sparsity_ladder
 from .problem import LevelSearchProblem
-from .search import LevelChoice, apply_better_, search_levels
+from .search import LevelChoice, apply_better_, choose_level_method, search_levels
 
-__all__ = ["LevelChoice", "LevelSearchProblem", "SparsityLevelDatabase", "apply_better_", "search_levels",
-           "sparsity_ladder"]
+__all__ = ["LevelChoice", "LevelSearchProblem", "SparsityLevelDatabase", "apply_better_",
+           "choose_level_method", "search_levels", "sparsity_ladder"]

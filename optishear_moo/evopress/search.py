@@ -14,7 +14,7 @@ from torch import nn
 from ..activations import sequential_blocks
 from ..evaluation.divergence import DenseOutputs, kl_to_dense
 from ..models.adapters import get_adapter
-from ..pruning.prune import prune_weight_, shared_factors
+from ..pruning.prune import METHODS, PruningConfig, prune_model, prune_weight_, shared_factors
 from ..pruning.weights import DenseSnapshot
 from ..search import front_arrays, run_search
 from ..search.levels import StagedSurvival, check_stages, fidelity_stages, level_algorithm
@@ -96,6 +96,41 @@ def apply_better_(model: nn.Module, choice: LevelChoice, database: SparsityLevel
         choice.apply(model, database)  # overwrites every prunable layer
     return {"weights": "database" if kl_database < kl_again else "pruned again",
             "kl_database": kl_database, "kl_pruned_again": kl_again}
+
+
+#: the level-database methods :func:`choose_level_method` compares by default: SparseGPT is the
+#: strongest uniform baseline on SmolLM2, Wanda on Qwen2.5-0.5B (README, Benchmarks)
+LEVEL_METHOD_CANDIDATES = ("sparsegpt", "wanda")
+
+
+@torch.no_grad()
+def choose_level_method(model: nn.Module, calibration: torch.Tensor,
+                        target_sparsity: float | tuple[float, float], windows: torch.Tensor,
+                        candidates=LEVEL_METHOD_CANDIDATES,
+                        update: str = "none", batch_size: int = 8, progress: bool = False) -> dict:
+    """The method a level database should prune with on this model: each candidate prunes ``model``
+    uniformly at the target (a range's sparsest end) block by block from ``calibration`` – the point
+    a database built at the target starts the search from – and the one with the lowest KL to the
+    dense model on ``windows`` (held-out ones) wins. ``update`` goes with the candidates other than
+    SparseGPT, which updates itself. The model comes back dense. Returns ``{"method": best,
+    "kl": {candidate: kl}}``."""
+    candidates = list(dict.fromkeys(candidates))
+    if not candidates:
+        raise ValueError(f"choose_level_method needs candidate methods: some of {', '.join(METHODS)}")
+    sparsity = max(target_sparsity) if isinstance(target_sparsity, (tuple, list)) else target_sparsity
+    configs = [PruningConfig(method, sparsity, update="none" if method == "sparsegpt" else update,
+                             batch_size=batch_size) for method in candidates]  # checked before any work
+    dense = DenseOutputs.build(model, windows, batch_size)
+    snapshot = DenseSnapshot.of(model, storage_device=torch.device("cpu"))
+    scores = {}
+    try:
+        for config in configs:
+            prune_model(model, calibration, config=config, progress=progress)
+            scores[config.method] = kl_to_dense(model, dense)
+            snapshot.restore()
+    finally:
+        snapshot.restore()
+    return {"method": min(scores, key=scores.get), "kl": scores}
 
 
 def search_levels(model: nn.Module, calibration: torch.Tensor,

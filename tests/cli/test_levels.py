@@ -11,7 +11,9 @@ from optishear_moo.pruning import sparsity_report
 from tests.cli.conftest import FAST, PRUNE_WINDOWS
 
 
-def test_levels_writes_a_pruned_model_and_report_and_resumes(tiny_model_dir, tmp_path, capsys):
+def test_levels_writes_a_pruned_model_and_report_and_resumes(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import optishear_moo.evopress as evopress
+
     output = tmp_path / "levels"
     settings = ["levels", "--model", str(tiny_model_dir), "--sparsity", "0.6", "--step", "0.1",
                 "--levels-each-side", "1", "--offspring", "4", "--stages", "2", *FAST, *PRUNE_WINDOWS]
@@ -22,8 +24,13 @@ def test_levels_writes_a_pruned_model_and_report_and_resumes(tiny_model_dir, tmp
     assert report["pruned_ppl"] > report["dense_ppl"] and len(report["layer_sparsity"]) == 21
     model = AutoModelForCausalLM.from_pretrained(output / "model")
     assert abs(sparsity_report(model).total - report["sparsity"]) < 1e-6
+    # the resumed search keeps the database's method (--method auto's choice is not made again)
+    monkeypatch.setattr(evopress, "choose_level_method", lambda *args, **kwargs: pytest.fail("chosen again"))
     assert main(["levels", "--output", str(output), "--resume", "--gens", "3", "--quiet"]) == 0
-    assert json.loads((output / "report.json").read_text())["evaluations"] > report["evaluations"]
+    resumed = json.loads((output / "report.json").read_text())
+    assert resumed["evaluations"] > report["evaluations"]
+    assert resumed["method_choice"] == report["method_choice"] is not None
+    assert resumed["method"] == resumed["settings"]["method"] == report["method_choice"]["method"]
     assert main([*settings, "--output", str(tmp_path / "x"), "--method", "obc"]) == 2
     assert "unknown pruning method" in capsys.readouterr().err
 
@@ -56,7 +63,7 @@ def test_levels_saves_the_scored_weights_or_the_better_way_on_held_out_windows(t
         assert len(set(report["levels"])) > 1  # a mix, where pruning again changes the weights
         assert report["database_inputs_at"] == (0.6 if inputs == "pruned" else None)
         calibration = _calibration_of(tokenizer, report)
-        database = SparsityLevelDatabase.build(dense_model, calibration, report["ladder"],
+        database = SparsityLevelDatabase.build(dense_model, calibration, report["ladder"], report["method"],
                                                inputs_at=report["database_inputs_at"])
         saved = AutoModelForCausalLM.from_pretrained(output / "model")
         same = [bool(torch.allclose(layer.weight, database.weight(layer.name, level), atol=1e-6))
@@ -96,3 +103,41 @@ def test_levels_searches_the_library_default_generations_unless_told(tiny_model_
         with pytest.raises(Searched) as searched:
             main([*settings, *extra, "--output", str(tmp_path / f"run{generations}")])
         assert searched.value.args == (generations,)
+
+
+def test_levels_prunes_its_database_with_the_method_that_prunes_the_model_better(tiny_model_dir, tmp_path,
+                                                                               monkeypatch):
+    """By default (``--method auto``) the database's method is whichever of SparseGPT and Wanda,
+    pruning uniformly at the target, has the lower KL to dense on held-out windows as many and as
+    long as the pruning windows (the search windows with ``--validation-samples 0``); the report
+    names the choice and its scores, and the database is built with it. ``--method`` names one and
+    skips the choice."""
+    import optishear_moo.evopress as evopress
+
+    settings = ["levels", "--model", str(tiny_model_dir), "--sparsity", "0.6", "--step", "0.1",
+                "--levels-each-side", "1", "--offspring", "4", "--stages", "2", "--gens", "1", *FAST,
+                "--prune-samples", "6", "--prune-seq-len", "48"]
+    chosen = {}
+    for held_out in ("4", "0"):
+        output = tmp_path / f"auto-{held_out}"
+        assert main([*settings, "--validation-samples", held_out, "--output", str(output)]) == 0
+        report = json.loads((output / "report.json").read_text())
+        choice = report["method_choice"]
+        assert set(choice["kl"]) == {"sparsegpt", "wanda"}
+        assert choice["method"] == min(choice["kl"], key=choice["kl"].get) == report["method"]
+        assert (choice["windows"], choice["window_shape"]) == (  # held-out windows shaped as the pruning ones
+            ("validation", [6, 48]) if held_out == "4" else ("calibration", [4, 32]))
+        chosen[held_out] = choice
+    assert chosen["4"]["kl"] != chosen["0"]["kl"]  # other windows judged
+
+    real = evopress.choose_level_method
+    other = {"sparsegpt": "wanda", "wanda": "sparsegpt"}[chosen["4"]["method"]]
+    monkeypatch.setattr(evopress, "choose_level_method", lambda *args, **kwargs: {
+        **real(*args, **kwargs), "method": other})
+    assert main([*settings, "--output", str(tmp_path / "other")]) == 0
+    assert json.loads((tmp_path / "other" / "report.json").read_text())["method"] == other
+
+    monkeypatch.setattr(evopress, "choose_level_method", lambda *args, **kwargs: pytest.fail("not asked"))
+    assert main([*settings, "--method", "wanda", "--output", str(tmp_path / "wanda")]) == 0
+    report = json.loads((tmp_path / "wanda" / "report.json").read_text())
+    assert report["method"] == "wanda" and report["method_choice"] is None

@@ -149,3 +149,31 @@ def test_a_front_over_a_sparsity_range(calibration_ids):
     with pytest.raises(ValueError, match="outside the database's ladder"):
         LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.8,
                            SparsityLevelDatabase.build(make_tiny_model("llama"), calibration_ids, LADDER))
+
+
+def test_choose_level_method_picks_the_candidate_with_the_lowest_held_out_kl(calibration_ids, monkeypatch):
+    """Each candidate prunes uniformly at the target (a range's sparsest end) block by block; the
+    lowest KL to dense on the held-out windows wins, and the model comes back dense. A bad
+    candidate or update is refused before any forward pass."""
+    from optishear_moo.evaluation.divergence import DenseOutputs, kl_to_dense
+    from optishear_moo.evopress import choose_level_method
+
+    model = make_tiny_model("llama")
+    windows = torch.randint(0, 384, (4, 32), generator=torch.Generator().manual_seed(2))
+    dense = [layer.weight.clone() for layer in get_adapter(model).prunable_layers(model)]
+    candidates = ("magnitude", "wanda", "sparsegpt")
+    choice = choose_level_method(model, calibration_ids, (0.3, 0.6), windows, candidates)
+    expected = {}
+    for method in candidates:
+        pruned = copy.deepcopy(model)
+        prune_model(pruned, calibration_ids, method, 0.6, progress=False)
+        expected[method] = kl_to_dense(pruned, DenseOutputs.build(model, windows))
+    assert choice["kl"] == pytest.approx(expected, rel=1e-5)
+    assert choice["method"] == min(expected, key=expected.get)
+    assert len(set(expected.values())) == 3
+    assert all(torch.equal(a.weight, b) for a, b in zip(get_adapter(model).prunable_layers(model), dense))
+    monkeypatch.setattr(DenseOutputs, "build", lambda *args, **kwargs: pytest.fail("checks come first"))
+    with pytest.raises(ValueError, match="unknown pruning method 'obc'"):
+        choose_level_method(model, calibration_ids, 0.5, windows, ("wanda", "obc"))
+    with pytest.raises(ValueError, match="unknown weight update"):
+        choose_level_method(model, calibration_ids, 0.5, windows, update="ols")

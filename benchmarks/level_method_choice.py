@@ -1,0 +1,111 @@
+"""Does ``optishear-moo levels --method auto`` base its database on the better method?
+
+    python benchmarks/level_method_choice.py                                   # SmolLM2, 50/60/70 %
+    python benchmarks/level_method_choice.py --model qwen2.5-coder-0.5b --targets 0.5,0.7 \\
+        --baselines search_vs_baselines_qwen --name level_method_choice_qwen
+
+For each target, ``choose_level_method`` (what ``levels`` runs by default) prunes the model
+uniformly with SparseGPT and with Wanda from the calibration windows of the search-vs-baselines
+table (32 x 512, which ``levels`` prunes from by default) and scores each by KL to the dense model
+on held-out windows shaped as ``levels`` shapes them by default: as many and as long as the pruning
+windows, from WikiText-2 validation (``--validation-samples`` x ``--validation-seq-len`` to try
+others; 8 x 128 ranked Wanda above SparseGPT on SmolLM2 at 50 %).
+Next to them: the same uniform models' WikiText-2 *test* perplexity from that table
+(``results/BASELINES.json``, same windows), and the EvoPress level search's perplexity over each
+method's database where the table has it. The choice is right where the method with the lower
+KL also has the lower test perplexity. Writes results/NAME.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from _common import RESULTS, environment, grouped_bars, markdown_table, save_json
+
+from optishear_moo import load_calibration, load_model
+from optishear_moo.evopress import choose_level_method
+from optishear_moo.evopress.search import LEVEL_METHOD_CANDIDATES
+
+LEVEL_ROW = {"sparsegpt": "EvoPress levels, database pruned at the target (search_levels default)",
+             "wanda": "EvoPress levels over wanda, database pruned at the target (search_levels default)"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--targets", default="0.5,0.6,0.7")
+    parser.add_argument("--baselines", default="search_vs_baselines",
+                        help="results/NAME.json with the uniform baselines' test perplexity")
+    parser.add_argument("--validation-samples", type=int, default=None,
+                        help="default: the table's --n-samples")
+    parser.add_argument("--validation-seq-len", type=int, default=None, help="default: the table's --seq-len")
+    parser.add_argument("--name", default="level_method_choice")
+    args = parser.parse_args()
+    table_path = RESULTS / f"{args.baselines}.json"
+    if not table_path.is_file():
+        parser.error(f"{table_path} does not exist: run search_vs_baselines.py --name {args.baselines} first")
+    table = json.loads(table_path.read_text())
+    if table["model"] != args.model:
+        parser.error(f"{table_path.name} holds {table['model']}, not {args.model}: pass its --baselines")
+    cell = {(row["target"], row["method"]): row["ppl"] for row in table["rows"]}
+    targets = args.targets.split(",")
+    if not all(t.replace(".", "", 1).isdigit() and 0 < float(t) < 1 for t in targets):
+        parser.error(f"--targets {args.targets!r}: sparsities between 0 and 1, e.g. 0.5,0.7 (no N:M)")
+    missing = [f"{m} (uniform) at {t}" for t in targets for m in LEVEL_METHOD_CANDIDATES
+               if (t, f"{m} (uniform)") not in cell]
+    if missing:
+        parser.error(f"{table_path.name} has no {missing[0]}: run search_vs_baselines.py for it first")
+
+    settings = table["settings"]
+    args.validation_samples = args.validation_samples or settings["n_samples"]
+    args.validation_seq_len = args.validation_seq_len or settings["seq_len"]
+    model, tokenizer = load_model(args.model)
+    calibration = load_calibration(tokenizer, settings["n_samples"], settings["seq_len"], seed=0)
+    windows = load_calibration(tokenizer, args.validation_samples, args.validation_seq_len, seed=0,
+                               source="wikitext2-valid")
+    payload = {"benchmark": args.name, "model": args.model, "settings": vars(args),
+               "calibration": {"n_samples": settings["n_samples"], "seq_len": settings["seq_len"]},
+               "environment": environment(), "rows": []}
+    for target in targets:
+        started = time.perf_counter()
+        choice = choose_level_method(model, calibration, float(target), windows)
+        seconds = time.perf_counter() - started
+        uniform = {m: cell[target, f"{m} (uniform)"] for m in LEVEL_METHOD_CANDIDATES}
+        searched = {m: cell.get((target, LEVEL_ROW[m])) for m in LEVEL_METHOD_CANDIDATES}
+        row = {"target": target, "chosen": choice["method"], "kl": choice["kl"], "uniform_ppl": uniform,
+               "level_search_ppl": searched, "right": choice["method"] == min(uniform, key=uniform.get),
+               "seconds": seconds}
+        payload["rows"].append(row)
+        save_json(args.name, payload)
+        print(f"{target}: chose {choice['method']}; KL {choice['kl']}; uniform test ppl {uniform}; "
+              f"{seconds:.0f} s", flush=True)
+    write_table(payload, args.name)
+
+
+def write_table(payload: dict, name: str) -> None:
+    methods = LEVEL_METHOD_CANDIDATES
+    header = ["target", *[f"KL {m}" for m in methods], "chosen", *[f"uniform {m} ppl" for m in methods],
+              *[f"levels over {m} ppl" for m in methods], "right", "seconds"]
+    rows = [[row["target"], *[row["kl"][m] for m in methods], row["chosen"],
+             *[row["uniform_ppl"][m] for m in methods], *[row["level_search_ppl"][m] for m in methods],
+             "yes" if row["right"] else "no", round(row["seconds"])] for row in payload["rows"]]
+    environment_ = payload["environment"]
+    device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+    calibration = payload["calibration"]
+    text = (f"{payload['model']}; KL to dense on {payload['settings']['validation_samples']} x "
+            f"{payload['settings']['validation_seq_len']} WikiText-2 validation tokens after uniform "
+            f"pruning from {calibration['n_samples']} x {calibration['seq_len']} calibration windows; "
+            f"ppl: WikiText-2 test, from results/{payload['settings']['baselines']}.json; "
+            f"device: {device}\n\n"
+            f"{markdown_table(header, rows)}\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    grouped_bars(RESULTS / f"{name}.png", [row["target"] for row in payload["rows"]],
+                 {f"{m} (uniform)": [row["kl"][m] for row in payload["rows"]] for m in methods},
+                 "KL to dense, held-out windows", payload["model"], figsize=(6, 3.5))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
