@@ -81,14 +81,14 @@ def main() -> None:
         save_json(args.name, payload)
         print(f"{target}: chose {choice['method']}; KL {choice['kl']}; uniform test ppl {uniform}; "
               f"{seconds:.0f} s", flush=True)
-    write_table(payload, args.name)
+        write_table(payload, args.name)  # after every target: a stopped run leaves its rows' table
 
 
 def write_table(payload: dict, name: str) -> None:
     methods = LEVEL_METHOD_CANDIDATES
     header = ["target", *[f"KL {m}" for m in methods], "chosen", *[f"uniform {m} ppl" for m in methods],
               *[f"levels over {m} ppl" for m in methods], "right", "seconds"]
-    rows = [[row["target"], *[row["kl"][m] for m in methods], row["chosen"],
+    rows = [[row["target"], *[f"{row['kl'][m]:.4f}" for m in methods], row["chosen"],
              *[row["uniform_ppl"][m] for m in methods], *[row["level_search_ppl"][m] for m in methods],
              "yes" if row["right"] else "no", round(row["seconds"])] for row in payload["rows"]]
     environment_ = payload["environment"]
