@@ -34,14 +34,16 @@ def check_validation(args: argparse.Namespace) -> None:
     check_positive(args, "validation_samples", minimum=0)
 
 
-def load_validation_for(args: argparse.Namespace, tokenizer):
+def load_validation_for(args: argparse.Namespace, tokenizer, shape: tuple[int, int] | None = None):
     """The held-out windows of :func:`add_validation_arguments` (after :func:`check_validation`), or
-    None with 0 samples."""
+    None with 0 samples; ``shape`` (windows, tokens each) instead of ``--validation-samples`` x
+    ``--seq-len``."""
     from ..data import load_calibration
 
     if not args.validation_samples:
         return None
-    return load_calibration(tokenizer, args.validation_samples, args.seq_len, args.seed, args.validation)
+    n_samples, seq_len = shape or (args.validation_samples, args.seq_len)
+    return load_calibration(tokenizer, n_samples, seq_len, args.seed, args.validation)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, n_samples: int = 32, seq_len: int = 512,

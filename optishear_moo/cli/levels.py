@@ -61,10 +61,9 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..data import load_calibration
     from ..evopress import SparsityLevelDatabase, apply_better_, choose_level_method, search_levels
     from ..evopress.database import sparsity_ladder
-    from ..evopress.search import GENERATIONS, LEVEL_METHOD_CANDIDATES
+    from ..evopress.search import GENERATIONS, LEVEL_METHOD_CANDIDATES, level_method_configs
     from ..models import load_model
     from ..pruning.prune import PruningConfig
     from ..pruning.weights import DenseSnapshot, sparsity_report
@@ -74,9 +73,10 @@ def run(args: argparse.Namespace) -> dict:
     job = Job(args, "levels", SETTINGS)
     job.resume_search(default_gens=GENERATIONS)
     target = value_or_range(args.sparsity, "--sparsity")
-    for method in LEVEL_METHOD_CANDIDATES if args.method == "auto" else (args.method,):
-        PruningConfig(method, target if not isinstance(target, tuple) else target[0],
-                      update="none" if args.method == "auto" and method == "sparsegpt" else args.update)
+    if args.method == "auto":
+        level_method_configs(target, update=args.update)
+    else:
+        PruningConfig(args.method, target if not isinstance(target, tuple) else target[0], update=args.update)
     sparsity_ladder(target, args.step, args.levels_each_side)  # checks the ladder before the model loads
     stages = None if isinstance(target, tuple) else fidelity_stages(args.n_samples, args.pop, args.stages)
     check_validation(args)
@@ -87,10 +87,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.method == "auto":
         # held-out text judges, in windows as long and many as the pruning ones: 8 x 128 tokens are
         # too few (on SmolLM2 at 50 % they ranked Wanda above SparseGPT, 32 x 512 did not)
-        windows, shape = ("validation", [args.prune_samples, args.prune_seq_len]) if validation is not None \
-            else ("calibration", [args.n_samples, args.seq_len])
-        scored = calibration if validation is None else load_calibration(
-            tokenizer, *shape, args.seed, args.validation)
+        if validation is None:
+            windows, shape, scored = "calibration", [args.n_samples, args.seq_len], calibration
+        else:
+            windows, shape = "validation", [args.prune_samples, args.prune_seq_len]
+            scored = load_validation_for(args, tokenizer, shape)
     job.begin()
     dense = job.perplexity(model, tokenizer)
     if args.method == "auto":
@@ -100,12 +101,11 @@ def run(args: argparse.Namespace) -> dict:
         args.method_choice = {**choose_level_method(
             model, prune_calibration, target, scored, update=args.update, batch_size=args.batch_size,
             progress=not args.quiet), "windows": windows, "window_shape": shape}
-        args.method = args.method_choice["method"]  # what the checkpoint's settings hold: --resume keeps it
+        # what the checkpoint's settings hold, so --resume keeps them (SparseGPT updates itself)
+        args.method, args.update = args.method_choice["method"], args.method_choice["update"]
         if not args.quiet:
             scores = ", ".join(f"{name} {kl:.4f}" for name, kl in args.method_choice["kl"].items())
             print(f"database method: {args.method} (KL to dense: {scores})", flush=True)
-    if args.method == "sparsegpt" and args.method_choice is not None:
-        args.update = "none"  # SparseGPT updates its weights itself; --update was for Wanda
     database = SparsityLevelDatabase.for_target(
         model, prune_calibration, target, args.method, args.update,
         args.step, args.levels_each_side, args.database_inputs, batch_size=args.batch_size,

@@ -113,24 +113,32 @@ def choose_level_method(model: nn.Module, calibration: torch.Tensor,
     a database built at the target starts the search from – and the one with the lowest KL to the
     dense model on ``windows`` (held-out ones) wins. ``update`` goes with the candidates other than
     SparseGPT, which updates itself. The model comes back dense. Returns ``{"method": best,
-    "kl": {candidate: kl}}``."""
+    "update": its update, "kl": {candidate: kl}}``."""
+    configs = level_method_configs(target_sparsity, candidates, update, batch_size)  # before any work
+    dense = DenseOutputs.build(model, windows, batch_size)
+    snapshot = DenseSnapshot.of(model, storage_device=torch.device("cpu"))
+    scores = {}
+    for method, config in configs.items():
+        try:
+            prune_model(model, calibration, config=config, progress=progress)
+            scores[method] = kl_to_dense(model, dense)
+        finally:
+            snapshot.restore()
+    best = min(scores, key=scores.get)
+    return {"method": best, "update": configs[best].update, "kl": scores}
+
+
+def level_method_configs(target_sparsity: float | tuple[float, float], candidates=LEVEL_METHOD_CANDIDATES,
+                         update: str = "none", batch_size: int = 8) -> dict[str, PruningConfig]:
+    """The uniform pruning of each candidate that :func:`choose_level_method` scores, at the target
+    (a range's sparsest end); ``update`` goes with every candidate but SparseGPT, which updates
+    itself. Raises on a bad method or update, so callers can check before loading a model."""
     candidates = list(dict.fromkeys(candidates))
     if not candidates:
         raise ValueError(f"choose_level_method needs candidate methods: some of {', '.join(METHODS)}")
     sparsity = max(target_sparsity) if isinstance(target_sparsity, (tuple, list)) else target_sparsity
-    configs = [PruningConfig(method, sparsity, update="none" if method == "sparsegpt" else update,
-                             batch_size=batch_size) for method in candidates]  # checked before any work
-    dense = DenseOutputs.build(model, windows, batch_size)
-    snapshot = DenseSnapshot.of(model, storage_device=torch.device("cpu"))
-    scores = {}
-    try:
-        for config in configs:
-            prune_model(model, calibration, config=config, progress=progress)
-            scores[config.method] = kl_to_dense(model, dense)
-            snapshot.restore()
-    finally:
-        snapshot.restore()
-    return {"method": min(scores, key=scores.get), "kl": scores}
+    return {method: PruningConfig(method, sparsity, update="none" if method == "sparsegpt" else update,
+                                  batch_size=batch_size) for method in candidates}
 
 
 def search_levels(model: nn.Module, calibration: torch.Tensor,
