@@ -1,6 +1,7 @@
 """Does ``optishear-moo levels --method auto`` base its database on the better method?
 
     python benchmarks/level_method_choice.py                                   # SmolLM2, 50/60/70 %
+    python benchmarks/level_method_choice.py --targets 0.6,0.7 --resume        # keep the 50 % row
     python benchmarks/level_method_choice.py --model qwen2.5-coder-0.5b --targets 0.5,0.7 \\
         --baselines search_vs_baselines_qwen --name level_method_choice_qwen
 
@@ -42,6 +43,8 @@ def main() -> None:
                         help="default: the table's --n-samples")
     parser.add_argument("--validation-seq-len", type=int, default=None, help="default: the table's --seq-len")
     parser.add_argument("--name", default="level_method_choice")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep a previous run's rows at targets not in --targets (same settings)")
     args = parser.parse_args()
     table_path = RESULTS / f"{args.baselines}.json"
     if not table_path.is_file():
@@ -61,13 +64,15 @@ def main() -> None:
     settings = table["settings"]
     args.validation_samples = args.validation_samples or settings["n_samples"]
     args.validation_seq_len = args.validation_seq_len or settings["seq_len"]
+    kept = resumed_rows(parser, args, settings) if args.resume else []
     model, tokenizer = load_model(args.model)
     calibration = load_calibration(tokenizer, settings["n_samples"], settings["seq_len"], seed=0)
     windows = load_calibration(tokenizer, args.validation_samples, args.validation_seq_len, seed=0,
                                source="wikitext2-valid")
-    payload = {"benchmark": args.name, "model": args.model, "settings": vars(args),
+    payload = {"benchmark": args.name, "model": args.model,
+               "settings": {key: value for key, value in vars(args).items() if key != "resume"},
                "calibration": {"n_samples": settings["n_samples"], "seq_len": settings["seq_len"]},
-               "environment": environment(), "rows": []}
+               "environment": environment(), "rows": kept}
     for target in targets:
         started = time.perf_counter()
         choice = choose_level_method(model, calibration, float(target), windows)
@@ -77,11 +82,29 @@ def main() -> None:
         row = {"target": target, "chosen": choice["method"], "kl": choice["kl"], "uniform_ppl": uniform,
                "level_search_ppl": searched, "right": choice["method"] == min(uniform, key=uniform.get),
                "seconds": seconds}
-        payload["rows"].append(row)
+        payload["rows"] = sorted([*payload["rows"], row], key=lambda r: float(r["target"]))
         save_json(args.name, payload)
         print(f"{target}: chose {choice['method']}; KL {choice['kl']}; uniform test ppl {uniform}; "
               f"{seconds:.0f} s", flush=True)
         write_table(payload, args.name)  # after every target: a stopped run leaves its rows' table
+
+
+def resumed_rows(parser, args, settings: dict) -> list[dict]:
+    """The rows of results/NAME.json at targets this run does not measure again; the saved run must
+    share the model, the baselines table, the validation windows and the calibration."""
+    path = RESULTS / f"{args.name}.json"
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    for key in ("model", "baselines", "validation_samples", "validation_seq_len"):
+        if saved["settings"][key] != getattr(args, key):
+            flag = "--" + key.replace("_", "-")
+            parser.error(f"{flag} {getattr(args, key)} differs from {path.name}'s {saved['settings'][key]}: "
+                         f"pass {flag} {saved['settings'][key]}, or drop --resume to start a new table")
+    if saved["calibration"] != {"n_samples": settings["n_samples"], "seq_len": settings["seq_len"]}:
+        parser.error(f"{path.name} was measured on {saved['calibration']} calibration windows, "
+                     f"{args.baselines}.json now has others: drop --resume to measure every target again")
+    return [row for row in saved["rows"] if row["target"] not in args.targets.split(",")]
 
 
 def write_table(payload: dict, name: str) -> None:
