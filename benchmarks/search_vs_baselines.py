@@ -213,7 +213,8 @@ def check_resumed_settings(parser, payload: dict, args) -> None:
 
 
 def write_table(payload: dict, name: str) -> None:
-    targets = list(dict.fromkeys(row["target"] for row in payload["rows"]))
+    targets = sorted(dict.fromkeys(row["target"] for row in payload["rows"]),  # sparsities, then N:M
+                     key=lambda t: (":" in t, float(t) if ":" not in t else 0.0, t))
     order = [f"{method} ({allocation})" for method, allocation in BASELINES] + SEARCHES[:2] + [
         *level_labels(), SEARCHES[2]]
     found = list(dict.fromkeys(row["method"] for row in payload["rows"]))
