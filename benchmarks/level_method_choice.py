@@ -64,7 +64,7 @@ def main() -> None:
     settings = table["settings"]
     args.validation_samples = args.validation_samples or settings["n_samples"]
     args.validation_seq_len = args.validation_seq_len or settings["seq_len"]
-    kept = resumed_rows(parser, args, settings) if args.resume else []
+    kept = resumed_rows(parser, args, settings, targets) if args.resume else []
     model, tokenizer = load_model(args.model)
     calibration = load_calibration(tokenizer, settings["n_samples"], settings["seq_len"], seed=0)
     windows = load_calibration(tokenizer, args.validation_samples, args.validation_seq_len, seed=0,
@@ -89,7 +89,7 @@ def main() -> None:
         write_table(payload, args.name)  # after every target: a stopped run leaves its rows' table
 
 
-def resumed_rows(parser, args, settings: dict) -> list[dict]:
+def resumed_rows(parser, args, settings: dict, targets: list[str]) -> list[dict]:
     """The rows of results/NAME.json at targets this run does not measure again; the saved run must
     share the model, the baselines table, the validation windows and the calibration."""
     path = RESULTS / f"{args.name}.json"
@@ -104,7 +104,7 @@ def resumed_rows(parser, args, settings: dict) -> list[dict]:
     if saved["calibration"] != {"n_samples": settings["n_samples"], "seq_len": settings["seq_len"]}:
         parser.error(f"{path.name} was measured on {saved['calibration']} calibration windows, "
                      f"{args.baselines}.json now has others: drop --resume to measure every target again")
-    return [row for row in saved["rows"] if row["target"] not in args.targets.split(",")]
+    return [row for row in saved["rows"] if row["target"] not in targets]
 
 
 def write_table(payload: dict, name: str) -> None:
