@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -44,20 +46,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _checkpoint_key(tmp_path_factory):
-    """Checkpoints written by the tests are signed with a key of their own, not the user's."""
-    from optishear_moo.search.checkpoint import KEY_ENVIRONMENT
-
-    previous = os.environ.get(KEY_ENVIRONMENT)
-    os.environ[KEY_ENVIRONMENT] = str(tmp_path_factory.mktemp("key") / "checkpoint.key")
-    yield
-    if previous is None:
-        del os.environ[KEY_ENVIRONMENT]
-    else:
-        os.environ[KEY_ENVIRONMENT] = previous
 
 
 def tiny_config(family: str):
@@ -157,3 +145,18 @@ def smollm2():
     from optishear_moo import load_model
 
     return load_model("smollm2-135m", device="cpu")
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(directory):
+    """``directory``'s output lock held by another process (a run writing there) while in the block."""
+    script = ("import fcntl, os, sys, time; d = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(d, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(directory / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..activations import collect_input_statistics
+from ..errors import SettingError, param
 from ..models.adapters import get_adapter
 from ..models.sliced import (
     UNITS,
@@ -108,11 +109,11 @@ def _group_cost(W: torch.Tensor, inverse: torch.Tensor, S: torch.Tensor) -> torc
     return torch.trace(W_S @ torch.linalg.solve(inverse[S][:, S], W_S.t()))
 
 
-class LevelDatabase:
+class StructuredLevelDatabase:
     """Precomputed :class:`LevelEntry` per block, unit and level (built once, then only read).
 
-    With ``directory`` the entries live on disk (one file per block and unit, memory-mapped
-    when read) instead of in memory. The dense weights the slicing starts from are kept too.
+    With ``directory`` the entries live on disk (one safetensors file per block and unit, read
+    when needed) instead of in memory. The dense weights the slicing starts from are kept too.
     """
 
     def __init__(self, layout: BlockLayout, n_blocks: int, mlp_levels: int, directory=None):
@@ -136,14 +137,14 @@ class LevelDatabase:
     @torch.no_grad()
     def build(cls, model: nn.Module, calibration: torch.Tensor, mlp_levels: int | None = None,
               damping: float = 0.01, batch_size: int = 8, directory=None,
-              progress: bool = False) -> LevelDatabase:
+              progress: bool = False) -> StructuredLevelDatabase:
         """Statistics of the output projections' inputs in one dense pass, then the removal
         path of every unit. ``mlp_levels`` defaults to :func:`default_mlp_levels`."""
         layout = block_layout(model)
         mlp_levels = mlp_levels or default_mlp_levels(layout.intermediate_size)
         if layout.intermediate_size % mlp_levels:
-            raise ValueError(f"mlp_levels={mlp_levels} must divide intermediate_size="
-                             f"{layout.intermediate_size} so every level step is equal")
+            raise SettingError(f"{param('mlp_levels')}={mlp_levels} must divide intermediate_size="
+                               f"{layout.intermediate_size} so every level step is equal")
         adapter = get_adapter(model)
         blocks = adapter.blocks(model)
         database = cls(layout, len(blocks), mlp_levels, directory)
@@ -169,17 +170,24 @@ class LevelDatabase:
         if self.directory is None:
             self._entries[block, unit] = entries
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        torch.save([(e.kept, e.weight) for e in entries], self.directory / f"block{block}_{unit}.pt")
+        from safetensors.torch import save
+
+        from ..outputs import make_directory, write_atomically
+
+        tensors = {f"{kind}.{level}": tensor.contiguous() for level, entry in enumerate(entries)
+                   for kind, tensor in (("kept", entry.kept), ("weight", entry.weight))}
+        make_directory(self.directory)
+        write_atomically(self.directory / f"block{block}_{unit}.safetensors", save(tensors))
 
     def get(self, block: int, unit: str, level: int) -> LevelEntry:
         if not 0 <= level <= self.n_levels[unit]:
             raise ValueError(f"{unit} level must be in 0..{self.n_levels[unit]}, got {level}")
         if self.directory is None:
             return self._entries[block, unit][level]
-        kept, weight = torch.load(self.directory / f"block{block}_{unit}.pt", mmap=True,
-                                  weights_only=True)[level]
-        return LevelEntry(kept, weight)
+        from safetensors import safe_open
+
+        with safe_open(self.directory / f"block{block}_{unit}.safetensors", framework="pt") as file:
+            return LevelEntry(file.get_tensor(f"kept.{level}"), file.get_tensor(f"weight.{level}"))
 
     def unit_parameters(self, unit: str) -> int:
         """Parameters of one dense unit (weights of its four or three projections, no biases)."""
@@ -197,7 +205,7 @@ class LevelDatabase:
         return self.unit_parameters(unit) * kept // total
 
 
-def check_levels(levels, database: LevelDatabase) -> torch.Tensor:
+def check_levels(levels, database: StructuredLevelDatabase) -> torch.Tensor:
     """``levels`` as a ``(n_blocks, 2)`` int tensor (attention, mlp), validated."""
     levels = torch.as_tensor(levels, dtype=torch.long).reshape(-1, 2)
     if len(levels) != database.n_blocks:
@@ -209,14 +217,14 @@ def check_levels(levels, database: LevelDatabase) -> torch.Tensor:
     return levels
 
 
-def kept_parameters(database: LevelDatabase, levels) -> int:
+def kept_parameters(database: StructuredLevelDatabase, levels) -> int:
     """Weights the blocks keep at ``levels`` (attention and MLP projections; norms excluded)."""
     levels = check_levels(levels, database)
     return sum(database.parameters_at("attention", a) + database.parameters_at("mlp", m)
                for a, m in levels.tolist())
 
 
-def uniform_levels(database: LevelDatabase, compression: float) -> np.ndarray:
+def uniform_levels(database: StructuredLevelDatabase, compression: float) -> np.ndarray:
     """The most uniform ``(n_blocks, 2)`` allocation removing at least ``1 - 1/compression`` of the
     block weights: the same removed fraction for attention and MLP, floors and ceilings spread
     over the blocks."""
@@ -238,17 +246,18 @@ def check_reachable(config, compression: float, mlp_levels: int | None = None,
     ``ValueError`` when that overshoots the target by more than ``tolerance`` (steps too coarse)
     or removes every unit. Needs no weights, so commands check before any work."""
     layout = block_layout(config)
-    shell = LevelDatabase(layout, config.num_hidden_layers,
+    shell = StructuredLevelDatabase(layout, config.num_hidden_layers,
                           mlp_levels or default_mlp_levels(layout.intermediate_size))
     levels = uniform_levels(shell, compression)
     dense = kept_parameters(shell, np.zeros_like(levels))
     kept = kept_parameters(shell, levels)
     if kept == 0:
-        raise ValueError(f"compression {compression:g} removes every attention head and MLP channel: "
-                         "choose a lower --compression")
+        raise SettingError(f"{param('target_compression')} {compression:g} removes every attention head and "
+                           f"MLP channel: choose a lower {param('target_compression')}")
     achieved = dense / kept
     if achieved > compression * (1 + tolerance):
-        raise ValueError(f"compression {compression:g} is reached only as {achieved:.3g}x by this model's "
-                         f"level steps ({layout.n_kv_heads} head groups, {shell.mlp_levels} MLP levels per "
-                         "block): choose a lower --compression or more --mlp-levels")
+        raise SettingError(f"{param('target_compression')} {compression:g} is reached only as "
+                           f"{achieved:.3g}x by this model's level steps ({layout.n_kv_heads} head groups, "
+                           f"{shell.mlp_levels} MLP levels per block): choose a lower "
+                           f"{param('target_compression')} or more {param('mlp_levels')}")
     return achieved

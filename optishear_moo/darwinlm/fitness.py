@@ -13,7 +13,7 @@ from torch import nn
 
 from ..evaluation.divergence import DenseOutputs, kl_to_dense
 from ..finetuning import post_train
-from .database import LevelDatabase, check_levels
+from .database import StructuredLevelDatabase, check_levels
 from .slicing import apply_levels_, dense_units
 
 
@@ -22,7 +22,7 @@ class StructuredEvaluator:
     ``(n_blocks, 2)`` (attention, mlp). ``model`` becomes the working model: it is sliced in
     place (call :meth:`restore_dense` to get the dense model back)."""
 
-    def __init__(self, model: nn.Module, database: LevelDatabase, calibration: torch.Tensor,
+    def __init__(self, model: nn.Module, database: StructuredLevelDatabase, calibration: torch.Tensor,
                  batch_size: int = 8, progress: bool = False):
         self.model, self.database, self.batch_size = model, database, batch_size
         self.reference = DenseOutputs.build(model, calibration, batch_size, progress=progress)

@@ -1,6 +1,6 @@
 """DarwinLM as pymoo parts: the structured-pruning problem (a level problem of
-:mod:`optishear_moo.search.levels`, whose budget-keeping sampling and level-switch mutation it
-uses) and training-aware selection as a pymoo ``Survival``.
+:mod:`optishear_moo.search.levels`, whose budget-keeping sampling, level-switch mutation and staged
+selection it uses) and its algorithm, with training-aware selection.
 
 Decision vector: ``[attention_0, mlp_0, attention_1, mlp_1, ...]``, the level of every unit
 (see :mod:`.database`). Size is measured on the blocks' projection weights
@@ -15,73 +15,71 @@ front, and the mutation may also move single levels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from pymoo.core.variable import Integer
 
+from ..errors import SettingError, one_or_range, param
 from ..models.sliced import UNITS
-from ..search.levels import (  # noqa: F401 - BudgetSampling/LevelSwitchMutation/CopyParent: the operators
-    BudgetSampling,
-    CopyParent,
-    LevelSwitchMutation,
-    StagedSurvival,
-    level_algorithm,
-)
-from ..search.levels import check_stages as check_level_stages
+from ..search.levels import StagedSurvival, check_stages, level_algorithm
 from ..search.problem import ModelProblem, problem_fingerprint
-from .database import LevelDatabase, kept_parameters, uniform_levels
+from .database import StructuredLevelDatabase, kept_parameters, uniform_levels
 from .fitness import StructuredEvaluator
 
 
-@dataclass(frozen=True)
-class SelectionStage:
-    """One stage of training-aware selection: every candidate still in the race is fine-tuned on
-    ``finetune_tokens`` tokens, scored on ``eval_samples`` calibration samples (all if None),
-    and the best ``survivors`` go on."""
-
-    finetune_tokens: int
-    survivors: int
-    eval_samples: int | None = None
-
-
-def check_stages(stages, pop_size: int) -> tuple[SelectionStage, ...]:
-    stages = check_level_stages(stages, pop_size)
-    if any(stage.finetune_tokens < 0 for stage in stages):
-        raise ValueError("finetune_tokens must be >= 0")
-    return stages
-
-
-def check_compression(value) -> float:
-    if not isinstance(value, (int, float)) or not value > 1:
-        raise ValueError(f"compression must be a number > 1 (dense / kept weights), got {value!r}")
+def check_compression(value, name: str = "target_compression") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1:
+        raise SettingError(f"{param(name)} must be a number above 1 (dense / kept weights), got {value!r}")
     return float(value)
+
+
+def check_compression_target(value, name: str = "target_compression") -> float | tuple[float, float]:
+    """One compression above 1, or a ``(low, high)`` range with ``low < high``."""
+    return one_or_range(value, name, lambda one: check_compression(one, name))
 
 
 class StructuredPruningProblem(ModelProblem):
     """Levels of every attention and MLP unit; fitness = KL to the dense model (one-shot).
 
-    ``training``: ``(n, seq_len)`` token windows used by training-aware selection (defaults to
-    the calibration windows). The working ``model`` is sliced in place while the problem is used;
-    ``restore_dense()`` gives it back dense. Constraints hold the size: with one target, the share
-    of block weights kept may not exceed that of the uniform allocation (the budget-keeping
-    operators below never leave it); with a range, the share stays inside it. Candidates may be
-    integer vectors or dicts of pymoo ``Integer`` variables ``attention_i``/``mlp_i``; other keyword
-    arguments go to ``pymoo.core.problem.Problem``.
+    The working ``model`` is sliced in place while the problem is used; ``restore_dense()`` gives
+    it back dense. Constraints hold the size: with one target, the share of block weights kept may
+    not exceed that of the uniform allocation (the budget-keeping operators of
+    :mod:`optishear_moo.search.levels` never leave it); with a range, the share stays inside it.
+    Candidates may be integer vectors or dicts of pymoo ``Integer`` variables
+    ``attention_i``/``mlp_i``.
+
+    Args:
+        model: The dense model (Llama-family attention and gated MLP).
+        calibration: ``(n_samples, seq_len)`` token ids that score candidates.
+        target_compression: Block-weight compression (dense / kept), or ``(low, high)``.
+        database: A :class:`StructuredLevelDatabase` of this model (built here when None).
+        training: ``(n, seq_len)`` windows the stage fine-tunes of training-aware selection use
+            (default: the calibration windows).
+        mlp_levels: MLP levels of a database built here.
+        batch_size: Calibration windows per forward pass.
+        finetune_learning_rate: Learning rate of the stage fine-tunes.
+        progress: Show progress while the dense references (and database) are computed.
+        workers: Evaluate on this many Ray workers, or on a ``RayPool``.
+        ray_address: The Ray cluster to join.
+        **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
     """
 
     def __init__(self, model, calibration: torch.Tensor, target_compression,
-                 database: LevelDatabase | None = None, training: torch.Tensor | None = None,
+                 database: StructuredLevelDatabase | None = None, training: torch.Tensor | None = None,
                  mlp_levels: int | None = None, batch_size: int = 8,
-                 finetune_learning_rate: float = 1e-4, progress: bool = False, **problem_kwargs):
+                 finetune_learning_rate: float = 1e-4, progress: bool = False, workers=None,
+                 ray_address: str | None = None, **problem_kwargs):
+        target_compression = check_compression_target(target_compression)
+        database = database or StructuredLevelDatabase.build(model, calibration, mlp_levels,
+                                                             batch_size=batch_size, progress=progress)
+        replica = dict(model=model, calibration=calibration, target_compression=target_compression,
+                       database=database, training=training, batch_size=batch_size,
+                       finetune_learning_rate=finetune_learning_rate, **problem_kwargs)
         self.multi_objective = isinstance(target_compression, (tuple, list))
-        targets = target_compression if self.multi_objective else (target_compression,)
-        targets = sorted(check_compression(t) for t in targets)
+        targets = target_compression if self.multi_objective else (target_compression, target_compression)
         self.compression_range = (targets[0], targets[-1])
         self.model = model
-        self.database = database or LevelDatabase.build(model, calibration, mlp_levels,
-                                                        batch_size=batch_size, progress=progress)
+        self.database = database
         self.evaluator = StructuredEvaluator(model, self.database, calibration, batch_size, progress)
         self.training = calibration if training is None else training
         self.finetune_learning_rate = finetune_learning_rate
@@ -95,7 +93,8 @@ class StructuredPruningProblem(ModelProblem):
                                           self.database.n_levels, batch_size)
         super().__init__(n_var=2 * n_blocks, n_obj=2 if self.multi_objective else 1,
                          n_ieq_constr=2 if self.multi_objective else 1, xl=0,
-                         xu=np.tile(self.tops, n_blocks), vtype=int, vars=variables, fingerprint=fingerprint,
+                         xu=np.tile(self.tops, n_blocks), vtype=int, vars=variables, replica=replica,
+                         fingerprint=fingerprint, workers=workers, ray_address=ray_address,
                          exclude_from_serialization=["model", "database", "evaluator", "training"],
                          **problem_kwargs)
         self.budget_share = self.kept_share(self.uniform_levels(self.compression_range[0]))
@@ -151,7 +150,7 @@ class StructuredPruningProblem(ModelProblem):
         """KL after fine-tuning the candidate on its first ``finetune_tokens`` training tokens."""
         n_windows = max(1, round(finetune_tokens / self.training.shape[1])) if finetune_tokens else 0
         if n_windows > len(self.training):
-            raise ValueError(f"a stage asks for {finetune_tokens} fine-tuning tokens but the training "
+            raise SettingError(f"a stage asks for {finetune_tokens} fine-tuning tokens but the training "
                              f"set holds {self.training.numel()}: pass more training windows")
         if not n_windows:
             return self.evaluator.evaluate(self.levels(x), eval_samples)
@@ -162,21 +161,14 @@ class StructuredPruningProblem(ModelProblem):
         return self.evaluator.restore_dense()
 
 
-class TrainingAwareSurvival(StagedSurvival):
-    """DarwinLM's selection: parents and offspring go through ``stages``; in each, every remaining
-    candidate is fine-tuned (temporarily) and re-scored, and the best go on. Survivors carry their
-    last-stage score in ``ind.data["finetuned_kl"]``; ``F`` stays the one-shot KL."""
-
-    def __init__(self, stages):
-        super().__init__(stages, score_name="finetuned_kl")
-
-
 def darwinlm_algorithm(problem: StructuredPruningProblem, pop_size: int = 1, n_offsprings: int = 16,
                        stages=None):
     """pymoo's GA (NSGA-II for a compression range) with the level operators of
     :mod:`optishear_moo.search.levels` (budget sampling, level-switch mutation, no crossover) and,
-    given ``stages``, training-aware survival."""
+    given ``stages`` (:func:`~optishear_moo.search.halving_stages` with ``finetune_tokens``),
+    training-aware selection: survivors carry their last score in ``ind.data["finetuned_kl"]``;
+    ``F`` stays the one-shot KL."""
     if problem.multi_objective and stages:
-        raise ValueError("training-aware selection needs one target compression (one objective)")
-    survival = TrainingAwareSurvival(check_stages(stages, pop_size)) if stages else None
+        raise SettingError("training-aware selection needs one target compression (one objective)")
+    survival = StagedSurvival(check_stages(stages, pop_size), score_name="finetuned_kl") if stages else None
     return level_algorithm(problem, pop_size, n_offsprings, survival)

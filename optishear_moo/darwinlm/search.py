@@ -1,40 +1,42 @@
-"""DarwinLM structured pruning in one call (API and CLI): build the level database, run the
-pymoo search (one-shot or training-aware selection, checkpointed), and report the chosen
-allocation. The model comes back dense; ``apply_levels_`` slices it to the choice."""
+"""DarwinLM's whole pipeline in one function: :func:`search_darwinlm` builds the structured level
+database, runs the level search (one-shot or training-aware selection, checkpointed), and returns
+a :class:`DarwinLMResult` whose ``apply`` slices a model to the levels found."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
+from torch import nn
 
-from ..search import front_arrays, run_search
-from .database import LevelDatabase
-from .problem import (
-    SelectionStage,
-    StructuredPruningProblem,
-    darwinlm_algorithm,
-)
-
-
-def halving_stages(finetune_tokens, pop_size: int = 1) -> list[SelectionStage]:
-    """Training-aware stages on growing token budgets whose survivors halve down to
-    ``pop_size``: ``[1024, 2048, 4096]`` with one parent gives 4, 2, 1 survivors."""
-    tokens = [int(t) for t in finetune_tokens]
-    if not tokens or any(t <= 0 for t in tokens):
-        raise ValueError(f"finetune tokens per stage must be positive integers, got {finetune_tokens}")
-    if tokens != sorted(tokens):
-        raise ValueError(f"finetune tokens must grow from stage to stage, got {tokens}")
-    return [SelectionStage(t, pop_size * 2 ** (len(tokens) - 1 - k)) for k, t in enumerate(tokens)]
+from ..data.config import CalibrationSet
+from ..search import SearchResult, SearchRun, front_arrays, run_search
+from .config import DarwinLMConfig
+from .database import StructuredLevelDatabase
+from .problem import StructuredPruningProblem, darwinlm_algorithm
+from .slicing import apply_levels_
 
 
 @dataclass
-class StructuredChoice:
-    """The chosen levels (``(n_blocks, 2)``: attention, mlp) and how they score.
+class DarwinLMResult(SearchResult):
+    """The chosen levels and how they score.
 
-    ``front`` (compression range only): every Pareto point, most compressed first.
+    Attributes:
+        levels: ``(n_blocks, 2)`` levels (attention, mlp).
+        compression: Block-weight compression they give (dense / kept).
+        calibration_kl: One-shot KL to the dense model on the calibration windows.
+        n_evaluations: Candidates evaluated.
+        finetuned_kl: KL after the last stage's fine-tune (training-aware selection).
+        front: Every Pareto point, most compressed first (``levels``, ``compression``,
+            ``kept_share``, ``kl``); the chosen point alone with one target.
+        seconds: Wall time of the whole pipeline.
+        database: The structured level database (not serialised).
     """
+
+    structural = True
+    size_name = "kept_share"
+    title = "DarwinLM structured pruning"
 
     levels: list[list[int]]
     compression: float
@@ -42,48 +44,77 @@ class StructuredChoice:
     n_evaluations: int
     finetuned_kl: float | None = None
     front: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    database: StructuredLevelDatabase | None = field(default=None, repr=False)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def chosen_point(self) -> dict:
+        return {"levels": self.levels, "compression": self.compression, "kept_share": 1 / self.compression,
+                "kl": self.calibration_kl}
+
+    def apply(self, model: nn.Module, point=None) -> nn.Module:
+        """Slice ``model``'s blocks **in place** to the chosen levels (or ``point``'s): physically
+        smaller, saves and reloads with ``load_model``; returns the model."""
+        if self.database is None:
+            raise ValueError("this result holds no level database to slice the model with")
+        return apply_levels_(model, self.database, self.point(point)["levels"])
+
+    def report(self) -> dict:
+        return {"levels": self.levels, "compression": self.compression, "calibration_kl": self.calibration_kl,
+                "n_evaluations": self.n_evaluations, "finetuned_kl": self.finetuned_kl, "front": self.front,
+                "search_seconds": self.seconds}
 
 
-def search_structured(model, calibration, target_compression, training=None, stages=None,
-                      pop_size: int = 1, n_offsprings: int = 16, n_gen: int = 10, seed: int = 0,
-                      mlp_levels: int | None = None, batch_size: int = 8,
-                      learning_rate: float = 1e-4, database: LevelDatabase | None = None,
-                      checkpoint_dir: str | Path | None = None, config: dict | None = None,
-                      resume: bool = False, trust: bool = False, verbose: bool = False, workers=None,
-                      ray_address: str | None = None) -> StructuredChoice:
-    """DarwinLM search over ``model`` (left dense afterwards).
+def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None = None,
+                    run: SearchRun | None = None) -> DarwinLMResult:
+    """DarwinLM: levels of every attention head group and MLP channel block of ``model``.
 
-    ``target_compression``: one ratio (dense / kept block weights), or ``(low, high)`` for a
-    size-vs-quality front (NSGA-II; the most compressed point is chosen). ``stages`` (one
-    target only): training-aware selection, e.g. :func:`halving_stages`; candidates are
-    fine-tuned on ``training`` windows (default: the calibration windows).
+    The pipeline: the structured level database (greedy structured OBS removal with least-squares
+    re-fit, from the pruning windows); a (1+λ) level search from the most uniform allocation with
+    budget-keeping level switches; with training-aware selection each stage fine-tunes the
+    offspring still in the race on the training windows before scoring them (survivors halve as
+    the fine-tunes grow). The model is left dense; ``result.apply(model)`` slices it.
+
+    Args:
+        model: The dense model (Llama-family attention and gated MLP).
+        calibration: A :class:`~optishear_moo.data.CalibrationSet` (search windows score
+            candidates, pruning windows build the database, training windows feed the stage
+            fine-tunes), or one ``(n_samples, seq_len)`` tensor for every role.
+        config: The search's settings (:class:`DarwinLMConfig`; default: its defaults).
+        run: Checkpoint directory, resume, seed, workers, progress (:class:`SearchRun`).
     """
-    problem = StructuredPruningProblem(model, calibration, target_compression, database, training,
-                                       mlp_levels, batch_size, learning_rate, progress=verbose,
-                                       workers=workers, ray_address=ray_address)
-    algorithm = darwinlm_algorithm(problem, pop_size, n_offsprings, stages)
+    config = config or DarwinLMConfig()
+    run = run or SearchRun()
+    calibration = CalibrationSet.of(calibration)
+    config.check_model(model.config)
+    started = time.perf_counter()
+    database = StructuredLevelDatabase.build(model, calibration.pruning, config.mlp_levels,
+                                             batch_size=config.batch_size, progress=run.progress)
+    stages = config.stages()
+    problem = StructuredPruningProblem(model, calibration.search, config.target_compression, database,
+                                       calibration.training, batch_size=config.batch_size,
+                                       finetune_learning_rate=config.learning_rate, progress=run.progress,
+                                       workers=run.workers, ray_address=run.ray_address)
+    algorithm = darwinlm_algorithm(problem, config.pop_size, config.n_offsprings, stages)
     try:
-        result = run_search(problem, algorithm, ("n_gen", n_gen), seed=seed,
-                            checkpoint_dir=checkpoint_dir, config=config, resume=resume, trust=trust,
-                            verbose=verbose)
+        result = run_search(problem, algorithm, ("n_gen", config.n_gen), run, settings=config.to_dict(),
+                            driver="darwinlm")
         X, F = front_arrays(result)
         n_eval = int(result.algorithm.evaluator.n_eval)
         if problem.multi_objective:
             order = np.argsort(F[:, 1], kind="stable")
             front = [{"levels": problem.levels(X[k]).tolist(), "compression": 1 / F[k, 1],
-                      "calibration_kl": float(F[k, 0])} for k in order]
+                      "kept_share": float(F[k, 1]), "kl": float(F[k, 0])} for k in order]
             best = front[0]
-            return StructuredChoice(best["levels"], best["compression"], best["calibration_kl"],
-                                    n_eval, front=front)
+            return DarwinLMResult(best["levels"], best["compression"], best["kl"], n_eval, front=front,
+                                  seconds=time.perf_counter() - started, database=database)
         if stages:  # the survival ranked the population by the score after fine-tuning
             best = result.algorithm.pop[0]
             x, kl, finetuned = best.X, float(best.F[0]), best.data.get("finetuned_kl")
         else:
             x, kl, finetuned = X[0], float(F[0, 0]), None
-        return StructuredChoice(problem.levels(x).tolist(), 1 / problem.kept_share(x), kl, n_eval,
-                                finetuned)
+        levels, compression = problem.levels(x).tolist(), 1 / problem.kept_share(x)
+        point = {"levels": levels, "compression": compression, "kept_share": 1 / compression, "kl": kl}
+        return DarwinLMResult(levels, compression, kl, n_eval, finetuned, [point],
+                              time.perf_counter() - started, database)
     finally:
         problem.restore_dense()

@@ -1,4 +1,4 @@
-"""Physically slicing a model's blocks to the levels of a :class:`LevelDatabase`."""
+"""Physically slicing a model's blocks to the levels of a :class:`StructuredLevelDatabase`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..models.sliced import (
     structured_layers_config,
     unit_of,
 )
-from .database import LevelDatabase, check_levels
+from .database import StructuredLevelDatabase, check_levels
 
 
 def dense_units(model: nn.Module) -> list[tuple[nn.Module, ...]]:
@@ -22,7 +22,7 @@ def dense_units(model: nn.Module) -> list[tuple[nn.Module, ...]]:
     return [tuple(unit_of(block, unit) for unit in UNITS) for block in get_adapter(model).blocks(model)]
 
 
-def apply_levels_(model: nn.Module, database: LevelDatabase, levels, blocks=None,
+def apply_levels_(model: nn.Module, database: StructuredLevelDatabase, levels, blocks=None,
                   originals: list[tuple[nn.Module, ...]] | None = None) -> nn.Module:
     """Physically slice ``model``'s blocks to ``levels`` **in place**; returns ``model``.
 

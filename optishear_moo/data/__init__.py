@@ -1,4 +1,4 @@
-"""Shipped corpora and calibration sampling."""
+"""Shipped corpora, calibration sampling, and the calibration windows of a search by role."""
 
 from .calibration import (
     DEFAULT_CALIBRATION_SOURCE,
@@ -9,18 +9,21 @@ from .calibration import (
     tokenize_text,
 )
 from .cluster_sampling import DiversityReport, hidden_state_embedder
+from .config import CalibrationConfig, CalibrationSet
 from .corpora import SHIPPED_CORPORA, corpus_text, load_corpus
 
 __all__ = [
     "DEFAULT_CALIBRATION_SOURCE",
-    "DiversityReport",
     "SAMPLINGS",
     "SHIPPED_CORPORA",
+    "CalibrationConfig",
+    "CalibrationSet",
+    "DiversityReport",
     "calibration_diversity",
     "corpus_text",
+    "hidden_state_embedder",
     "load_calibration",
     "load_corpus",
-    "hidden_state_embedder",
     "random_windows",
     "tokenize_text",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import SettingError, param
 from .cluster_sampling import (
     DiversityReport,
     Embedder,
@@ -63,7 +64,18 @@ def check_calibration(calibration, model=None, what: str = "calibration") -> tor
     if low < 0 or (vocab is not None and high >= vocab):
         raise ValueError(f"{what} holds token ids from {low} to {high}, outside the model's vocabulary of "
                          f"{vocab}: tokenize with the model's own tokenizer")
+    check_context(calibration.shape[1], model)
     return calibration
+
+
+def check_context(seq_len: int, model, name: str = "seq_len") -> None:
+    """A :class:`SettingError` when windows of ``seq_len`` tokens are longer than the model's context
+    (``max_position_embeddings`` of its config)."""
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(context, int) and seq_len > context:
+        raise SettingError(f"{param(name)} {seq_len} is longer than the model's context of {context} tokens: "
+                           f"choose at most {context}")
 
 
 def _vocabulary_size(model) -> int | None:
@@ -77,9 +89,9 @@ def _vocabulary_size(model) -> int | None:
 
 def _validate(n_samples: int, seq_len: int) -> None:
     if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        raise SettingError(f"{param('n_samples')} must be a positive integer, got {n_samples!r}")
     if not isinstance(seq_len, int) or seq_len < 2:
-        raise ValueError(f"seq_len must be an integer of at least 2 tokens, got {seq_len!r}")
+        raise SettingError(f"{param('seq_len')} must be an integer of at least 2 tokens, got {seq_len!r}")
 
 
 def random_windows(tokens: torch.Tensor, n_samples: int, seq_len: int, seed: int,
@@ -93,10 +105,8 @@ def random_windows(tokens: torch.Tensor, n_samples: int, seq_len: int, seed: int
     if bos is not None:
         return with_bos(random_windows(tokens, n_samples, seq_len - 1, seed), bos)
     if tokens.numel() < seq_len:
-        raise ValueError(
-            f"the calibration text has only {tokens.numel()} tokens, fewer than seq_len={seq_len}: "
-            "use a longer text or a shorter --seq-len"
-        )
+        raise SettingError(f"the calibration text has only {tokens.numel()} tokens, fewer than "
+                           f"{param('seq_len')}={seq_len}: use a longer text or a shorter {param('seq_len')}")
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, tokens.numel() - seq_len + 1, size=n_samples)
     return torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])
@@ -146,22 +156,26 @@ def load_calibration(
     the batch is drawn evenly across the clusters. Both are deterministic for a given ``seed``.
     """
     _validate(n_samples, seq_len)
+    if model is not None:
+        check_context(seq_len, model)
     if sampling not in SAMPLINGS:
-        raise ValueError(f"unknown calibration sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+        raise SettingError(f"{param('sampling')} {sampling!r} is not a calibration sampling: choose one of "
+                           f"{', '.join(SAMPLINGS)}")
     bos = bos_token_id(tokenizer)
     if sampling == "random":
         return random_windows(_source_tokens(tokenizer, source), n_samples, seq_len, seed, bos)
     n_clusters = min(DEFAULT_N_CLUSTERS, n_samples) if n_clusters is None else n_clusters
     if not isinstance(n_clusters, int) or not 1 <= n_clusters <= n_samples:
-        raise ValueError(f"n_clusters must be an integer between 1 and n_samples={n_samples}, "
-                         f"got {n_clusters!r}")
+        raise SettingError(f"{param('n_clusters')} must be an integer between 1 and "
+                           f"{param('n_samples')}={n_samples}, got {n_clusters!r}")
     embed = _embedder(model, embedder, batch_size, progress)
     text_len = seq_len - (bos is not None)
     pool = with_bos(candidate_windows(_source_tokens(tokenizer, source), text_len, pool_size or 4 * n_samples,
                                       seed), bos)
     if len(pool) < n_samples:
-        raise ValueError(f"the calibration text holds only {len(pool)} windows of {seq_len} tokens, fewer "
-                         f"than n_samples={n_samples}: use a longer text or a shorter --seq-len")
+        raise SettingError(f"the calibration text holds only {len(pool)} windows of {seq_len} tokens, fewer "
+                           f"than {param('n_samples')}={n_samples}: use a longer text or a shorter "
+                           f"{param('seq_len')}")
     embeddings = embed(pool)
     labels = cluster_embeddings(embeddings, n_clusters, seed).labels_
     return pool[torch.as_tensor(draw_across_clusters(labels, n_samples, seed))]

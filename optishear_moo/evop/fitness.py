@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..activations import capture_block_inputs, model_device, run_block
 from ..data.calibration import check_calibration
+from ..errors import SettingError, param
 from ..evaluation.divergence import kl_sum_to_dense
 from ..models.adapters import get_adapter
 from .blocks import check_n_remove, check_removed_blocks, influence_between
@@ -138,6 +139,6 @@ def greedy_removal_order(evaluator: BlockRemovalEvaluator, n_remove: int, object
 
 def check_block_objective(objective: str) -> str:
     if objective not in BLOCK_OBJECTIVES:
-        raise ValueError(f"unknown block-removal objective {objective!r}: "
-                         f"choose {' or '.join(BLOCK_OBJECTIVES)}")
+        raise SettingError(f"{param('objective')} {objective!r} is not a block-removal objective: "
+                           f"choose {' or '.join(BLOCK_OBJECTIVES)}")
     return objective

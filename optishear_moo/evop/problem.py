@@ -20,6 +20,7 @@ from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 from pymoo.core.variable import Binary
 
+from ..errors import SettingError, param
 from ..search.problem import ModelProblem, problem_fingerprint
 from ..search.selection import ga_tournament_selection
 from .blocks import check_n_remove
@@ -32,18 +33,31 @@ INFEASIBLE = 1e10
 class BlockRemovalProblem(ModelProblem):
     """Which decoder blocks to remove, scored on calibration data without modifying ``model``.
 
-    ``objective``: ``"kl"`` (mean KL to the dense model per token, default) or ``"ppl"``
-    (calibration perplexity, as in EvoP). Pass a prebuilt ``evaluator`` to share its dense cache
-    between problems. Two inequality constraints keep the number of removed blocks in
-    ``n_remove`` for algorithms that do not use the count-preserving operators below (a candidate
-    outside the range is not evaluated: its objective is :data:`INFEASIBLE`). Candidates may be
-    bool vectors or dicts of pymoo ``Binary`` variables ``block_i``; other keyword arguments go to
-    ``pymoo.core.problem.Problem``.
+    Two inequality constraints keep the number of removed blocks in ``n_remove`` for algorithms
+    that do not use the count-preserving operators below (a candidate outside the range is not
+    evaluated: its objective is :data:`INFEASIBLE`). Candidates may be bool vectors or dicts of
+    pymoo ``Binary`` variables ``block_i``.
+
+    Args:
+        model: The dense model (never modified).
+        calibration: ``(n_samples, seq_len)`` token ids.
+        n_remove: Blocks to remove (one objective), or ``(low, high)`` (a second objective, the
+            blocks kept, gives the size-vs-quality front).
+        objective: ``kl`` (mean KL to the dense model per token) or ``ppl`` (calibration
+            perplexity, as in EvoP).
+        batch_size: Calibration windows per forward pass.
+        evaluator: A prebuilt :class:`BlockRemovalEvaluator`, to share its dense cache.
+        progress: Show progress while the dense states are computed.
+        workers: Evaluate on this many Ray workers, or on a ``RayPool``.
+        ray_address: The Ray cluster to join.
+        **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
     """
 
     def __init__(self, model, calibration, n_remove: int | tuple[int, int], objective: str = "kl",
                  batch_size: int = 8, evaluator: BlockRemovalEvaluator | None = None,
-                 progress: bool = False, **problem_kwargs):
+                 progress: bool = False, workers=None, ray_address: str | None = None, **problem_kwargs):
+        replica = dict(model=model, calibration=calibration, n_remove=n_remove, objective=objective,
+                       batch_size=batch_size, **problem_kwargs)
         self.objective = check_block_objective(objective)
         self.evaluator = evaluator or BlockRemovalEvaluator(model, calibration, batch_size,
                                                             progress=progress)
@@ -51,8 +65,9 @@ class BlockRemovalProblem(ModelProblem):
         n_blocks = self.evaluator.n_blocks
         if isinstance(n_remove, (tuple, list)):
             low, high = (check_n_remove(n, n_blocks) for n in n_remove)
-            if low > high:
-                raise ValueError(f"n_remove range must be (low, high) with low <= high, got {n_remove}")
+            if low >= high:
+                raise SettingError(f"an {param('n_remove')} range (low, high) needs low < high, got "
+                                   f"{tuple(n_remove)}")
         else:
             low = high = check_n_remove(n_remove, n_blocks)
         self.n_remove_range = (low, high)
@@ -61,7 +76,8 @@ class BlockRemovalProblem(ModelProblem):
         fingerprint = problem_fingerprint(type(self).__name__, model, calibration, self.n_remove_range,
                                           self.objectives, batch_size)
         super().__init__(n_var=n_blocks, n_obj=len(self.objectives), n_ieq_constr=2, xl=0, xu=1, vtype=bool,
-                         vars={f"block_{i}": Binary() for i in range(n_blocks)}, fingerprint=fingerprint,
+                         vars={f"block_{i}": Binary() for i in range(n_blocks)}, replica=replica,
+                         fingerprint=fingerprint, workers=workers, ray_address=ray_address,
                          exclude_from_serialization=["model", "evaluator"], **problem_kwargs)
 
     def decode(self, x) -> list[int]:

@@ -1,90 +1,120 @@
-"""Choosing which blocks to remove, by any of the library's methods (one call for API and CLI).
-
-``evop`` runs the pymoo search of :mod:`.problem` (checkpointed like every
-search, warm-started with the cheap heuristics); ``shortgpt``, ``sleb`` and ``last`` are the
-heuristic baselines.
-"""
+"""EvoP's whole pipeline in one function: :func:`search_evop` chooses which decoder blocks to
+remove – with the evolutionary search (warm-started with the cheap heuristics, checkpointed) or
+one of the heuristic baselines – and returns an :class:`EvoPResult`."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import time
+from dataclasses import dataclass, field
 
-from ..search import front_arrays, run_search
-from .blocks import check_n_remove, last_blocks, least_influential
+from torch import nn
+
+from ..data.config import CalibrationSet
+from ..search import SearchResult, SearchRun, front_arrays, run_search
+from .blocks import check_n_remove, last_blocks, least_influential, remove_blocks_
+from .config import EvoPConfig
 from .fitness import BlockRemovalEvaluator, greedy_removal_order
 from .problem import BlockRemovalProblem, block_removal_algorithm
 
-BLOCK_METHODS = ("evop", "shortgpt", "sleb", "last")
-
 
 @dataclass
-class BlockChoice:
-    """The blocks to remove and how they score on calibration data (``kl``, ``ppl``).
+class EvoPResult(SearchResult):
+    """The blocks to remove and how they score on the calibration windows.
 
-    ``front`` (multi-objective EvoP only): one entry per Pareto point, best quality first.
+    Attributes:
+        method: The method that chose them.
+        removed_blocks: Indices of the blocks to remove.
+        scores: ``kl`` and ``ppl`` of the model without them, on the calibration windows.
+        n_evaluations: Candidates the search evaluated (0 for a heuristic).
+        front: Every Pareto point, best quality first (``removed_blocks``, ``kl``, ``ppl``,
+            ``blocks_kept``); the chosen point alone with one count.
+        n_blocks: Blocks of the dense model.
+        seconds: Wall time.
     """
+
+    structural = True
+    size_name = "blocks_kept"
+    title = "EvoP block removal"
 
     method: str
     removed_blocks: list[int]
     scores: dict[str, float]
     n_evaluations: int = 0
     front: list[dict] = field(default_factory=list)
+    n_blocks: int = 0
+    seconds: float = 0.0
+    objective: str = "kl"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def quality_name(self) -> str:
+        return self.objective
+
+    def chosen_point(self) -> dict:
+        return {"removed_blocks": self.removed_blocks, **self.scores,
+                "blocks_kept": self.n_blocks - len(self.removed_blocks)}
+
+    def apply(self, model: nn.Module, point=None) -> nn.Module:
+        """Remove the chosen blocks (or ``point``'s) from ``model`` **in place**; returns it."""
+        return remove_blocks_(model, self.point(point)["removed_blocks"])
+
+    def report(self) -> dict:
+        return {"method": self.method, "removed_blocks": self.removed_blocks, "scores": self.scores,
+                "n_evaluations": self.n_evaluations, "front": self.front, "n_blocks": self.n_blocks,
+                "search_seconds": self.seconds}
 
 
-def choose_blocks(model, calibration, n_remove: int | tuple[int, int], method: str = "evop",
-                  objective: str = "kl", pop_size: int = 16, n_gen: int = 10, seed: int = 0,
-                  batch_size: int = 8, evaluator: BlockRemovalEvaluator | None = None,
-                  checkpoint_dir: str | Path | None = None, config: dict | None = None,
-                  resume: bool = False, trust: bool = False, verbose: bool = False, workers=None,
-                  ray_address: str | None = None) -> BlockChoice:
-    """Which blocks of ``model`` to remove (the model is not modified; see ``remove_blocks_``).
+def search_evop(model: nn.Module, calibration, config: EvoPConfig | None = None,
+                run: SearchRun | None = None) -> EvoPResult:
+    """EvoP: which decoder blocks of ``model`` to remove (the model is not modified).
 
-    ``n_remove=(low, high)`` (``evop`` only) searches the size too: ``front`` holds the whole
-    size-vs-quality front and ``removed_blocks`` its largest removal (pick another from ``front``).
-    With ``checkpoint_dir`` the EvoP search is saved after every generation and ``resume=True``
-    continues it (``trust=True`` accepts a checkpoint this user did not write).
+    The pipeline: the dense hidden states of every block are cached once
+    (:class:`BlockRemovalEvaluator`); ``evop`` runs a GA (NSGA-II for a count range) with
+    count-preserving operators whose first population holds ShortGPT's and the last blocks'
+    choices; the heuristics choose directly.
+
+    Args:
+        model: The dense model.
+        calibration: A :class:`~optishear_moo.data.CalibrationSet` (its search windows score
+            candidates) or one ``(n_samples, seq_len)`` tensor.
+        config: The search's settings (:class:`EvoPConfig`; default: its defaults).
+        run: Checkpoint directory, resume, seed, workers, progress (:class:`SearchRun`).
     """
-    if method not in BLOCK_METHODS:
-        raise ValueError(f"unknown block-removal method {method!r}: "
-                         f"choose one of {', '.join(BLOCK_METHODS)}")
-    if isinstance(n_remove, (tuple, list)) and method != "evop":
-        raise ValueError("a range of block counts needs method evop (the heuristics remove a fixed count)")
-    evaluator = evaluator or BlockRemovalEvaluator(model, calibration, batch_size, progress=verbose)
+    config = config or EvoPConfig()
+    run = run or SearchRun()
+    windows = CalibrationSet.of(calibration).search
+    config.check_model(model.config)
+    started = time.perf_counter()
+    evaluator = BlockRemovalEvaluator(model, windows, config.batch_size, progress=run.progress)
     n_blocks = evaluator.n_blocks
-    if method == "shortgpt":
-        removed = least_influential(evaluator.block_influence(), n_remove)
-    elif method == "last":
-        removed = last_blocks(n_blocks, n_remove)
-    elif method == "sleb":
-        removed = sorted(greedy_removal_order(evaluator, n_remove, objective="ppl", progress=verbose))
-    else:
-        return _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, evaluator,
-                     checkpoint_dir, config, resume, trust, verbose, workers, ray_address)
-    check_n_remove(len(removed), n_blocks)
-    return BlockChoice(method, removed, evaluator.evaluate(removed))
-
-
-def _evop(model, calibration, n_remove, objective, pop_size, n_gen, seed, evaluator,
-          checkpoint_dir, config, resume, trust, verbose, workers, ray_address) -> BlockChoice:
-    problem = BlockRemovalProblem(model, calibration, n_remove, objective, evaluator=evaluator,
-                                  workers=workers, ray_address=ray_address)
+    if config.method != "evop":
+        if config.method == "shortgpt":
+            removed = least_influential(evaluator.block_influence(), config.n_remove)
+        elif config.method == "last":
+            removed = last_blocks(n_blocks, config.n_remove)
+        else:
+            removed = sorted(greedy_removal_order(evaluator, config.n_remove, "ppl", progress=run.progress))
+        check_n_remove(len(removed), n_blocks)
+        scores = evaluator.evaluate(removed)
+        point = {"removed_blocks": removed, **scores, "blocks_kept": n_blocks - len(removed)}
+        return EvoPResult(config.method, removed, scores, 0, [point], n_blocks, time.perf_counter() - started,
+                          config.objective)
+    problem = BlockRemovalProblem(model, windows, config.n_remove, config.objective, evaluator=evaluator,
+                                  workers=run.workers, ray_address=run.ray_address)
     low, high = problem.n_remove_range
     influence = evaluator.block_influence()
-    initial = [last_blocks(problem.n_var, n) for n in {low, high}]
+    initial = [last_blocks(n_blocks, n) for n in {low, high}]
     initial += [least_influential(influence, n) for n in {low, high}]  # ShortGPT's choices
-    algorithm = block_removal_algorithm(problem, pop_size, initial=initial, seed=seed)
-    result = run_search(problem, algorithm, ("n_gen", n_gen), seed=seed,
-                        checkpoint_dir=checkpoint_dir, config=config, resume=resume, trust=trust,
-                        verbose=verbose)
-    X, F = front_arrays(result)
+    algorithm = block_removal_algorithm(problem, config.pop_size, initial=initial, seed=run.seed)
+    result = run_search(problem, algorithm, ("n_gen", config.n_gen), run, settings=config.to_dict(),
+                        driver="evop")
+    X, _ = front_arrays(result)
     front = sorted(({"removed_blocks": problem.decode(x), **evaluator.evaluate(problem.decode(x))}
-                    for x in X), key=lambda point: point[objective])
-    chosen = max(front, key=lambda point: len(point["removed_blocks"])) if problem.multi_objective \
-        else front[0]
+                    for x in X), key=lambda point: point[config.objective])
+    for point in front:
+        point["blocks_kept"] = n_blocks - len(point["removed_blocks"])
+    largest = max(front, key=lambda point: len(point["removed_blocks"]))
+    chosen = largest if problem.multi_objective else front[0]
     scores = {name: chosen[name] for name in ("kl", "ppl")}
-    return BlockChoice("evop", chosen["removed_blocks"], scores,
-                       int(result.algorithm.evaluator.n_eval), front if problem.multi_objective else [])
+    return EvoPResult("evop", chosen["removed_blocks"], scores, int(result.algorithm.evaluator.n_eval),
+                      front if problem.multi_objective else [chosen], n_blocks, time.perf_counter() - started,
+                      config.objective)

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..activations import sequential_blocks
+from ..errors import SettingError, param
 from ..models.adapters import PrunableLayer, get_adapter
 from ..pruning.masks import check_sparsity
 from ..pruning.prune import METHODS, prune_weight_, shared_factors
@@ -36,9 +37,9 @@ def sparsity_ladder(target: float | tuple[float, float], step: float = 0.05, lev
     on each side, within ``bounds``: e.g. 0.35 ... 0.65 for a target of 0.5."""
     low, high = (target, target) if not isinstance(target, (tuple, list)) else target
     for value in (low, high):
-        check_sparsity(value)
-    if not step > 0:
-        raise ValueError(f"the ladder step must be positive, got {step}")
+        check_sparsity(value, "target_sparsity")
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
+        raise SettingError(f"the ladder {param('step')} must be positive, got {step!r}")
     start = low - levels_each_side * step
     stop = high + levels_each_side * step
     ladder = np.round(np.arange(start, stop + step / 2, step), 6)
@@ -62,6 +63,10 @@ class SparsityLevelDatabase:
         self.inputs_at = inputs_at  # None: every block pruned from dense inputs
         self.directory = Path(directory) if directory is not None else None
         self._entries: dict[str, torch.Tensor] = {}
+        self._files: dict[str, object] = {}  # open safetensors files of an on-disk database
+
+    def __getstate__(self):  # open files stay behind (Ray workers open their own)
+        return {**self.__dict__, "_files": {}}
 
     @property
     def n_levels(self) -> int:
@@ -143,8 +148,12 @@ class SparsityLevelDatabase:
         if self.directory is None:
             self._entries[name] = levels
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        torch.save(levels, self.directory / f"{name}.pt")
+        from safetensors.torch import save
+
+        from ..outputs import make_directory, write_atomically
+
+        make_directory(self.directory)
+        write_atomically(self.directory / f"{name}.safetensors", save({"levels": levels.contiguous()}))
 
     def weight(self, name: str, level: int) -> torch.Tensor:
         """The stored ``(out, in)`` weight of layer ``name`` at ``level`` (an index of the ladder)."""
@@ -152,7 +161,11 @@ class SparsityLevelDatabase:
             raise ValueError(f"level must be in 0..{self.n_levels - 1}, got {level}")
         if self.directory is None:
             return self._entries[name][level]
-        return torch.load(self.directory / f"{name}.pt", mmap=True, weights_only=True)[level]
+        if name not in self._files:
+            from safetensors import safe_open
+
+            self._files[name] = safe_open(self.directory / f"{name}.safetensors", framework="pt")
+        return self._files[name].get_slice("levels")[level]
 
     def mean_sparsity(self, levels) -> float:
         """Parameter-weighted mean sparsity of per-layer ``levels`` (ladder indices)."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..evaluation.divergence import DenseOutputs, kl_to_dense
 from ..models.adapters import get_adapter
-from ..pruning.masks import check_sparsity
+from ..pruning.masks import check_sparsity_target
 from ..pruning.weights import DenseSnapshot
 from ..search.problem import ModelProblem, problem_fingerprint
 from .database import SparsityLevelDatabase
@@ -30,23 +30,45 @@ SPARSITY_TOLERANCE = 1e-6
 
 
 class LevelSearchProblem(ModelProblem):
-    """Per-layer sparsity levels of ``model`` read from ``database`` (built here if not given:
-    ``method``/``update`` at a ladder of ``step`` around the target, each block pruned from the
-    inputs of the blocks before it at the target, or with ``database_inputs="dense"`` from dense
-    inputs as EvoPress does)."""
+    """Per-layer sparsity levels of ``model`` read from a level database.
+
+    Args:
+        model: The dense model (the working model: layers are swapped in place; see
+            :meth:`restore_dense`).
+        calibration: ``(n_samples, seq_len)`` token ids that score candidates.
+        target_sparsity: Mean sparsity (one objective, the KL; one constraint holds the mean), or
+            ``(low, high)`` (objectives KL and density; two constraints hold the range).
+        database: A :class:`SparsityLevelDatabase` of this model; built here when None, with
+            ``method``/``update`` at a ladder of ``step`` around the target, each block pruned from
+            the inputs of the blocks before it at the target (``database_inputs="pruned"``) or
+            from dense inputs (``"dense"``, as EvoPress).
+        method: The database's pruning method when it is built here.
+        update: Weight update of a metric method's levels when built here.
+        step: Sparsity between levels when built here.
+        batch_size: Calibration windows per forward pass.
+        progress: Show progress while the dense references (and database) are computed.
+        database_inputs: See ``database``.
+        workers: Evaluate on this many Ray workers, or on a ``RayPool``.
+        ray_address: The Ray cluster to join.
+        **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
+    """
 
     def __init__(self, model: nn.Module, calibration: torch.Tensor,
                  target_sparsity: float | tuple[float, float] = 0.5,
                  database: SparsityLevelDatabase | None = None, method: str = "sparsegpt",
                  update: str = "none", step: float = 0.05, batch_size: int = 8, progress: bool = False,
-                 database_inputs: str = "pruned", **problem_kwargs):
-        self.multi_objective = isinstance(target_sparsity, (tuple, list))
-        targets = tuple(sorted(check_sparsity(t) for t in (target_sparsity if self.multi_objective
-                                                           else (target_sparsity,))))
-        self.sparsity_range = (targets[0], targets[-1])
-        self.database = database or SparsityLevelDatabase.for_target(
+                 database_inputs: str = "pruned", workers=None, ray_address: str | None = None,
+                 **problem_kwargs):
+        target_sparsity = check_sparsity_target(target_sparsity)
+        database = database or SparsityLevelDatabase.for_target(
             model, calibration, target_sparsity, method, update, step, database_inputs=database_inputs,
             batch_size=batch_size, progress=progress)
+        replica = dict(model=model, calibration=calibration, target_sparsity=target_sparsity,
+                       database=database, batch_size=batch_size, **problem_kwargs)
+        self.multi_objective = isinstance(target_sparsity, (tuple, list))
+        targets = target_sparsity if self.multi_objective else (target_sparsity, target_sparsity)
+        self.sparsity_range = (targets[0], targets[-1])
+        self.database = database
         ladder = np.asarray(self.database.ladder)
         if self.sparsity_range[0] < ladder.min() - 1e-9 or self.sparsity_range[1] > ladder.max() + 1e-9:
             raise ValueError(f"target sparsity {target_sparsity} lies outside the database's ladder "
@@ -72,10 +94,12 @@ class LevelSearchProblem(ModelProblem):
         super().__init__(n_var=n_var, n_obj=2 if self.multi_objective else 1,
                          n_ieq_constr=2 if self.multi_objective else 1, xl=0, xu=top, vtype=int,
                          vars={name: Integer(bounds=(0, top)) for name in self.database.names},
-                         fingerprint=fingerprint,
+                         replica=replica, fingerprint=fingerprint, workers=workers, ray_address=ray_address,
                          exclude_from_serialization=["model", "database", "layers", "snapshot", "reference",
                                                      "_scores"],
                          **problem_kwargs)
+        uniform = self.uniform_x(self.sparsity_range[0])
+        self.group_totals = [int(uniform[group].sum()) for group in self.level_groups]
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -86,8 +110,25 @@ class LevelSearchProblem(ModelProblem):
         return self.sparsity_range
 
     def levels(self, x) -> np.ndarray:
-        """Per-layer ladder indices of a vector (or dict of variables)."""
-        return np.rint(np.asarray(self.as_vector(x), dtype=float)).astype(int)
+        """Per-layer ladder indices of a vector (or dict of variables): rounded, clipped to the
+        ladder and, with one size target, brought onto the budget (:meth:`on_budget`)."""
+        levels = np.clip(np.rint(np.asarray(self.as_vector(x), dtype=float)), 0, self.database.n_levels - 1)
+        return levels.astype(int) if self.multi_objective else self.on_budget(levels.astype(int))
+
+    def on_budget(self, levels: np.ndarray) -> np.ndarray:
+        """``levels`` with each role group's level sum moved to the target's (the highest layer
+        lowered, or the lowest raised, one step at a time): the mean sparsity is then the target
+        exactly, whatever made the vector (pymoo's plain GA, DE, PSO, CMA-ES...). Level switches
+        keep the sums, so the search's own operators never need it."""
+        levels = levels.copy()
+        for group, total in zip(self.level_groups, self.group_totals):
+            excess = int(levels[group].sum()) - total
+            while excess:
+                step = 1 if excess > 0 else -1
+                index = group[np.argmax(levels[group]) if step > 0 else np.argmin(levels[group])]
+                levels[index] -= step
+                excess -= step
+        return levels
 
     decode = levels
 
@@ -132,7 +173,7 @@ class LevelSearchProblem(ModelProblem):
         return self.kl(x, fidelity)
 
     def _evaluate_vectors(self, X, out, *args, **kwargs):
-        X = np.rint(np.asarray(X, dtype=float)).astype(int)
+        X = np.array([self.levels(x) for x in X])
         F = np.empty((len(X), self.n_obj))
         sparsity = np.array([self.database.mean_sparsity(x) for x in X])
         for row, x in enumerate(X):

@@ -7,6 +7,7 @@ from .adapters import (
     register_adapter,
     supported_model_types,
 )
+from .identity import weights_fingerprint
 from .loading import DEFAULT_MODEL, load_config, load_model, load_tokenizer, resolve_device
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "register_adapter",
     "resolve_device",
     "supported_model_types",
+    "weights_fingerprint",
 ]

@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..errors import SettingError, param
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -115,9 +117,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` picks CUDA when it is available, else the CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    name = device
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise SettingError(f"{param('device')} {str(name)!r} is unknown: use cpu, cuda (or cuda:N) or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use --device cpu")
+        raise SettingError(f"{param('device')} 'cuda' was asked for but torch sees no GPU: use "
+                           f"{param('device')} cpu")
     return device
 
 
@@ -127,7 +136,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(names)}")
+        raise SettingError(f"{param('dtype')} {dtype!r} is unknown: use one of {', '.join(names)}")
     return names[dtype]
 
 
@@ -205,6 +214,8 @@ def _from_pretrained(loader, source: str, gguf_file: str | None, **kwargs):
                                            "unreachable") from None
             return loader.from_pretrained(source, **kwargs)
     except OSError as error:
+        if local:
+            raise _bad_local_model(source, gguf_file, error) from error
         raise _unavailable(source, f"it could not be fetched from the Hugging Face hub "
                                    f"({str(error).splitlines()[0]})") from error
     except (ValueError, TypeError, KeyError, EOFError) as error:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..activations import InputStatistics, model_device, recording_inputs
+from ..errors import SettingError, param
 from ..evaluation.divergence import DenseOutputs, chunked_kl_sum, final_hidden
 from ..models.adapters import PrunableLayer, get_adapter
 from ..pruning.prune import shared_factors
@@ -38,7 +39,8 @@ def check_objectives(objectives) -> tuple[str, ...]:
     objectives = (objectives,) if isinstance(objectives, str) else tuple(objectives)
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown or not objectives or len(set(objectives)) != len(objectives):
-        raise ValueError(f"objectives must be distinct names from {', '.join(OBJECTIVES)}; got {objectives}")
+        raise SettingError(f"{param('objectives')} must be distinct names from {', '.join(OBJECTIVES)}; got "
+                           f"{objectives}")
     return objectives
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..models.adapters import get_adapter
 from ..pruning.allocation import outlier_ratio, owl_allocation
-from ..pruning.masks import parse_nm
+from ..pruning.masks import check_sparsity_target, parse_nm
 from ..pruning.metrics import wanda_score
 from ..pruning.prune import check_nm_divides
 from ..search.problem import ModelProblem, problem_fingerprint
@@ -25,22 +25,39 @@ SPARSITY_TOLERANCE = 1e-3
 
 
 class OptiShearProblem(ModelProblem):
-    """Pruning of ``model`` on ``calibration`` tokens as a pymoo problem.
+    """Pruning of ``model`` on ``calibration`` tokens as a pymoo problem: a searched meta pruning
+    metric and per-block sparsity (and, in the joint space, the weight update).
 
-    Decision vector: see :mod:`optishear_moo.optishear.encoding`. Objectives (minimised): any of
-    ``"kl"``, ``"output_error"``, ``"reconstruction"``, ``"density"`` (see
-    :mod:`optishear_moo.optishear.fitness`); ``"density"`` needs ``target_sparsity=(low, high)`` so that
-    size is searched. With ``layerwise="discrete"`` one inequality constraint,
-    |mean block sparsity − target| − 1e-3 ≤ 0 (the other encodings hit the target exactly, so
-    they declare none and unconstrained algorithms such as MOEA/D apply).
+    Decision vector: see :mod:`optishear_moo.optishear.encoding`. With ``layerwise="discrete"``
+    one inequality constraint, |mean block sparsity − target| − 1e-3 ≤ 0 (the other encodings hit
+    the target exactly, so they declare none and unconstrained algorithms such as MOEA/D apply).
+    The model is pruned in place for each candidate and restored right after; it is dense again
+    whenever ``_evaluate`` returns. Dense references are computed once, here. Candidates may be
+    vectors or, for mixed-variable algorithms, dicts over ``vars`` (see
+    :mod:`optishear_moo.search.problem`).
 
-    The model is pruned in place for each candidate and restored right after; it is dense
-    again whenever ``_evaluate`` returns. Dense references are computed once, here.
-    ``update`` (``"obs"``, ``"lstsq"``) reconstructs every candidate's kept weights from the dense
-    inputs before it is scored; ``search_update=True`` makes the update a gene (the joint space:
-    metric, allocation and update searched together).
-    Candidates may be vectors or, for mixed-variable algorithms, dicts over ``vars`` (see
-    :mod:`optishear_moo.search.problem`); other keyword arguments go to ``pymoo.core.problem.Problem``.
+    Args:
+        model: The dense causal LM (any supported architecture).
+        calibration: ``(n_samples, seq_len)`` token ids that score candidates.
+        target_sparsity: Mean sparsity, or ``(low, high)`` to search the size too.
+        objectives: Minimised objectives, any of ``kl``, ``output_error``, ``reconstruction``,
+            ``density`` (``density`` needs a ``(low, high)`` target); see
+            :mod:`optishear_moo.optishear.fitness`.
+        layerwise: ``continuous``, ``discrete`` or ``uniform`` per-block sparsity.
+        nm: An N:M pattern (``(2, 4)`` or ``"2:4"``): only the metric is searched.
+        step: Sparsity step of the ``discrete`` encoding.
+        max_deviation: Largest deviation of a block from the target (``continuous``).
+        sparsity_bounds: Lowest and highest block sparsity.
+        search_metric: Search the metric (else Wanda's, with the allocation searched).
+        batch_size: Calibration windows per forward pass.
+        reconstruction_tokens: Tokens per layer of the ``reconstruction`` objective.
+        fidelity: Share of the calibration windows the forward objectives use.
+        progress: Show progress while the dense references are computed.
+        update: Weight update of every candidate: ``none``, ``obs`` or ``lstsq``.
+        search_update: Make the update a gene (the joint space).
+        workers: Evaluate on this many Ray workers, or on a ``RayPool``.
+        ray_address: The Ray cluster to join.
+        **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
     """
 
     def __init__(
@@ -61,8 +78,17 @@ class OptiShearProblem(ModelProblem):
         progress: bool = False,
         update: str = "none",
         search_update: bool = False,
+        workers=None,
+        ray_address: str | None = None,
         **problem_kwargs,
     ):
+        replica = dict(model=model, calibration=calibration, target_sparsity=target_sparsity,
+                       objectives=objectives, layerwise=layerwise, nm=nm, step=step,
+                       max_deviation=max_deviation, sparsity_bounds=sparsity_bounds,
+                       search_metric=search_metric, batch_size=batch_size,
+                       reconstruction_tokens=reconstruction_tokens, fidelity=fidelity, update=update,
+                       search_update=search_update, **problem_kwargs)
+        target_sparsity = check_sparsity_target(target_sparsity)
         self.objectives = check_objectives(objectives)
         self.nm = parse_nm(nm)
         adapter = get_adapter(model)
@@ -92,9 +118,10 @@ class OptiShearProblem(ModelProblem):
                                           self.objectives, batch_size, reconstruction_tokens)
         constrained = self.space.layerwise == "discrete"
         super().__init__(n_var=self.space.n_var, n_obj=len(self.objectives), n_ieq_constr=int(constrained),
-                         xl=xl, xu=xu, vars=self.space.variables(), fingerprint=fingerprint,
+                         xl=xl, xu=xu, vars=self.space.variables(), replica=replica, fingerprint=fingerprint,
                          exclude_from_serialization=["model", "layers", "reference", "evaluator",
-                                                     "mask_builder"], **problem_kwargs)
+                                                     "mask_builder"],
+                         workers=workers, ray_address=ray_address, **problem_kwargs)
 
     @property
     def repair(self) -> BalancedSparsityRepair:

@@ -1,5 +1,6 @@
-"""OptiShear in one call (API and CLI): build the problem, run a pymoo algorithm with checkpoints,
-re-score the front, and return its plans; :meth:`OptiShearResult.save` writes them to disk."""
+"""OptiShear's whole pipeline in one function: :func:`search_optishear` builds the problem, runs a
+pymoo algorithm warm-started with the baselines (checkpointed), re-scores the front, chooses its
+plan on held-out windows, and returns an :class:`OptiShearResult`."""
 
 from __future__ import annotations
 
@@ -10,31 +11,44 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pymoo.core.result import Result
+from torch import nn
 
+from ..data.config import CalibrationSet
+from ..outputs import write_atomically
 from ..search import (
     FidelitySchedule,
+    SearchResult,
+    SearchRun,
     front_arrays,
     make_algorithm,
-    plot_pareto,
     reevaluate_at_full_fidelity,
     run_search,
 )
+from .config import OptiShearConfig
 from .plan import PruningPlan
 from .problem import OptiShearProblem
 
 
 @dataclass
-class OptiShearResult:
+class OptiShearResult(SearchResult):
     """The front of an OptiShear search, best first objective first.
 
-    ``front``: one ``{"objectives", "plan", "X"}`` entry per Pareto point (with
-    ``"validation_kl"`` when validation windows were given); ``chosen``: the plan of the entry
-    with the lowest validation KL, else of the first entry (bound to the search's statistics, so
-    ``chosen.apply(model)`` needs no calibration); ``baselines``: objective values of the
-    baseline plans (uniform Wanda, magnitude, OWL-Wanda) for reference, with two or more
-    objectives.
+    Attributes:
+        objectives: The objectives, in the order of each point's values.
+        front: One ``{"objectives", "plan", "X", "density"}`` entry per Pareto point (with
+            ``"validation_kl"`` when validation windows were given).
+        chosen: The plan of the entry with the lowest validation KL, else of the first entry (bound
+            to the search's statistics for the search's model).
+        n_evaluations: Candidates evaluated.
+        seconds: Wall time of the search.
+        baselines: Objective values of the baseline plans (uniform Wanda, magnitude, OWL-Wanda),
+            with two or more objectives.
+        chosen_by: How ``chosen`` was picked.
+        baseline_plans: The baselines' plans (``PruningPlan.to_dict()``), for comparisons.
+        calibration: The windows ``apply`` prunes from (the pruning windows).
     """
+
+    title = "OptiShear search"
 
     objectives: tuple[str, ...]
     front: list[dict]
@@ -42,97 +56,120 @@ class OptiShearResult:
     n_evaluations: int
     seconds: float
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
-    result: Result | None = field(default=None, repr=False)
     chosen_by: str = "first objective on the calibration windows"
+    baseline_plans: dict[str, dict] = field(default_factory=dict)
+    calibration: torch.Tensor | None = field(default=None, repr=False)
+    _baseline_points: dict | None = field(default=None, init=False, repr=False)
 
-    def to_dict(self) -> dict:
+    @property
+    def quality_name(self) -> str:
+        return self.objectives[0]
+
+    def chosen_point(self) -> dict:
+        return {"plan": self.chosen.to_dict(), "density": 1 - self.chosen.target_sparsity}
+
+    def baseline_points(self) -> dict[str, dict]:
+        if self._baseline_points is None:  # made once: scores added to them (zero-shot) stay
+            self._baseline_points = {label: {"plan": plan, "density": 1 - plan["target_sparsity"],
+                                             **self.baselines.get(label, {})}
+                                     for label, plan in self.baseline_plans.items()}
+        return self._baseline_points
+
+    def plan(self, point=None) -> PruningPlan:
+        """The plan of the chosen point, of ``front[point]`` or of a point dict."""
+        if point is None:
+            return self.chosen
+        return PruningPlan.from_dict(self.point(point)["plan"])
+
+    def apply(self, model: nn.Module, point=None) -> nn.Module:
+        """Prune ``model`` **in place** with the chosen plan (or ``point``'s), block by block from
+        the pruning windows; returns the model."""
+        return self.plan(point).apply(model, self.calibration)
+
+    def report(self) -> dict:
+        scored = {label: point["zero_shot"] for label, point in self.baseline_points().items()
+                  if "zero_shot" in point}
         return {"objectives": list(self.objectives), "front": self.front,
                 "chosen_plan": self.chosen.to_dict(), "chosen_by": self.chosen_by,
-                "n_evaluations": self.n_evaluations,
-                "search_seconds": self.seconds, "baselines": self.baselines}
+                "n_evaluations": self.n_evaluations, "search_seconds": self.seconds,
+                "baselines": self.baselines, **({"baselines_zero_shot": scored} if scored else {})}
 
-    def save(self, directory: str | Path, title: str | None = None) -> None:
-        """``front.json``, ``front.csv``, ``best_plan.json`` and (two or more objectives)
-        ``pareto.png``/``.svg`` with the baselines and every evaluated candidate of
-        ``directory/evaluations.jsonl`` drawn in."""
+    def save(self, directory: str | Path, title: str | None = None, history=None) -> None:
+        """``front.json``, ``front.csv``, ``best_plan.json`` and, with two or more objectives, the
+        Pareto plot with the baselines and every evaluated candidate (``evaluations.jsonl``)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        log = directory / "evaluations.jsonl"
+        if history is None and log.is_file() and not log.is_symlink():
+            records = map(json.loads, log.read_text().splitlines())
+            history = [record["F"] for record in records if "F" in record]
+        super().save(directory, title, np.array(history) if history else None)
         objectives = list(self.objectives)
-        (directory / "front.json").write_text(json.dumps(self.front, indent=2))
         header = ",".join(objectives + ["formula", "mean_block_sparsity"])
         rows = [",".join([f"{p['objectives'][o]:.6g}" for o in objectives]
                          + [f"\"{p['plan']['formula']}\"", f"{np.mean(p['plan']['block_sparsity']):.4f}"])
                 for p in self.front]
-        (directory / "front.csv").write_text("\n".join([header, *rows]) + "\n")
-        self.chosen.save(directory / "best_plan.json")
-        if len(objectives) < 2:
-            return
-        log = directory / "evaluations.jsonl"
-        history = ([json.loads(line)["F"] for line in log.read_text().splitlines() if line]
-                   if log.exists() else [])
-        F = np.array([[p["objectives"][o] for o in objectives] for p in self.front])
-        baselines = {label: [values[o] for o in objectives] for label, values in self.baselines.items()}
-        plot_pareto(F, objectives, directory / "pareto", baselines=baselines,
-                    history=np.array(history) if history else None, title=title)
+        write_atomically(directory / "front.csv", "\n".join([header, *rows]) + "\n")
+        write_atomically(directory / "best_plan.json", json.dumps(self.chosen.to_dict(), indent=2))
 
 
-def search_optishear(model: torch.nn.Module, calibration: torch.Tensor,
-                     target_sparsity: float | tuple[float, float] = 0.5,
-                     objectives=("kl", "reconstruction"), layerwise: str = "continuous",
-                     nm: str | tuple[int, int] | None = None, algorithm: str = "nsga2",
-                     pop_size: int = 16, n_gen: int = 10, seed: int = 0, batch_size: int = 8,
-                     low_fidelity: float = 1.0, low_fidelity_gens: int = 3,
-                     update: str = "none", search_update: bool = False,
-                     validation: torch.Tensor | None = None,
-                     problem: OptiShearProblem | None = None, workers=None,
-                     ray_address: str | None = None,
-                     checkpoint_dir: str | Path | None = None, config: dict | None = None,
-                     resume: bool = False, trust: bool = False, verbose: bool = False) -> OptiShearResult:
-    """OptiShear search over ``model`` (left dense afterwards).
+def search_optishear(model: nn.Module, calibration, config: OptiShearConfig | None = None,
+                     run: SearchRun | None = None) -> OptiShearResult:
+    """OptiShear: search a pruning metric and per-block sparsity (and update) for ``model``.
 
-    Builds :class:`OptiShearProblem` (or uses ``problem``), an ``algorithm`` from
-    :func:`~optishear_moo.search.make_algorithm` (warm-started with the baselines), and runs it
-    for ``n_gen`` generations; ``low_fidelity < 1`` scores the first ``low_fidelity_gens``
-    generations on that share of the calibration samples and re-scores the final front on all.
-    ``update``/``search_update``: a fixed weight update for every candidate, or the update as a
-    gene (see :class:`OptiShearProblem`). With ``validation`` windows (other text than the
-    calibration), the front's plan with the lowest KL on them is chosen. ``workers`` (a number,
-    or a :class:`~optishear_moo.search.pool.RayPool`) evaluates populations on Ray workers.
-    With ``checkpoint_dir`` the run is saved after every generation; ``resume=True`` continues it
-    (``trust=True`` accepts a checkpoint this user did not write; see :mod:`optishear_moo.search`).
+    The pipeline: :class:`OptiShearProblem` on the search windows; an algorithm from
+    :func:`~optishear_moo.search.make_algorithm` whose first population holds the baselines
+    (uniform Wanda, magnitude, OWL-Wanda, RIA); ``config.n_gen`` generations (the first ones at
+    low fidelity if asked, the front re-scored on all windows); the front's plan with the lowest KL
+    on the validation windows (else the first objective's best) is chosen. The model is left dense;
+    ``result.apply(model)`` prunes it from the pruning windows.
+
+    Args:
+        model: The dense model.
+        calibration: A :class:`~optishear_moo.data.CalibrationSet` (search, pruning and validation
+            windows), or one ``(n_samples, seq_len)`` tensor for every role.
+        config: The search's settings (:class:`OptiShearConfig`; default: its defaults).
+        run: Checkpoint directory, resume, seed, workers, progress (:class:`SearchRun`).
     """
+    config = config or OptiShearConfig()
+    run = run or SearchRun()
+    calibration = CalibrationSet.of(calibration)
     started = time.perf_counter()
-    if n_gen < 1:
-        raise ValueError(f"the number of generations must be at least 1, got {n_gen}")
-    problem = problem or OptiShearProblem(model, calibration, target_sparsity, objectives, layerwise, nm,
-                                          batch_size=batch_size, progress=verbose, update=update,
-                                          search_update=search_update, workers=workers,
-                                          ray_address=ray_address)
-    schedule = {"callback": FidelitySchedule(low_fidelity, low_fidelity_gens)} if low_fidelity < 1 else {}
-    result = run_search(problem, make_algorithm(algorithm, problem, pop_size, seed), ("n_gen", n_gen),
-                        seed=seed, checkpoint_dir=checkpoint_dir, config=config, resume=resume,
-                        trust=trust, verbose=verbose, **schedule)
-    if schedule:
+    problem = OptiShearProblem(model, calibration.search, config.target_sparsity, config.objectives,
+                               config.layerwise, config.nm, batch_size=config.batch_size,
+                               reconstruction_tokens=config.reconstruction_tokens, progress=run.progress,
+                               update=config.update, search_update=config.search_update,
+                               workers=run.workers, ray_address=run.ray_address)
+    schedule = None
+    if config.low_fidelity < 1:
+        schedule = FidelitySchedule(config.low_fidelity, config.low_fidelity_gens)
+    algorithm = make_algorithm(config.algorithm, problem, config.pop_size, run.seed)
+    result = run_search(problem, algorithm, ("n_gen", config.n_gen), run, settings=config.to_dict(),
+                        callback=schedule, driver="optishear")
+    if schedule is not None:
         reevaluate_at_full_fidelity(problem, result)
     X, F = front_arrays(result)
     order = np.argsort(F[:, 0], kind="stable")
-    held_out = problem.validation_kl(X[order], validation) if validation is not None else None
+    held_out = (problem.validation_kl(X[order], calibration.validation)
+                if calibration.validation is not None else None)
     front = []
     for rank, k in enumerate(order):
         plan = problem.decode(X[k])
         plan.objectives = dict(zip(problem.objectives, map(float, F[k])))
-        front.append({"objectives": plan.objectives, "plan": plan.to_dict(), "X": X[k].tolist()})
+        front.append({"objectives": plan.objectives, **plan.objectives, "plan": plan.to_dict(),
+                      "density": 1 - plan.target_sparsity, "X": X[k].tolist()})
         if held_out is not None:
             front[-1]["validation_kl"] = float(held_out[rank])
     best = int(np.argmin(held_out)) if held_out is not None else 0
     chosen = problem.decode(X[order[best]])
     chosen.objectives = front[best]["objectives"]
-    baselines = {}
+    baselines, baseline_plans = {}, {}
     if problem.n_obj >= 2:
         for label, x in problem.baseline_vectors().items():
             values = problem.evaluate(np.array([x]), return_values_of=["F"])[0]
             baselines[label] = dict(zip(problem.objectives, map(float, values)))
+            baseline_plans[label] = problem.decode(x).to_dict()
     chosen_by = ("KL on held-out validation windows" if held_out is not None
                  else "first objective on the calibration windows")
     return OptiShearResult(problem.objectives, front, chosen, int(result.algorithm.evaluator.n_eval),
-                           time.perf_counter() - started, baselines, result, chosen_by)
+                           time.perf_counter() - started, baselines, chosen_by, baseline_plans,
+                           calibration.pruning)

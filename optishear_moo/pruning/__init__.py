@@ -41,8 +41,3 @@ __all__ = [
     "wanda_score",
 ]
 
-
-def __getattr__(name):  # names that moved to a method package
-    from .._moved import moved_attribute
-
-    return moved_attribute(__name__, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import SettingError, param
 from .masks import check_sparsity
 
 ALLOCATIONS = ("uniform", "owl")
@@ -47,8 +48,7 @@ def owl_allocation(
     offsets = scaled - np.average(scaled, weights=weights)
     sparsities = target_sparsity - offsets
     if sparsities.min() < 0 or sparsities.max() >= 1:
-        raise ValueError(
-            f"OWL with lambda={lam} at target {target_sparsity} gives block sparsities outside "
-            f"[0, 1) ({sparsities.min():.3f}..{sparsities.max():.3f}): lower --owl-lambda"
-        )
+        raise SettingError(f"OWL with {param('owl_lambda')}={lam} at target {target_sparsity} gives block "
+                           f"sparsities outside [0, 1) ({sparsities.min():.3f}..{sparsities.max():.3f}): "
+                           f"lower {param('owl_lambda')}")
     return sparsities

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SettingError, one_or_range, param
+
 
 def parse_nm(nm: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """``"2:4"`` or ``(2, 4)`` to ``(n, m)``: keep ``n`` weights of every ``m`` consecutive inputs."""
@@ -13,19 +15,32 @@ def parse_nm(nm: str | tuple[int, int] | None) -> tuple[int, int] | None:
         try:
             n, m = (int(part) for part in nm.split(":"))
         except ValueError:
-            raise ValueError(f"N:M sparsity must look like '2:4', got {nm!r}") from None
+            raise SettingError(f"N:M sparsity {param('nm')} must look like '2:4', got {nm!r}") from None
     else:
-        n, m = nm
+        try:
+            n, m = (int(part) for part in nm)
+        except (TypeError, ValueError):
+            raise SettingError(f"N:M sparsity {param('nm')} must be (N, M), got {nm!r}") from None
     if not (0 < n < m):
-        raise ValueError(f"N:M sparsity needs 0 < N < M, got {n}:{m}")
+        raise SettingError(f"N:M sparsity {param('nm')} needs 0 < N < M, got {n}:{m}")
     return n, m
 
 
-def check_sparsity(sparsity: float) -> float:
-    sparsity = float(sparsity)
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}: e.g. 0.5 prunes half the weights")
-    return sparsity
+def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
+    """``sparsity`` as a float in [0, 1); a :class:`SettingError` naming parameter ``name`` otherwise."""
+    try:
+        value = float(sparsity)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(sparsity, bool) or not 0.0 <= value < 1.0:
+        raise SettingError(f"{param(name)} must be in [0, 1), got {sparsity!r}: e.g. 0.5 prunes half the "
+                           "weights")
+    return value
+
+
+def check_sparsity_target(value, name: str = "target_sparsity") -> float | tuple[float, float]:
+    """One sparsity in [0, 1), or a ``(low, high)`` range with ``low < high``."""
+    return one_or_range(value, name, lambda one: check_sparsity(one, name))
 
 
 def _keep_all_but_lowest(scores: torch.Tensor, n_pruned: int, dim: int) -> torch.Tensor:

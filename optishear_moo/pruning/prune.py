@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..activations import collect_input_statistics, sequential_blocks
+from ..errors import SettingError, at_least, param
 from ..models.adapters import PrunableLayer, get_adapter
 from .allocation import ALLOCATIONS, outlier_ratio, owl_allocation, uniform_allocation
 from .masks import build_mask, check_sparsity, parse_nm
@@ -26,7 +27,19 @@ METHODS = ("magnitude", "wanda", "ria", "sparsegpt")
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """What to prune and how. ``nm=(2, 4)`` overrides ``sparsity`` with ``1 - n/m``."""
+    """What to prune and how (a fixed recipe: :func:`prune_model`).
+
+    Args:
+        method: ``magnitude``, ``wanda``, ``ria`` or ``sparsegpt``.
+        sparsity: Target sparsity in [0, 1).
+        nm: An N:M pattern (``(2, 4)`` or ``"2:4"``); overrides ``sparsity`` with ``1 - n/m``.
+        allocation: Per-block sparsity: ``uniform`` or ``owl``.
+        owl_lambda: OWL's spread of block sparsities around the target.
+        owl_threshold: OWL's outlier threshold (times the mean score).
+        batch_size: Calibration windows per forward pass.
+        update: Weight update of a metric's mask: ``none``, ``obs`` or ``lstsq`` (SparseGPT
+            updates itself).
+    """
 
     method: str = "wanda"
     sparsity: float = 0.5
@@ -39,21 +52,29 @@ class PruningConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"unknown pruning method {self.method!r}: use one of {', '.join(METHODS)}")
+            raise SettingError(f"{param('method')} {self.method!r} is not a pruning method: use one of "
+                               f"{', '.join(METHODS)}")
         if self.allocation not in ALLOCATIONS:
-            raise ValueError(
-                f"unknown allocation {self.allocation!r}: use one of {', '.join(ALLOCATIONS)}"
-            )
+            raise SettingError(f"{param('allocation')} {self.allocation!r} is unknown: use one of "
+                               f"{', '.join(ALLOCATIONS)}")
         nm = parse_nm(self.nm)
         object.__setattr__(self, "nm", nm)
         if nm is not None:
             if self.allocation != "uniform":
-                raise ValueError("N:M sparsity fixes every layer's sparsity: use allocation 'uniform'")
+                raise SettingError(f"N:M sparsity fixes every layer's sparsity: use {param('allocation')} "
+                                   f"uniform")
             object.__setattr__(self, "sparsity", 1.0 - nm[0] / nm[1])
-        check_sparsity(self.sparsity)
+        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
         check_update(self.update)
+        at_least("batch_size", self.batch_size, 1)
         if self.method == "sparsegpt" and self.update != "none":
-            raise ValueError("sparsegpt updates the kept weights itself: use update 'none' with it")
+            raise SettingError(f"sparsegpt updates the kept weights itself: use {param('update')} none with "
+                               f"it")
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["nm"] = f"{self.nm[0]}:{self.nm[1]}" if self.nm else None
+        return values
 
     @property
     def needs_calibration(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SettingError, param
 from .sparsegpt import HessianFactor, obs_update_
 
 UPDATES = ("none", "obs", "lstsq")
@@ -22,7 +23,8 @@ UPDATES = ("none", "obs", "lstsq")
 
 def check_update(update: str) -> str:
     if update not in UPDATES:
-        raise ValueError(f"unknown weight update {update!r}: use one of {', '.join(UPDATES)}")
+        raise SettingError(f"{param('update')} {update!r} is not a weight update: use one of "
+                           f"{', '.join(UPDATES)}")
     return update
 
 

@@ -1,5 +1,6 @@
-"""Method-agnostic search machinery over pymoo: checkpointed runs, the algorithm factory,
-fidelity schedules and Pareto plots."""
+"""Method-agnostic search machinery over pymoo: how a search runs (:class:`SearchRun`),
+checkpointed runs that resume by replaying their evaluation log, the algorithm factory, staged
+selection, fidelity schedules, results and Pareto plots."""
 
 from .algorithms import (
     MULTI_OBJECTIVE_ALGORITHMS,
@@ -7,19 +8,16 @@ from .algorithms import (
     check_algorithm,
     make_algorithm,
 )
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_state, save_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, EvaluationLog, read_state
 from .fidelity import FidelitySchedule, reevaluate_at_full_fidelity
+from .levels import SelectionStage, StagedSurvival, halving_stages
 from .plotting import plot_pareto
-from .runner import front_arrays, generations_reached, run_search, termination_from_tuple
-from .safe_pickle import DataUnpickler
+from .result import SearchResult, zero_shot_front
+from .run import SearchRun
+from .runner import front_arrays, run_search
 
-__all__ = ["CHECKPOINT_FORMAT", "MULTI_OBJECTIVE_ALGORITHMS", "SINGLE_OBJECTIVE_ALGORITHMS",
-           "CheckpointError", "DataUnpickler", "FidelitySchedule", "check_algorithm", "front_arrays",
-           "generations_reached", "load_checkpoint", "load_state", "make_algorithm", "plot_pareto",
-           "reevaluate_at_full_fidelity", "run_search", "save_checkpoint", "termination_from_tuple"]
-
-
-def __getattr__(name):  # names that moved to a method package
-    from .._moved import moved_attribute
-
-    return moved_attribute(__name__, name)
+__all__ = ["CHECKPOINT_FORMAT", "MULTI_OBJECTIVE_ALGORITHMS", "SINGLE_OBJECTIVE_ALGORITHMS", "Checkpoint",
+           "CheckpointError", "EvaluationLog", "FidelitySchedule", "SearchResult", "SearchRun",
+           "SelectionStage", "StagedSurvival", "check_algorithm", "front_arrays", "halving_stages",
+           "make_algorithm", "plot_pareto", "read_state", "reevaluate_at_full_fidelity", "run_search",
+           "zero_shot_front"]

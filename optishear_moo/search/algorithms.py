@@ -5,6 +5,8 @@ from __future__ import annotations
 from pymoo.core.algorithm import Algorithm
 from pymoo.core.problem import Problem
 
+from ..errors import SettingError, param
+
 MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "agemoea", "smsemoa")
 SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "de", "cmaes")
 
@@ -16,15 +18,17 @@ def check_algorithm(name: str, n_obj: int) -> str:
         import importlib.util
 
         if importlib.util.find_spec("numba") is None:
-            raise ValueError("AGE-MOEA needs numba: pip install 'optishear-moo[algorithms]' (or numba)")
+            raise SettingError(f"{param('algorithm')} agemoea needs numba: pip install "
+                               "'optishear-moo[algorithms]' (or numba)")
     if name not in MULTI_OBJECTIVE_ALGORITHMS + SINGLE_OBJECTIVE_ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}: use one of "
+        raise SettingError(f"{param('algorithm')} {name!r} is unknown: use one of "
                          f"{', '.join(MULTI_OBJECTIVE_ALGORITHMS + SINGLE_OBJECTIVE_ALGORITHMS)}")
     if name in SINGLE_OBJECTIVE_ALGORITHMS and n_obj != 1:
-        raise ValueError(f"{name} is single-objective but {n_obj} objectives were chosen: "
-                         f"use one of {', '.join(MULTI_OBJECTIVE_ALGORITHMS)} or one objective")
+        raise SettingError(f"{param('algorithm')} {name} is single-objective but {n_obj} "
+                           f"{param('objectives')} were chosen: use one of "
+                           f"{', '.join(MULTI_OBJECTIVE_ALGORITHMS)} or one objective")
     if name in MULTI_OBJECTIVE_ALGORITHMS and n_obj < 2 and name != "nsga2":
-        raise ValueError(f"{name} needs at least two objectives")
+        raise SettingError(f"{param('algorithm')} {name} needs at least two {param('objectives')}")
     return name
 
 
@@ -35,7 +39,7 @@ def make_algorithm(name: str, problem: Problem, pop_size: int = 16, seed: int = 
     name = check_algorithm(name, problem.n_obj)
     n_obj = problem.n_obj
     if pop_size < 2:
-        raise ValueError(f"population size must be at least 2, got {pop_size}")
+        raise SettingError(f"{param('pop_size')} must be at least 2, got {pop_size}")
     repair = getattr(problem, "repair", None)
     kwargs = {"repair": repair} if repair is not None else {}
     if hasattr(problem, "initial_population") and name != "cmaes":

@@ -12,8 +12,10 @@ for staged selection, ``stage_score(x, stage)``.
 * :class:`LevelSwitchMutation` – ``min(U{1..3}, U{1..3})`` switches (DarwinLM, EvoPress); with a
   size range some offspring move one level instead.
 * :class:`CopyParent` – no recombination.
-* :class:`StagedSurvival` – multi-fidelity selection: parents and offspring are re-scored stage
-  by stage (more calibration tokens, or a fine-tune, for fewer survivors).
+* :class:`SelectionStage`, :func:`halving_stages` and :class:`StagedSurvival` – staged selection:
+  parents and offspring are re-scored stage by stage (more calibration windows, or a longer
+  fine-tune, for fewer survivors): EvoPress's multi-fidelity and DarwinLM's training-aware
+  selection are the same scheme.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pymoo.core.crossover import Crossover
 from pymoo.core.mutation import Mutation
 from pymoo.core.sampling import Sampling
 from pymoo.core.survival import Survival
+
+from ..errors import SettingError, param
 
 
 def level_switch(x: np.ndarray, problem, rng) -> bool:
@@ -98,22 +102,48 @@ class CopyParent(Crossover):
 
 
 @dataclass(frozen=True)
-class FidelityStage:
-    """One stage of multi-fidelity selection: candidates still in the race are scored on the first
-    ``eval_samples`` calibration windows (all when None) and the best ``survivors`` go on."""
+class SelectionStage:
+    """One stage of staged selection: every candidate still in the race is fine-tuned on
+    ``finetune_tokens`` tokens (DarwinLM's training-aware selection; 0: none), scored on the first
+    ``eval_samples`` calibration windows (all when None), and the best ``survivors`` go on."""
 
     survivors: int
     eval_samples: int | None = None
+    finetune_tokens: int = 0
 
 
-def fidelity_stages(n_samples: int, pop_size: int = 1, n_stages: int = 3) -> list[FidelityStage]:
-    """EvoPress-style stages: survivors halve down to ``pop_size`` while the windows they are scored
-    on double up to all ``n_samples`` (e.g. 8 windows, 3 stages: 4 on 2, 2 on 4, 1 on 8)."""
-    if n_stages < 1:
-        raise ValueError(f"n_stages must be at least 1, got {n_stages}")
-    return [FidelityStage(pop_size * 2 ** (n_stages - 1 - k),
-                          max(1, n_samples // 2 ** (n_stages - 1 - k)) if k < n_stages - 1 else None)
-            for k in range(n_stages)]
+def halving_stages(pop_size: int = 1, n_stages: int | None = None, n_samples: int | None = None,
+                   finetune_tokens=None) -> list[SelectionStage]:
+    """Stages whose survivors halve down to ``pop_size``.
+
+    Args:
+        pop_size: Survivors of the last stage (the parents of the next generation).
+        n_stages: Number of stages (default: one per ``finetune_tokens`` entry, else 3).
+        n_samples: With it, the windows scored double from stage to stage up to all
+            ``n_samples`` (EvoPress's multi-fidelity selection: 8 windows, 3 stages score 2, 4,
+            then all 8).
+        finetune_tokens: Fine-tuning tokens per stage, growing (DarwinLM's training-aware
+            selection), e.g. ``[1024, 2048, 4096]``.
+    """
+    tokens = [int(t) for t in finetune_tokens] if finetune_tokens is not None else None
+    if tokens is not None:
+        if not tokens or any(t <= 0 for t in tokens):
+            raise SettingError(f"{param('finetune_tokens')} per stage must be positive integers, got "
+                               f"{finetune_tokens}")
+        if tokens != sorted(tokens):
+            raise SettingError(f"{param('finetune_tokens')} must grow from stage to stage, got {tokens}")
+        if n_stages is not None and n_stages != len(tokens):
+            raise SettingError(f"{param('n_stages')} is {n_stages} but {len(tokens)} "
+                               f"{param('finetune_tokens')} were given")
+    n_stages = len(tokens) if tokens is not None else (3 if n_stages is None else n_stages)
+    if isinstance(n_stages, bool) or not isinstance(n_stages, int) or n_stages < 1:
+        raise SettingError(f"{param('n_stages')} must be at least 1, got {n_stages!r}")
+    stages = []
+    for k in range(n_stages):
+        halvings = n_stages - 1 - k
+        samples = max(1, n_samples // 2 ** halvings) if n_samples is not None and halvings else None
+        stages.append(SelectionStage(pop_size * 2 ** halvings, samples, tokens[k] if tokens else 0))
+    return stages
 
 
 def check_stages(stages, pop_size: int) -> tuple:
@@ -121,8 +151,10 @@ def check_stages(stages, pop_size: int) -> tuple:
     stages = tuple(stages)
     survivors = [stage.survivors for stage in stages]
     if not stages or survivors != sorted(survivors, reverse=True) or survivors[-1] != pop_size:
-        raise ValueError(f"selection stages must keep non-increasing numbers of survivors ending at "
-                         f"the population size {pop_size}; got {survivors}")
+        raise SettingError(f"selection stages must keep non-increasing numbers of survivors ending at "
+                           f"the population size {param('pop_size')}={pop_size}; got {survivors}")
+    if any(stage.finetune_tokens < 0 for stage in stages):
+        raise SettingError("finetune_tokens of a selection stage must be >= 0")
     return stages
 
 

@@ -2,7 +2,7 @@
 
 A :class:`RayPool` starts one actor per worker – one per GPU when the cluster has GPUs, one CPU
 process otherwise – and each actor builds its own replica of the problem (model, dense
-references...) once, from the arguments the problem was constructed with. A generation's
+references...) once, from the arguments the problem records (``problem.replica``). A generation's
 candidates are handed out in groups as actors become free (load balancing when candidates cost
 differently: training-aware stages, candidates sharing a metric), and the results are put back
 in the population's order. An actor that dies has its group run again on another (and is
@@ -19,6 +19,8 @@ import logging
 import math
 import time
 from collections import deque
+
+from ..errors import SettingError, param
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise ValueError(f"evaluation on several workers needs Ray: {INSTALL}") from None
+        raise SettingError(f"evaluation on several {param('workers')} needs Ray: {INSTALL}") from None
     return ray
 
 
@@ -54,8 +56,8 @@ class Replica:
     """What runs inside one actor: a replica of the problem, built once."""
 
     def __init__(self, construction):
-        cls, args, kwargs = construction
-        self.problem = cls(*args, **{**kwargs, "workers": None, "ray_address": None})
+        cls, arguments = construction
+        self.problem = cls(**{**arguments, "workers": None, "ray_address": None})
 
     def evaluate(self, X):
         out = self.problem.evaluate(X, return_as_dictionary=True)
@@ -75,10 +77,11 @@ class RayPool:
                  cpus_per_worker: float = 1, gpus_per_worker: float | None = None,
                  max_restarts: int = 1):
         ray = _ray()
-        construction = getattr(problem, "construction", None)
-        if construction is None:
+        arguments = getattr(problem, "replica", None)
+        if arguments is None:
             raise ValueError(f"{type(problem).__name__} does not record how it was built; it cannot be "
                              "replicated on workers")
+        construction = (type(problem), arguments)
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         resources = ray.cluster_resources()
@@ -88,14 +91,14 @@ class RayPool:
             workers = int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker else int(
                 resources.get("CPU", 1) // cpus_per_worker)
         if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+            raise SettingError(f"{param('workers')} must be at least 1, got {workers}")
         needed = {"CPU": cpus_per_worker * workers, "GPU": gpus_per_worker * workers}
         free = _wait_for(ray, needed, CHECK_GRACE_S)
         for resource, amount in needed.items():
             if amount and free.get(resource, 0) + 1e-9 < amount:
-                raise ValueError(f"{workers} workers need {amount:g} {resource}s but the Ray cluster "
-                                 f"has {free.get(resource, 0):g} free: use fewer workers (or shut down "
-                                 "other pools)")
+                raise SettingError(f"{workers} {param('workers')} need {amount:g} {resource}s but the Ray "
+                                   f"cluster has {free.get(resource, 0):g} free: use fewer workers (or shut "
+                                   "down other pools)")
         self.construction = construction
         self.options = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
         self.restarts_left = max_restarts * workers

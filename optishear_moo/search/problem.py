@@ -3,16 +3,20 @@
 * **The model is never serialised.** Attributes named in ``exclude_from_serialization`` (the
   model, evaluators, dense caches) are dropped by pickling, ``copy.deepcopy`` and pymoo's
   ``save_history``. A copy that comes back (pymoo's ``dill`` checkpoint pattern, a deep copy)
-  re-attaches them from the live problem built from the same model and calibration, if there is
-  one; otherwise evaluating it raises a ``ValueError`` that says how to attach it.
+  has no model: evaluating it raises a ``ValueError`` that says to set ``algorithm.problem`` to
+  the problem you built.
 * **Two forms of the same decision vector.** ``xl``/``xu`` describe an integer-coded real
   vector that every pymoo algorithm can drive; ``vars`` describes the same genes as pymoo
   ``Real``/``Integer``/``Choice``/``Binary`` variables for ``MixedVariableGA`` and NSGA-II's
   mixed-variable operators. ``_evaluate`` accepts both (dict candidates are turned into vectors
   with :meth:`ModelProblem.vector_from_variables`), and so do the problems' ``decode``.
 * **Parallel evaluation.** ``workers=N`` (and ``ray_address=...``) evaluates each population on
-  a :class:`~optishear_moo.search.pool.RayPool` of N replicas of the problem, built from the
-  arguments the problem was constructed with; results come back in order and equal local ones.
+  a :class:`~optishear_moo.search.pool.RayPool` of N replicas of the problem, each built from the
+  arguments the problem records explicitly (``replica``); results come back in order and equal
+  local ones.
+* **Checkpoints.** While a checkpointed search runs, ``problem.log`` (an
+  :class:`~optishear_moo.search.checkpoint.EvaluationLog`) records every evaluation and stage
+  score, or answers them when a resumed search replays its log.
 * Other ``Problem`` keyword arguments (``callback``, ``replace_nan_values_by``, ``strict``...)
   pass through to pymoo.
 """
@@ -20,20 +24,21 @@
 from __future__ import annotations
 
 import hashlib
-import weakref
 
 import numpy as np
 import torch
 from pymoo.core.problem import Problem
 
-_LIVE: weakref.WeakValueDictionary[str, ModelProblem] = weakref.WeakValueDictionary()
+from ..models.identity import weights_fingerprint
 
 
 def problem_fingerprint(kind: str, model, calibration: torch.Tensor | None, *settings) -> str:
-    """Identifies a problem by its class, model config, calibration tokens and settings."""
+    """Identifies a problem by its class, its model (config and a hash of its weights), its
+    calibration tokens and its settings."""
     digest = hashlib.sha256(kind.encode())
     config = getattr(model, "config", None)
     digest.update((config.to_json_string() if hasattr(config, "to_json_string") else repr(config)).encode())
+    digest.update(weights_fingerprint(model).encode())
     if calibration is not None:
         digest.update(calibration.detach().cpu().contiguous().numpy().tobytes())
     digest.update(repr(settings).encode())
@@ -43,32 +48,21 @@ def problem_fingerprint(kind: str, model, calibration: torch.Tensor | None, *set
 class ModelProblem(Problem):
     """Base of the problems that prune a model (see the module docstring).
 
-    Subclasses call ``super().__init__(..., exclude_from_serialization=[...], fingerprint=...)``
-    and implement :meth:`_evaluate_vectors` (``X``: ``(n, n_var)`` vectors) and
-    :meth:`vector_from_variables`.
+    Subclasses call ``super().__init__(..., replica={...}, fingerprint=...,
+    exclude_from_serialization=[...])`` – ``replica`` holds the keyword arguments that build the
+    same problem again (on a worker) – and implement :meth:`_evaluate_vectors` (``X``: ``(n,
+    n_var)`` vectors), :meth:`vector_from_variables` and, for staged selection, ``stage_score``.
     """
 
-    def __init_subclass__(cls, **kwargs):
-        """Record how each problem is constructed (class, arguments), so workers can build replicas."""
-        super().__init_subclass__(**kwargs)
-        init = cls.__init__
-
-        def recording_init(self, *args, **kwargs):
-            if not hasattr(self, "construction"):
-                self.construction = (type(self), args, kwargs)
-            init(self, *args, **kwargs)
-
-        recording_init.__doc__, recording_init.__wrapped__ = init.__doc__, init
-        cls.__init__ = recording_init
-
-    def __init__(self, *, fingerprint: str, exclude_from_serialization, workers=None,
+    def __init__(self, *, replica: dict, fingerprint: str, exclude_from_serialization, workers=None,
                  ray_address: str | None = None, **kwargs):
         if kwargs.get("elementwise"):
             raise ValueError(f"{type(self).__name__} evaluates whole populations at once (elementwise=True "
                              "is not supported); spread evaluation over workers with workers=N instead")
         super().__init__(exclude_from_serialization=list(exclude_from_serialization), **kwargs)
+        self.replica = dict(replica)
         self.fingerprint = fingerprint
-        _LIVE[fingerprint] = self
+        self.log = None
         self.pool = None
         if workers is not None and not isinstance(workers, int):
             self.pool = workers  # a RayPool built by the caller
@@ -79,35 +73,18 @@ class ModelProblem(Problem):
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        state["pool"] = None  # workers and the construction arguments (the model) are never serialised
-        state["construction"] = None
+        state.update(pool=None, replica=None, log=None)  # workers and the model are never serialised
         return state
-
-    # serialisation ---------------------------------------------------------------------------
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.reattach()
 
     @property
     def detached(self) -> bool:
         return any(getattr(self, name, None) is None for name in self.exclude_from_serialization or ())
 
-    def reattach(self, live: ModelProblem | None = None) -> bool:
-        """Take the excluded attributes (model, caches) from ``live`` (default: the live problem
-        with the same fingerprint); returns whether the problem is attached afterwards."""
-        live = live if live is not None else _LIVE.get(getattr(self, "fingerprint", None))
-        if self.detached and live is not None and live is not self and not live.detached:
-            for name in self.exclude_from_serialization:
-                self.__dict__[name] = getattr(live, name)
-        return not self.detached
-
     def _check_attached(self) -> None:
-        if self.detached and not self.reattach():
+        if self.detached:
             raise ValueError(
-                f"this {type(self).__name__} was restored from a checkpoint or copy without its model "
-                "(models are never serialised): build the problem again with the same model and calibration "
-                "before loading the checkpoint (it then re-attaches itself), or set algorithm.problem to "
-                "the problem you built")
+                f"this {type(self).__name__} is a copy without its model (models are never serialised): "
+                "set algorithm.problem to the problem you built with the model before running on")
 
     # evaluation -----------------------------------------------------------------------------
     def as_vectors(self, X) -> np.ndarray:
@@ -130,16 +107,21 @@ class ModelProblem(Problem):
         return np.array([values[name] for name in self.vars], dtype=float)
 
     def _evaluate(self, X, out, *args, **kwargs):
-        self._check_attached()
         X = self.as_vectors(X)
-        if getattr(self, "pool", None) is None:
-            self._evaluate_vectors(X, out, *args, **kwargs)
+        if self.log is not None and self.log.replaying:
+            out.update(self.log.replay_evaluations(X, self.n_obj, self.n_ieq_constr))
             return
-        groups = self.evaluation_groups(X)
-        results = self.pool.map("evaluate", [X[group] for group in groups])
-        for key in ("F", "G"):
-            if key in results[0]:
-                out[key] = _in_order(groups, [result[key] for result in results], len(X))
+        self._check_attached()
+        if self.pool is None:
+            self._evaluate_vectors(X, out, *args, **kwargs)
+        else:
+            groups = self.evaluation_groups(X)
+            results = self.pool.map("evaluate", [X[group] for group in groups])
+            for key in ("F", "G"):
+                if key in results[0]:
+                    out[key] = _in_order(groups, [result[key] for result in results], len(X))
+        if self.log is not None:
+            self.log.record_evaluations(X, out)
 
     def evaluation_groups(self, X: np.ndarray) -> list:
         """How a population is handed to workers: index groups evaluated together (a problem may
@@ -149,11 +131,18 @@ class ModelProblem(Problem):
     def stage_scores(self, X, stage) -> list[float]:
         """``stage_score`` of every candidate (on the workers when there are some)."""
         X = self.as_vectors(X)
-        if getattr(self, "pool", None) is None:
-            return [self.stage_score(x, stage) for x in X]
-        groups = self.pool.groups(len(X))
-        scores = self.pool.map("stage_scores", [X[group] for group in groups], stage)
-        return _in_order(groups, scores, len(X)).tolist()
+        if self.log is not None and self.log.replaying:
+            return self.log.replay_stage(X, stage)
+        self._check_attached()
+        if self.pool is None:
+            scores = [self.stage_score(x, stage) for x in X]
+        else:
+            groups = self.pool.groups(len(X))
+            parts = self.pool.map("stage_scores", [X[group] for group in groups], stage)
+            scores = _in_order(groups, parts, len(X)).tolist()
+        if self.log is not None:
+            self.log.record_stage(X, stage, scores)
+        return scores
 
     def _evaluate_vectors(self, X: np.ndarray, out: dict, *args, **kwargs) -> None:
         raise NotImplementedError

@@ -1,93 +1,109 @@
-"""Interruptible searches: ``pymoo.optimize.minimize`` with a checkpoint after every generation."""
+"""Interruptible searches: ``pymoo.optimize.minimize`` with a data checkpoint after every
+generation (see :mod:`.checkpoint`)."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from pymoo.core.algorithm import Algorithm
-from pymoo.core.problem import Problem
 from pymoo.core.result import Result
-from pymoo.core.termination import Termination
-from pymoo.termination import get_termination
-from pymoo.termination.max_gen import MaximumGenerationTermination
+from pymoo.util.display.display import Display
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, truncate_evaluations
+from .checkpoint import Checkpoint, CheckpointError, EvaluationLog
+from .run import SearchRun
 
 logger = logging.getLogger(__name__)
 
 
-def termination_from_tuple(termination) -> Termination:
-    return get_termination(*termination) if isinstance(termination, tuple) else termination
+def run_search(problem, algorithm: Algorithm, termination=None, run: SearchRun | None = None, *,
+               checkpoint: Checkpoint | None = None, settings: dict | None = None, callback=None,
+               driver: str = "run_search") -> Result:
+    """Like ``pymoo.optimize.minimize(problem, algorithm, termination, seed=run.seed)``, plus a
+    checkpoint after every generation when ``run.directory`` is set.
 
+    With ``run.resume`` the search continues from its checkpoint: ``algorithm`` must be built as
+    for the first run (the drivers do this from their config); it replays the saved generations
+    from the evaluation log (no model work) and goes on. Resuming a run that already reached its
+    termination runs nothing and changes no file. ``problem`` must be one of this package's
+    problems (:class:`~optishear_moo.search.problem.ModelProblem`) to be checkpointed.
 
-def generations_reached(termination, generation: int) -> bool:
-    """Whether a generation-count ``termination`` asks for no more than ``generation`` generations."""
-    return isinstance(termination, MaximumGenerationTermination) and termination.n_max_gen <= generation
-
-
-def check_same_shape(stored: Problem, problem: Problem, directory, state: dict) -> None:
-    """A ``CheckpointError`` unless the checkpoint's problem has the same numbers of variables,
-    objectives and constraints as ``problem``."""
-    def shape(p):
-        return (getattr(p, "n_var", None), getattr(p, "n_obj", None), getattr(p, "n_ieq_constr", 0),
-                getattr(p, "n_eq_constr", 0))
-
-    if shape(stored) != shape(problem):
-        origin = state.get("written_by", "optishear-moo 0.1")
-        raise CheckpointError(
-            f"the checkpoint in {directory} (written by {origin}) is of "
-            f"a problem with {shape(stored)[0]} variables, {shape(stored)[1]} objectives and "
-            f"{shape(stored)[2] + shape(stored)[3]} constraints, this problem has {shape(problem)[0]}, "
-            f"{shape(problem)[1]} and {shape(problem)[2] + shape(problem)[3]}: start a new search")
-
-
-def run_search(problem: Problem, algorithm: Algorithm, termination=None, seed: int | None = None,
-               checkpoint_dir: str | Path | None = None, config: dict | None = None,
-               resume: bool = False, trust: bool = False, **setup_kwargs) -> Result:
-    """Like ``pymoo.optimize.minimize``, plus a checkpoint after every generation.
-
-    With ``resume=True``, ``algorithm`` is ignored and the run continues from
-    ``checkpoint_dir`` with ``problem`` (built exactly as for the first run) attached; a
-    checkpoint this user did not write is refused unless ``trust=True`` (see
-    :mod:`.checkpoint`). Resuming a run that already reached its termination (or the given
-    ``termination``) runs nothing and changes no file: the result is the checkpoint's.
+    Args:
+        problem: The pymoo problem.
+        algorithm: A fresh pymoo algorithm (not set up yet).
+        termination: A pymoo termination or tuple such as ``("n_gen", 10)``.
+        run: Directory, resume, seed and progress (:class:`SearchRun`).
+        checkpoint: An open :class:`Checkpoint` (drivers open it first to keep their own state
+            in it); by default one is opened in ``run.directory``.
+        settings: Settings a resumed run must share (with ``run.settings``), compared on resume.
+        callback: A pymoo ``Callback`` called after every generation (replayed ones too).
+        driver: The name stored with the checkpoint, so another driver refuses it.
     """
-    if resume:
-        if checkpoint_dir is None:
-            raise ValueError("resume needs the checkpoint directory")
-        algorithm, state = load_checkpoint(checkpoint_dir, trust)
-        check_same_shape(algorithm.problem, problem, checkpoint_dir, state)
-        algorithm.problem = problem
-        if termination is not None:  # e.g. more generations than the first run asked for
-            termination = termination_from_tuple(termination)
-            if not generations_reached(termination, state["generation"]):
-                algorithm.termination = termination
-        if not algorithm.has_next():
-            logger.info("the search in %s had finished (%d generations, %d evaluations): nothing to run",
-                        checkpoint_dir, state["generation"], state["n_eval"])
-            result = algorithm.result()
-            result.problem, result.algorithm = problem, algorithm
-            return result
-        if "callback" in setup_kwargs:
-            algorithm.callback = setup_kwargs["callback"]
-        truncate_evaluations(Path(checkpoint_dir), state["generation"])
-        logger.info("resuming at generation %d (%d evaluations done)", state["generation"],
-                    state["n_eval"])
-    else:
+    run = run or SearchRun()
+    owned = checkpoint is None and run.directory is not None
+    if owned:
+        checkpoint = Checkpoint(run.directory, driver, {**run.settings, **(settings or {})}, run.resume)
+    try:
+        setup = {"seed": run.seed, "verbose": run.progress, "callback": callback}
         if termination is not None:
-            setup_kwargs["termination"] = termination
-        algorithm.setup(problem, seed=seed, **setup_kwargs)
-        if checkpoint_dir is not None:
-            (Path(checkpoint_dir) / "evaluations.jsonl").unlink(missing_ok=True)
-    while algorithm.has_next():
-        algorithm.next()
-        if checkpoint_dir is not None:
-            save_checkpoint(algorithm, checkpoint_dir, config)
+            setup["termination"] = termination
+        algorithm.setup(problem, **{k: v for k, v in setup.items() if v is not None})
+        if checkpoint is None:
+            while algorithm.has_next():
+                algorithm.next()
+        else:
+            _checkpointed(problem, algorithm, checkpoint)
+    finally:
+        if owned:
+            checkpoint.close()
     result = algorithm.result()
     result.problem, result.algorithm = problem, algorithm
     return result
+
+
+def _checkpointed(problem, algorithm: Algorithm, checkpoint: Checkpoint) -> None:
+    if not hasattr(problem, "log"):
+        raise ValueError(f"{type(problem).__name__} cannot be checkpointed: only this package's problems "
+                         "record their evaluations; run it without a checkpoint directory")
+    checkpoint.check_problem(problem.fingerprint, type(algorithm).__name__)
+    log = EvaluationLog(checkpoint.records(problem.n_var))
+    problem.log = log
+    try:
+        if checkpoint.generation:
+            _replay(algorithm, log, checkpoint.generation, checkpoint.directory)
+            logger.info("resumed at generation %d (%d evaluations replayed)", checkpoint.generation,
+                        algorithm.evaluator.n_eval)
+        while algorithm.has_next():
+            log.generation = algorithm.n_iter or 1
+            algorithm.next()
+            checkpoint.save(algorithm, log, problem.fingerprint, front=_front(algorithm))
+    finally:
+        problem.log = None
+
+
+def _replay(algorithm: Algorithm, log: EvaluationLog, generations: int, directory) -> None:
+    """Run ``generations`` generations with every evaluation answered from ``log``."""
+    display, algorithm.display = algorithm.display, Display(None)
+    try:
+        while (algorithm.n_iter or 1) <= generations:
+            if not algorithm.has_next():
+                raise CheckpointError(f"the run in {directory} did {generations} generations, more than this "
+                                      "termination allows: resume with at least as many")
+            log.generation = algorithm.n_iter or 1
+            algorithm.next()
+    finally:
+        algorithm.display = display
+    if log.replaying:
+        raise CheckpointError(f"the checkpoint in {directory} holds evaluations its generations never asked "
+                              "for: start a new run")
+
+
+def _front(algorithm: Algorithm) -> dict:
+    opt = algorithm.opt
+    if opt is None or not len(opt):
+        return {}
+    return {"X": np.asarray(opt.get("X"), dtype=float).tolist() if opt.get("X").dtype != object else [],
+            "F": np.asarray(opt.get("F"), dtype=float).tolist()}
 
 
 def front_arrays(result: Result) -> tuple[np.ndarray, np.ndarray]:

@@ -37,28 +37,32 @@ def _fails(capsys, argv, message):
 
 CASES = [
     # (command and flags, message); {m} is the tiny Llama, {root} the fixture folder, {out} the output
-    (["prune", "--model", "{m}", "--output", "/proc/optishear-out"], "cannot write output"),
-    (["prune", "--model", "{m}", "--output", "{root}/a-file", "--overwrite"], "is a file, not a directory"),
+    (["prune", "--model", "{m}", "--output", "/proc/optishear-out"], "cannot write --output"),
+    (["prune", "--model", "{m}", "--output", "{root}/a-file", "--overwrite"],
+     "is a file or link, not a directory"),
     (["prune", "--model", "{m}", "--output", "{root}/a-file/sub"], "is a file"),
     (["prune", "--model", "{root}/cut.gguf", "--output", "{out}"], "could not read the model"),
     (["prune", "--model", "{m}", "--output", "{out}", "--seq-len", "100000"], "longer than the model"),
     (["prune", "--model", "{m}", "--output", "{out}", "--calibration", "/bin/ls"], "not UTF-8"),
     (["prune", "--model", "{m}", "--output", "{out}", "--calibration", "{root}/latin1.txt"], "not UTF-8"),
     (["prune", "--model", "{root}/nan", "--output", "{out}"], "non-finite"),
-    (["search", "--model", "{root}/nan", "--output", "{out}", "--pop", "2", "--gens", "1", *PRUNE_WINDOWS],
+    (["optishear", "--model", "{root}/nan", "--output", "{out}", "--pop", "2", "--gens", "1", *PRUNE_WINDOWS],
      "NaN"),
-    (["search", "--model", "{m}", "--output", "{out}", "--prune-seq-len", "100000"],
+    (["optishear", "--model", "{m}", "--output", "{out}", "--prune-seq-len", "100000"],
      "--prune-seq-len 100000 is longer"),
-    (["levels", "--model", "./missing", "--output", "{out}", "--prune-samples", "0"],
-     "--prune-samples must be at least"),
-    (["search", "--model", "./missing", "--output", "{out}", "--target-sparsity", "0.7:0.3"], "LOW < HIGH"),
-    (["search", "--model", "./missing", "--output", "{out}", "--pop", "0"], "--pop must be at least"),
-    (["remove-blocks", "--model", "{m}", "--output", "{out}", "--n-remove", "30"], "[0, 3)"),
-    (["remove-blocks", "--model", "{m}", "--output", "{out}", "--n-remove", "-1"], "[0, 3)"),
-    (["structured", "--model", "{root}/gpt2", "--output", "{out}"], "structured pruning supports"),
-    (["structured", "--model", "{m}", "--output", "{out}", "--compression", "100"], "--compression"),
-    (["structured", "--model", "{m}", "--output", "{out}", "--selection", "one-shot", "--offspring", "0"],
-     "--offspring must be at least"),
+    (["evopress", "--model", "./missing", "--output", "{out}", "--prune-samples", "0"],
+     "--prune-samples must be an integer of at least 1"),
+    (["optishear", "--model", "./missing", "--output", "{out}", "--target-sparsity", "0.7:0.3"],
+     "needs low < high"),
+    (["optishear", "--model", "./missing", "--output", "{out}", "--pop", "0"],
+     "--pop must be an integer of at least 2"),
+    (["evop", "--model", "{m}", "--output", "{out}", "--n-remove", "30"], "[0, 3)"),
+    (["evop", "--model", "{m}", "--output", "{out}", "--n-remove", "-1"],
+     "--n-remove must be an integer of at least 0"),
+    (["darwinlm", "--model", "{root}/gpt2", "--output", "{out}"], "structured pruning supports"),
+    (["darwinlm", "--model", "{m}", "--output", "{out}", "--compression", "100"], "--compression"),
+    (["darwinlm", "--model", "{m}", "--output", "{out}", "--selection", "one-shot", "--offspring", "0"],
+     "--offspring must be an integer of at least 1"),
 ]
 
 
@@ -79,5 +83,5 @@ def test_a_finished_finetune_keeps_no_training_state(model_dirs, tmp_path):
     assert main(["finetune", "--model", str(model_dirs / "llama"), "--output", str(output), "--tokens", "128",
                  "--seq-len", "32", "--eval-seq-len", "32", "--eval-segments", "1", "--device", "cpu",
                  "--quiet"]) == 0
-    assert sorted(path.name for path in output.iterdir()) == ["model", "report.json"]
+    assert sorted(path.name for path in output.iterdir()) == [".lock", "model", "report.json"]
     assert AutoModelForCausalLM.from_pretrained(output / "model") is not None

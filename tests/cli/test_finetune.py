@@ -39,7 +39,7 @@ def test_finetune_lowers_perplexity_and_resumes(sliced_dir, tiny_model_dir, tmp_
     assert finetune(sliced_dir, output, "--checkpoint-every", "1") == 130
     assert "--resume" in capsys.readouterr().err
     monkeypatch.setattr(finetuning, "_save", save)
-    assert main(["finetune", "--model", "unused", "--output", str(output), "--resume", "--quiet"]) == 0
+    assert finetune(sliced_dir, output, "--checkpoint-every", "1", "--resume") == 0  # the same flags again
     resumed = json.loads((output / "report.json").read_text())
     assert resumed["steps"] == 4 and resumed["ppl_before"] == report["ppl_before"]
     weights = load_model(str(output / "model"), device="cpu")[0].state_dict()
@@ -55,5 +55,10 @@ def test_finetune_lowers_perplexity_and_resumes(sliced_dir, tiny_model_dir, tmp_
 def test_finetune_bad_input(sliced_dir, tmp_path, capsys):
     assert finetune(sliced_dir, tmp_path / "a", "--tokens", "8") == 2
     assert "less than one window" in capsys.readouterr().err
-    assert main(["finetune", "--model", "x", "--output", str(tmp_path / "none"), "--resume"]) == 2
-    assert "no interrupted post-training" in capsys.readouterr().err
+    assert finetune(sliced_dir, tmp_path / "none", "--resume") == 2
+    assert "no interrupted post-training" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "checkpoint").mkdir(parents=True)
+    (interrupted / "checkpoint" / "settings.json").write_text(json.dumps({"settings": {"tokens": 512}}))
+    assert finetune(sliced_dir, interrupted, "--resume") == 2  # other settings: refused, not copied
+    assert "here but the run" in capsys.readouterr().err

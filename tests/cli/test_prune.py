@@ -16,16 +16,16 @@ def test_prune_writes_a_model_that_reloads_with_the_same_perplexity(tiny_model_d
                "--method", "wanda", "--sparsity", "0.5", "--output", str(output), *FAST]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "pruned ppl" in done.stdout
+    assert "prune: ppl" in done.stdout
     report = json.loads((output / "report.json").read_text())
-    for key in ("dense_ppl", "pruned_ppl", "sparsity", "method", "per_layer_sparsity"):
+    for key in ("dense_ppl", "pruned_ppl", "sparsity", "settings", "per_layer_sparsity"):
         assert key in report
-    assert report["method"] == "wanda" and report["sparsity"] == pytest.approx(0.5)
+    assert report["settings"]["method"] == "wanda" and report["sparsity"] == pytest.approx(0.5)
     assert report["pruned_ppl"] > report["dense_ppl"] > 1
     assert len(report["per_layer_sparsity"]) == 21
-    assert list(output.glob("*.safetensors"))
-    model = AutoModelForCausalLM.from_pretrained(output)
-    tokenizer = AutoTokenizer.from_pretrained(output)
+    assert list((output / "model").glob("*.safetensors"))  # one layout: the model in output/model
+    model = AutoModelForCausalLM.from_pretrained(output / "model")
+    tokenizer = AutoTokenizer.from_pretrained(output / "model")
     reloaded = perplexity(model, tokenizer, seq_len=32, max_segments=2)
     assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-5)
 
@@ -33,15 +33,15 @@ def test_prune_writes_a_model_that_reloads_with_the_same_perplexity(tiny_model_d
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
-        (["--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
-        (["--method", "obc"], "unknown pruning method 'obc'"),
+        (["--sparsity", "1.2"], "--sparsity must be in [0, 1)"),
+        (["--sparsity", "-0.1"], "--sparsity must be in [0, 1)"),
+        (["--method", "obc"], "--method 'obc' is not a pruning method"),
         (["--nm", "2:48"], "divisible by 48"),
         (["--nm", "two:four"], "look like '2:4'"),
-        (["--allocation", "owl", "--nm", "2:4"], "allocation 'uniform'"),
+        (["--allocation", "owl", "--nm", "2:4"], "use --allocation uniform"),
         (["--eval-segments", "none"], "--eval-segments"),
         (["--calibration", "EMPTY"], "is empty"),
-        (["--calibration", "SHORT"], "fewer than seq_len"),
+        (["--calibration", "SHORT"], "fewer than --seq-len"),
     ],
 )
 def test_bad_input_gives_one_error_line_and_writes_nothing(
@@ -91,7 +91,7 @@ def test_evaluate_and_zero_shot_on_a_pruned_model(tiny_model_dir, tmp_path, caps
     if importlib.util.find_spec("lm_eval") is None:
         pytest.skip("lm-evaluation-harness (the [eval] extra) is not installed")
     from optishear_moo.evaluation import zero_shot as module
-    from tests.foundation.test_zero_shot import write_task_data
+    from tests.evaluation.test_zero_shot import write_task_data
 
     root = write_task_data(tmp_path / "tasks", ("piqa", "boolq"))
     monkeypatch.setattr(module, "default_data_root", lambda: root)
@@ -100,13 +100,13 @@ def test_evaluate_and_zero_shot_on_a_pruned_model(tiny_model_dir, tmp_path, caps
                  "--zero-shot", "piqa,boolq", *FAST]) == 0
     accuracy = json.loads((output / "report.json").read_text())["zero_shot"]
     assert set(accuracy["tasks"]) == {"piqa", "boolq"} and accuracy["average"]["acc"] >= 0
-    assert main(["evaluate", "--model", str(output), "--tasks", "piqa", "--output", str(tmp_path / "e.json"),
-                 "--quiet"]) == 0
+    assert main(["evaluate", "--model", str(output / "model"), "--tasks", "piqa", "--output",
+                 str(tmp_path / "e.json"), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "acc_norm" in printed and "average" in printed
     scores = json.loads((tmp_path / "e.json").read_text())
-    assert scores["tasks"]["piqa"]["n"] == 3 and scores["model"] == str(output)
-    assert main(["evaluate", "--model", str(output), "--tasks", "mmlu"]) == 2
+    assert scores["tasks"]["piqa"]["n"] == 3 and scores["model"] == str(output / "model")
+    assert main(["evaluate", "--model", str(output / "model"), "--tasks", "mmlu"]) == 2
     assert "choose from" in capsys.readouterr().err
     assert main(["prune", "--model", "./missing", "--output", str(tmp_path / "x"), "--zero-shot", "rte"]) == 2
     assert "rte" in capsys.readouterr().err  # its data is missing: refused before the model loads

@@ -38,10 +38,11 @@ def test_half_precision_prunes_close_to_float32(dtype, calibration):
 
 COMMANDS = [
     ["prune", "--method", "sparsegpt"],
-    ["search", "--pop", "4", "--gens", "1", *PRUNE_WINDOWS],
-    ["levels", *PRUNE_WINDOWS, "--offspring", "2", "--gens", "1", "--step", "0.1", "--levels-each-side", "1"],
-    ["remove-blocks", "--n-remove", "1", "--pop", "4", "--gens", "1"],
-    ["structured", "--selection", "one-shot", "--offspring", "2", "--gens", "1"],
+    ["optishear", "--pop", "4", "--gens", "1", *PRUNE_WINDOWS],
+    ["evopress", *PRUNE_WINDOWS, "--offspring", "2", "--gens", "1", "--step", "0.1", "--levels-each-side",
+     "1"],
+    ["evop", "--n-remove", "1", "--pop", "4", "--gens", "1"],
+    ["darwinlm", "--selection", "one-shot", "--offspring", "2", "--gens", "1"],
 ]
 
 

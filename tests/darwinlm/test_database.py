@@ -3,7 +3,7 @@ import torch
 
 from optishear_moo.activations import collect_input_statistics
 from optishear_moo.darwinlm.database import (
-    LevelDatabase,
+    StructuredLevelDatabase,
     default_mlp_levels,
     removal_path,
 )
@@ -14,7 +14,7 @@ from tests.conftest import make_tiny_model
 
 def test_levels_are_nested_and_least_squares_beats_plain_removal(calibration):
     model = make_tiny_model("llama")
-    database = LevelDatabase.build(model, calibration, mlp_levels=8)
+    database = StructuredLevelDatabase.build(model, calibration, mlp_levels=8)
     assert database.n_levels == {"attention": 2, "mlp": 8}
     layer = get_adapter(model).blocks(model)[1].mlp.down_proj
     stats = collect_input_statistics(model, calibration, layers=[
@@ -54,11 +54,11 @@ def test_removal_path_first_removes_a_dead_channel():
 
 def test_structured_bad_input(calibration):
     with pytest.raises(ValueError, match="supports model types"):
-        LevelDatabase.build(make_tiny_model("gpt2"), calibration)
+        StructuredLevelDatabase.build(make_tiny_model("gpt2"), calibration)
     model = make_tiny_model("llama")
     with pytest.raises(ValueError, match="must divide"):
-        LevelDatabase.build(model, calibration, mlp_levels=7)
-    database = LevelDatabase.build(model, calibration, mlp_levels=4)
+        StructuredLevelDatabase.build(model, calibration, mlp_levels=7)
+    database = StructuredLevelDatabase.build(model, calibration, mlp_levels=4)
     with pytest.raises(ValueError, match="each of the 3 blocks"):
         apply_levels_(model, database, [[0, 0]])
     with pytest.raises(ValueError, match="0..\\[2, 4\\]"):

@@ -3,16 +3,10 @@ import pytest
 import torch
 from pymoo.optimize import minimize
 
-from optishear_moo.darwinlm import LevelDatabase, kept_parameters
-from optishear_moo.darwinlm.problem import (
-    BudgetSampling,
-    LevelSwitchMutation,
-    SelectionStage,
-    StructuredPruningProblem,
-    TrainingAwareSurvival,
-    darwinlm_algorithm,
-)
-from optishear_moo.search import run_search
+from optishear_moo.darwinlm import StructuredLevelDatabase, kept_parameters
+from optishear_moo.darwinlm.problem import StructuredPruningProblem, darwinlm_algorithm
+from optishear_moo.search import SearchRun, SelectionStage, halving_stages, run_search
+from optishear_moo.search.levels import BudgetSampling, LevelSwitchMutation
 from tests.conftest import make_tiny_model
 
 
@@ -61,10 +55,12 @@ class CountingProblem(StructuredPruningProblem):
 def test_training_aware_selection_keeps_the_scheduled_survivors(calibration, tmp_path):
     model = make_tiny_model("llama")
     problem = CountingProblem(model, calibration, 2.0, mlp_levels=8)
-    stages = [SelectionStage(32, 4), SelectionStage(64, 2), SelectionStage(96, 1)]
+    stages = [SelectionStage(4, finetune_tokens=32), SelectionStage(2, finetune_tokens=64),
+              SelectionStage(1, finetune_tokens=96)]
+    assert halving_stages(1, finetune_tokens=[32, 64, 96]) == stages
     algorithm = darwinlm_algorithm(problem, pop_size=1, n_offsprings=6, stages=stages)
     dense_before = {n: p.clone() for n, p in problem.evaluator.originals[0][1].named_parameters()}
-    result = run_search(problem, algorithm, ("n_gen", 2), seed=0, checkpoint_dir=tmp_path)
+    result = run_search(problem, algorithm, ("n_gen", 2), SearchRun(tmp_path, seed=0))
     # generation 2: 1 parent + 6 offspring enter; 7 are fine-tuned on 32, 4 on 64, 2 on 96 tokens
     assert problem.stage_calls[-13:] == [32] * 7 + [64] * 4 + [96] * 2
     assert "finetuned_kl" in result.pop[0].data and len(result.pop) == 1
@@ -72,16 +68,15 @@ def test_training_aware_selection_keeps_the_scheduled_survivors(calibration, tmp
     assert problem.evaluator.evaluate(problem.levels(result.X)) == pytest.approx(float(result.F[0]), rel=1e-5)
     assert all(torch.equal(p, problem.database.dense[0][n.split("_")[0]])
                for n, p in dense_before.items() if n.endswith("weight") and n.split("_")[0] in ("gate", "up"))
-    with pytest.raises(ValueError, match="ending at the population size 2"):
+    with pytest.raises(ValueError, match="ending at the population size pop_size=2"):
         darwinlm_algorithm(problem, pop_size=2, stages=stages)
     with pytest.raises(ValueError, match="training set"):
         problem.finetuned_kl(problem.uniform_levels(2.0), 10**6)
-    assert TrainingAwareSurvival(stages).stages == tuple(stages)
 
 
 def test_multi_objective_front_spans_compressions(calibration):
     model = make_tiny_model("llama")
-    database = LevelDatabase.build(model, calibration, mlp_levels=8)
+    database = StructuredLevelDatabase.build(model, calibration, mlp_levels=8)
     problem = StructuredPruningProblem(model, calibration, (1.3, 2.5), database=database)
     result = minimize(problem, darwinlm_algorithm(problem, pop_size=8, n_offsprings=8), ("n_gen", 4), seed=0)
     shares = result.F[:, 1]
@@ -94,5 +89,5 @@ def test_multi_objective_front_spans_compressions(calibration):
 
 def test_bad_targets(calibration):
     model = make_tiny_model("llama")
-    with pytest.raises(ValueError, match="> 1"):
+    with pytest.raises(ValueError, match="above 1"):
         StructuredPruningProblem(model, calibration, 0.8)

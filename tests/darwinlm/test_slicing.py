@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from optishear_moo.darwinlm.database import (
-    LevelDatabase,
+    StructuredLevelDatabase,
     kept_parameters,
 )
 from optishear_moo.darwinlm.slicing import apply_levels_
@@ -29,8 +29,8 @@ def masked_copy(database, levels, model=None):
 @pytest.mark.parametrize("levels", [[[1, 3], [0, 8], [2, 1]], [[0, 0], [2, 0], [1, 5]]])
 def test_sliced_model_equals_masked_model_and_really_shrinks(levels, calibration, tmp_path, tiny_tokenizer):
     model = make_tiny_model("llama")
-    database = LevelDatabase.build(model, calibration, mlp_levels=8, directory=tmp_path / "db")
-    assert len(list((tmp_path / "db").glob("*.pt"))) == 6
+    database = StructuredLevelDatabase.build(model, calibration, mlp_levels=8, directory=tmp_path / "db")
+    assert len(list((tmp_path / "db").glob("*.safetensors"))) == 6
     expected = masked_copy(database, levels)(calibration).logits
     dense_size = sum(p.numel() for p in model.parameters())
     apply_levels_(model, database, levels)
@@ -62,7 +62,7 @@ def test_qwen2_biases_follow_the_kept_heads(calibration):
     for p in model.parameters():
         if p.ndim == 1:
             p.normal_()
-    database = LevelDatabase.build(model, calibration, mlp_levels=4)
+    database = StructuredLevelDatabase.build(model, calibration, mlp_levels=4)
     levels = [[1, 1], [0, 2]]
     reference = AutoModelForCausalLM.from_config(tiny_config("qwen2")).eval().requires_grad_(False)
     reference.load_state_dict(model.state_dict())
@@ -75,7 +75,7 @@ def test_qwen2_biases_follow_the_kept_heads(calibration):
 def test_other_families_slice_like_their_masked_model_and_reload(family, calibration, tmp_path,
                                                                   tiny_tokenizer):
     model = make_tiny_model(family)
-    database = LevelDatabase.build(model, calibration, mlp_levels=4)
+    database = StructuredLevelDatabase.build(model, calibration, mlp_levels=4)
     n_blocks = len(get_adapter(model).blocks(model))
     levels = [[index % 3, (index + 1) % 5] for index in range(n_blocks)]
     expected = masked_copy(database, levels, make_tiny_model(family))(calibration).logits

@@ -8,15 +8,20 @@ import pytest
 import torch
 
 from optishear_moo.activations import collect_input_statistics
-from optishear_moo.evopress import LevelSearchProblem, SparsityLevelDatabase, search_levels, sparsity_ladder
+from optishear_moo.evopress import (
+    EvoPressConfig,
+    LevelSearchProblem,
+    SparsityLevelDatabase,
+    search_evopress,
+    sparsity_ladder,
+)
 from optishear_moo.models import get_adapter
 from optishear_moo.pruning import prune_model, sparsegpt_prune_
-from optishear_moo.search import run_search
+from optishear_moo.search import SearchRun, halving_stages, run_search
 from optishear_moo.search.levels import (
     BudgetSampling,
     LevelSwitchMutation,
     StagedSurvival,
-    fidelity_stages,
     level_algorithm,
 )
 from tests.conftest import InterruptAt, make_tiny_model
@@ -54,7 +59,7 @@ def test_database_holds_sparsegpt_from_dense_inputs_at_every_level(database, cal
         torch.testing.assert_close(weight, expected, rtol=1e-4, atol=1e-5)
     on_disk = SparsityLevelDatabase.build(model, calibration_ids, LADDER, method="wanda", update="obs",
                                           directory=tmp_path / "db")
-    assert len(list((tmp_path / "db").glob("*.pt"))) == len(layers)
+    assert len(list((tmp_path / "db").glob("*.safetensors"))) == len(layers)
     in_memory = SparsityLevelDatabase.build(model, calibration_ids, LADDER, method="wanda", update="obs")
     torch.testing.assert_close(on_disk.weight(name, 2), in_memory.weight(name, 2))
 
@@ -85,6 +90,10 @@ def test_switches_keep_the_mean_sparsity_and_stitching_equals_a_fresh_build(data
     assert all(database.mean_sparsity(x) == pytest.approx(0.5, abs=1e-12) for x in X)
     out = problem.evaluate(X, return_as_dictionary=True)
     assert (out["G"] <= 0).all() and np.isfinite(out["F"]).all()
+    # any vector (pymoo's own operators make any) decodes onto the budget
+    unbalanced = np.random.default_rng(1).integers(0, 3, (20, problem.n_var))
+    assert all(database.mean_sparsity(problem.levels(x)) == pytest.approx(0.5, abs=1e-12) for x in unbalanced)
+    assert all(np.array_equal(problem.levels(x), x) for x in X)  # what the operators make is kept
     # the working model after many swaps equals a model given those levels directly
     problem.stitch(X[3])
     fresh = make_tiny_model("llama")
@@ -107,13 +116,19 @@ def test_search_beats_uniform_where_layers_differ_and_keeps_the_budget(calibrati
     problem = LevelSearchProblem(model, calibration_ids, 0.5, database)
     uniform = problem.kl(problem.uniform_x(0.5))
     problem.restore_dense()
-    choice = search_levels(model, calibration_ids, 0.5, database=database, n_offsprings=8, n_gen=10, seed=0)
-    assert choice.sparsity == pytest.approx(0.5, abs=1e-12)
+    config = EvoPressConfig(0.5, method="sparsegpt", step=0.1, levels_each_side=1, database_inputs="dense",
+                            n_offsprings=8, n_gen=10)
+    choice = search_evopress(model, calibration_ids, config)
+    assert choice.sparsity == pytest.approx(0.5, abs=1e-12) and choice.ladder == LADDER
     assert choice.calibration_kl < 0.95 * uniform
     assert len(set(choice.layer_sparsity.values())) > 1  # non-uniform
+    # a dense-input database: the final model is pruned again block by block, unless told otherwise
+    assert choice.final == {"weights": "pruned again"} and choice.front[0]["levels"] == choice.levels
     # pruned again block by block at the chosen sparsities: block 0 sees dense inputs either way
-    from_database = choice.apply(copy.deepcopy(model), database)
-    sequential = choice.apply(copy.deepcopy(model), calibration=calibration_ids)
+    from_database = choice.apply(copy.deepcopy(model), weights="database")
+    for layer, level in zip(get_adapter(from_database).prunable_layers(from_database), choice.levels):
+        assert torch.equal(layer.weight, database.weight(layer.name, level))  # exactly what was scored
+    sequential = choice.apply(copy.deepcopy(model))
     for a, b in zip(get_adapter(from_database).prunable_layers(from_database),
                     get_adapter(sequential).prunable_layers(sequential)):
         assert float((b.weight == 0).float().mean()) == pytest.approx(choice.layer_sparsity[a.name], abs=0.01)
@@ -123,25 +138,29 @@ def test_search_beats_uniform_where_layers_differ_and_keeps_the_budget(calibrati
 
 
 def test_resume_continues_the_level_search_to_the_same_result(database, calibration_ids, tmp_path):
-    def run(directory, **kwargs):
+    def run(directory, resume=False, **kwargs):
         problem = LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.5, database)
-        stages = fidelity_stages(4, 1, 2)
+        stages = halving_stages(1, 2, n_samples=4)
         algorithm = level_algorithm(problem, 1, 4, StagedSurvival(stages, "kl"))
-        return run_search(problem, algorithm, ("n_gen", 4), seed=3, checkpoint_dir=directory, **kwargs)
+        return run_search(problem, algorithm, ("n_gen", 4), SearchRun(directory, resume, seed=3), **kwargs)
 
     straight = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", callback=InterruptAt(3))
     assert json.loads((tmp_path / "b" / "state.json").read_text())["generation"] == 2
-    problem = LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.5, database)
-    resumed = run_search(problem, None, checkpoint_dir=tmp_path / "b", resume=True)
+    resumed = run(tmp_path / "b", resume=True)
     np.testing.assert_array_equal(resumed.algorithm.pop[0].X, straight.algorithm.pop[0].X)
     assert resumed.algorithm.evaluator.n_eval == straight.algorithm.evaluator.n_eval
+    # the stage scores were replayed as well: the log of both runs is the same, record for record
+    log = {run: (tmp_path / run / "evaluations.jsonl").read_text() for run in "ab"}
+    assert log["a"] == log["b"]
+    assert '"stage"' in log["a"]
 
 
 def test_a_front_over_a_sparsity_range(calibration_ids):
-    choice = search_levels(make_tiny_model("llama"), calibration_ids, (0.4, 0.6), step=0.1,
-                           levels_each_side=1, pop_size=6, n_offsprings=6, n_gen=3, seed=0)
+    choice = search_evopress(make_tiny_model("llama"), calibration_ids,
+                             EvoPressConfig((0.4, 0.6), method="sparsegpt", step=0.1, levels_each_side=1,
+                                            pop_size=6, n_offsprings=6, n_gen=3))
     sparsities = [point["sparsity"] for point in choice.front]
     assert len(sparsities) >= 2 and sparsities == sorted(sparsities, reverse=True)
     assert 0.4 - 1e-9 <= min(sparsities) and max(sparsities) <= 0.6 + 1e-9
@@ -173,7 +192,7 @@ def test_choose_level_method_picks_the_candidate_with_the_lowest_held_out_kl(cal
     assert len(set(expected.values())) == 3
     assert all(torch.equal(a.weight, b) for a, b in zip(get_adapter(model).prunable_layers(model), dense))
     monkeypatch.setattr(DenseOutputs, "build", lambda *args, **kwargs: pytest.fail("checks come first"))
-    with pytest.raises(ValueError, match="unknown pruning method 'obc'"):
+    with pytest.raises(ValueError, match="method 'obc' is not a pruning method"):
         choose_level_method(model, calibration_ids, 0.5, windows, ("wanda", "obc"))
-    with pytest.raises(ValueError, match="unknown weight update"):
+    with pytest.raises(ValueError, match="is not a weight update"):
         choose_level_method(model, calibration_ids, 0.5, windows, update="ols")

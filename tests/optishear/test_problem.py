@@ -105,8 +105,8 @@ def test_single_objective_ga_and_history_without_the_model(tiny_llama, calibrati
     assert len(res.history) == 2
     copied = res.history[-1].problem
     assert copied is not problem and problem.model is tiny_llama
-    # the history's copies share the live problem's model and caches instead of copying them
-    assert copied.model is tiny_llama and copied.evaluator is problem.evaluator
+    # the history's copies hold neither the model nor its caches (never copied)
+    assert copied.model is None and copied.evaluator is None
     state = problem.__getstate__()
     assert state["model"] is None and state["reference"] is None and state["evaluator"] is None
 

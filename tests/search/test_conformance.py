@@ -1,4 +1,4 @@
-"""pymoo conformance: every pymoo algorithm that fits a problem runs on each of the three problems,
+"""pymoo conformance: every pymoo algorithm that fits a problem runs on each of the four problems,
 and so do pymoo's history, callbacks, terminations, ask-and-tell and its dill checkpoint pattern.
 
 Algorithms that cannot work with a problem are in README "pymoo conformance", with the reason."""
@@ -36,9 +36,15 @@ from pymoo.optimize import minimize
 from pymoo.termination.max_eval import MaximumFunctionCallTermination
 from pymoo.util.ref_dirs import get_reference_directions
 
-from optishear_moo import BlockRemovalProblem, OptiShearProblem, PruningPlan, StructuredPruningProblem
-from optishear_moo.darwinlm import LevelDatabase
-from optishear_moo.search import problem as problem_module
+from optishear_moo import (
+    BlockRemovalProblem,
+    LevelSearchProblem,
+    OptiShearProblem,
+    PruningPlan,
+    StructuredPruningProblem,
+)
+from optishear_moo.darwinlm import StructuredLevelDatabase
+from optishear_moo.evopress import SparsityLevelDatabase
 from tests.conftest import make_tiny_model
 from tests.evop.helpers import deep_model
 
@@ -76,7 +82,8 @@ def calibration_ids():
 def problems(calibration_ids):
     """(single-objective, multi-objective) problems of each method on tiny models."""
     model = make_tiny_model("llama")
-    database = LevelDatabase.build(make_tiny_model("llama"), calibration_ids, mlp_levels=4)
+    database = StructuredLevelDatabase.build(make_tiny_model("llama"), calibration_ids, mlp_levels=4)
+    levels = SparsityLevelDatabase.build(make_tiny_model("llama"), calibration_ids, [0.3, 0.4, 0.5, 0.6, 0.7])
     return {
         "optishear": (OptiShearProblem(model, calibration_ids, 0.5, objectives=("kl",), batch_size=2),
                       OptiShearProblem(model, calibration_ids, 0.5, batch_size=2, reconstruction_tokens=16)),
@@ -86,6 +93,8 @@ def problems(calibration_ids):
                                               database=database),
                      StructuredPruningProblem(make_tiny_model("llama"), calibration_ids, (1.2, 2.0),
                                               database=database)),
+        "evopress": (LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.5, levels),
+                     LevelSearchProblem(make_tiny_model("llama"), calibration_ids, (0.4, 0.6), levels)),
     }
 
 
@@ -97,15 +106,19 @@ def _check(result, problem):
         assert isinstance(problem.decode(x), PruningPlan)
     elif isinstance(problem, BlockRemovalProblem):
         assert all(0 <= b < problem.n_var for b in problem.decode(x))
+    elif isinstance(problem, LevelSearchProblem):
+        assert problem.levels(x).shape == (problem.n_var,)
     else:
         assert problem.levels(x).shape == (problem.n_var // 2, 2)
 
 
-# EvoP and DarwinLM hold the size range as constraints, which pymoo's MOEA/D refuses (README)
-CANNOT = {("MOEAD", "evop"), ("MOEAD", "darwinlm")}
+# EvoP, DarwinLM and EvoPress hold the size range as constraints, which pymoo's MOEA/D refuses
+# (docs/methods.md)
+CANNOT = {("MOEAD", "evop"), ("MOEAD", "darwinlm"), ("MOEAD", "evopress")}
+METHODS = ["optishear", "evop", "darwinlm", "evopress"]
 
 
-@pytest.mark.parametrize("method", ["optishear", "evop", "darwinlm"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", sorted(MULTI))
 def test_multi_objective_algorithms(problems, method, name):
     problem = problems[method][1]
@@ -117,7 +130,7 @@ def test_multi_objective_algorithms(problems, method, name):
     _check(result, problem)
 
 
-@pytest.mark.parametrize("method", ["optishear", "evop", "darwinlm"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", sorted(SINGLE))
 def test_single_objective_algorithms(problems, method, name):
     problem = problems[method][0]
@@ -125,7 +138,7 @@ def test_single_objective_algorithms(problems, method, name):
     _check(result, problem)
 
 
-@pytest.mark.parametrize("method", ["optishear", "evop", "darwinlm"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", sorted(MIXED))
 def test_mixed_variable_algorithms_decode_to_the_same_plans(problems, method, name):
     problem = problems[method][0 if name == "MixedVariableGA" else 1]
@@ -158,7 +171,7 @@ def test_history_callbacks_terminations_and_ask_and_tell(problems):
     result = minimize(problem, NSGA2(pop_size=4), MaximumFunctionCallTermination(10), seed=2, callback=Spy(),
                       save_history=True)
     assert seen and len(result.history) == len(seen) and result.algorithm.evaluator.n_eval >= 10
-    assert all(entry.problem.model is problem.model for entry in result.history)  # shared, not copied
+    assert all(entry.problem.model is None for entry in result.history)  # never copied into the history
 
     algorithm = NSGA2(pop_size=4)
     algorithm.setup(problem, termination=("n_gen", 2), seed=2)
@@ -192,15 +205,9 @@ def test_pymoo_dill_checkpoint_pattern(tmp_path, calibration_ids):
     path.write_bytes(dill.dumps(algorithm))
     assert path.stat().st_size < 200_000  # the model is never in it
 
-    checkpoint = dill.loads(path.read_bytes())  # the live problem is re-attached
-    assert checkpoint.problem.model is model
+    checkpoint = dill.loads(path.read_bytes())  # comes back without the model: evaluating says what to do
+    with pytest.raises(ValueError, match="set algorithm.problem to the problem you built"):
+        checkpoint.problem.evaluate(np.atleast_2d(problem.encode()))
+    checkpoint.problem = problem
     resumed = minimize(problem, checkpoint, ("n_gen", 3), copy_algorithm=False, seed=5)
     np.testing.assert_allclose(resumed.F, straight.F)
-
-    # in a new process nothing is alive: evaluating says how to attach the model
-    problem_module._LIVE.clear()
-    orphan = dill.loads(path.read_bytes())
-    with pytest.raises(ValueError, match="build the problem again with the same model"):
-        orphan.problem.evaluate(np.atleast_2d(problem.encode()))
-    rebuilt = OptiShearProblem(model, calibration_ids, 0.5, batch_size=2, reconstruction_tokens=16)
-    assert dill.loads(path.read_bytes()).problem.model is rebuilt.model

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from optishear_moo import OptiShearProblem
-from optishear_moo.search import make_algorithm, run_search
+from optishear_moo.search import SearchRun, make_algorithm, run_search
 
 
 def test_fidelity_schedule_uses_fewer_samples_early_and_front_is_rescored(tiny_llama, calibration):
@@ -22,7 +22,7 @@ def test_fidelity_schedule_uses_fewer_samples_early_and_front_is_rescored(tiny_l
             super().notify(algorithm)
             seen.append(algorithm.problem.fidelity)
 
-    result = run_search(problem, make_algorithm("ga", problem, 4), ("n_gen", 4), seed=0,
+    result = run_search(problem, make_algorithm("ga", problem, 4), ("n_gen", 4), SearchRun(seed=0),
                         callback=Spy(low=0.5, until_generation=2))
     assert seen == [0.5, 1.0, 1.0, 1.0]
     F = reevaluate_at_full_fidelity(problem, result)

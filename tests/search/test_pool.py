@@ -8,7 +8,7 @@ import torch
 from pymoo.algorithms.moo.nsga2 import NSGA2
 
 from optishear_moo import BlockRemovalProblem, OptiShearProblem
-from optishear_moo.search import run_search
+from optishear_moo.search import SearchRun, run_search
 from tests.conftest import make_tiny_model
 from tests.evop.helpers import deep_model
 
@@ -70,7 +70,7 @@ def test_a_worker_dying_mid_generation_loses_no_evaluation(ray_cluster, calibrat
             return original(method, items, *extra)
 
         pool.map = map_and_kill
-        result = run_search(problem, NSGA2(pop_size=6), ("n_gen", 3), seed=4, checkpoint_dir=directory)
+        result = run_search(problem, NSGA2(pop_size=6), ("n_gen", 3), SearchRun(directory, seed=4))
         pool.shutdown()
         return result
 
@@ -82,7 +82,7 @@ def test_a_worker_dying_mid_generation_loses_no_evaluation(ray_cluster, calibrat
 
 def test_stage_scores_through_a_pool_come_back_in_the_population_order(calibration_ids):
     from optishear_moo.evopress import LevelSearchProblem, SparsityLevelDatabase
-    from optishear_moo.search.levels import FidelityStage
+    from optishear_moo.search import SelectionStage
     from optishear_moo.search.pool import RayPool, Replica
 
     model = make_tiny_model("llama")
@@ -100,7 +100,7 @@ def test_stage_scores_through_a_pool_come_back_in_the_population_order(calibrati
     local = LevelSearchProblem(model, calibration_ids, 0.5, database)
     pooled = LevelSearchProblem(model, calibration_ids, 0.5, database, workers=InProcessPool())
     X = np.random.default_rng(0).integers(0, 3, (7, local.n_var))
-    stage = FidelityStage(survivors=2, eval_samples=2)
+    stage = SelectionStage(survivors=2, eval_samples=2)
     expected = [local.stage_score(x, stage) for x in X]
     assert len(set(expected)) > 1
     assert pooled.stage_scores(X, stage) == pytest.approx(expected, rel=1e-6)

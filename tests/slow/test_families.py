@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optishear_moo import load_calibration, load_model, perplexity, prune_model
+from optishear_moo import load_calibration, load_model, prune_model
 from optishear_moo.activations import capture_block_inputs, run_block
 from optishear_moo.data import load_corpus
-from optishear_moo.evaluation import DenseOutputs, kl_to_dense
+from optishear_moo.evaluation import DenseOutputs, kl_to_dense, perplexity
 from optishear_moo.models import get_adapter
 from optishear_moo.models.loading import SPLIT_MODELS
 from optishear_moo.pruning import DenseSnapshot

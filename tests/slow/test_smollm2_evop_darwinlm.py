@@ -5,11 +5,18 @@ import copy
 import pytest
 import torch
 
-from optishear_moo import load_calibration, load_model, perplexity
-from optishear_moo.darwinlm import LevelDatabase, apply_levels_, kept_parameters
-from optishear_moo.darwinlm.search import halving_stages, search_structured
+from optishear_moo import (
+    CalibrationSet,
+    DarwinLMConfig,
+    EvoPConfig,
+    load_calibration,
+    load_model,
+    search_darwinlm,
+    search_evop,
+)
+from optishear_moo.darwinlm import kept_parameters
+from optishear_moo.evaluation import perplexity
 from optishear_moo.evop.blocks import last_blocks, remove_blocks_
-from optishear_moo.evop.search import choose_blocks
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]
 
@@ -19,7 +26,7 @@ EVAL = dict(seq_len=1024, max_segments=2)
 def test_evop_with_cluster_calibration_beats_removing_the_last_blocks(smollm2):
     model, tokenizer = smollm2
     calibration = load_calibration(tokenizer, 4, 128, seed=0, sampling="cluster", n_clusters=4, model=model)
-    choice = choose_blocks(model, calibration, 3, "evop", pop_size=4, n_gen=2, seed=0)
+    choice = search_evop(model, calibration, EvoPConfig(3, pop_size=4, n_gen=2))
     assert len(choice.removed_blocks) == 3 and 29 not in choice.removed_blocks
     dense = perplexity(model, tokenizer, **EVAL).perplexity
     ppl = {}
@@ -36,12 +43,12 @@ def test_darwinlm_training_aware_search_slices_a_model_that_reloads(smollm2, tmp
     model = copy.deepcopy(model)  # the search slices its working model in place
     calibration = load_calibration(tokenizer, 2, 128, seed=0)
     training = load_calibration(tokenizer, 4, 64, seed=1, source="wikitext2-valid")
-    database = LevelDatabase.build(model, calibration, mlp_levels=2)
-    choice = search_structured(model, calibration, 1.5, training, halving_stages([128, 256]),
-                               n_offsprings=2, n_gen=2, database=database, seed=0)
+    config = DarwinLMConfig(1.5, finetune_tokens=(128, 256), mlp_levels=2, n_offsprings=2, n_gen=2)
+    choice = search_darwinlm(model, CalibrationSet(calibration, training=training), config)
     assert choice.compression >= 1.5 and choice.finetuned_kl is not None
     dense_parameters = sum(p.numel() for p in model.parameters())
-    apply_levels_(model, database, choice.levels)
+    database = choice.database
+    choice.apply(model)
     removed = dense_parameters - sum(p.numel() for p in model.parameters())
     assert removed == kept_parameters(database, [[0, 0]] * 30) - kept_parameters(database, choice.levels)
     model.save_pretrained(tmp_path)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from optishear_moo import load_calibration, perplexity, prune_model
+from optishear_moo import load_calibration, prune_model
 from optishear_moo.cli import main
+from optishear_moo.evaluation import perplexity
 from optishear_moo.pruning import DenseSnapshot
 
 pytestmark = pytest.mark.slow
@@ -88,8 +89,8 @@ def test_cli_saved_model_reloads_with_the_same_perplexity(tmp_path):
                  "--seq-len", "128", "--eval-segments", "2", "--output", str(output), "--quiet"])
     assert code == 0
     report = json.loads((output / "report.json").read_text())
-    model = AutoModelForCausalLM.from_pretrained(output)
-    tokenizer = AutoTokenizer.from_pretrained(output)
+    model = AutoModelForCausalLM.from_pretrained(output / "model")
+    tokenizer = AutoTokenizer.from_pretrained(output / "model")
     reloaded = perplexity(model, tokenizer, seq_len=1024, max_segments=2)
     assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-4)
     assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
@@ -99,12 +100,13 @@ def test_cli_saved_model_reloads_with_the_same_perplexity(tmp_path):
 def test_small_search_is_no_worse_than_uniform_wanda(smollm2):
     from optishear_moo import OptiShearProblem
     from optishear_moo.optishear import MetaMetric
-    from optishear_moo.search import make_algorithm, run_search
+    from optishear_moo.search import SearchRun, make_algorithm, run_search
 
     model, tokenizer = smollm2
     calibration = load_calibration(tokenizer, n_samples=8, seq_len=128, seed=0)
     problem = OptiShearProblem(model, calibration, target_sparsity=0.5)
-    result = run_search(problem, make_algorithm("nsga2", problem, pop_size=6), ("n_gen", 2), seed=1)
+    algorithm = make_algorithm("nsga2", problem, pop_size=6)
+    result = run_search(problem, algorithm, ("n_gen", 2), SearchRun(seed=1))
     best = result.X[np.argmin(result.F[:, 0])]
     ppl = {}
     for label, x in (("search", best), ("wanda", problem.encode(MetaMetric.wanda()))):

@@ -8,7 +8,7 @@ from optishear_moo.activations import InputStatistics
 from optishear_moo.pruning import build_mask, wanda_score
 from optishear_moo.pruning.sparsegpt import HessianFactor
 from optishear_moo.pruning.update import UPDATES, reconstruct_
-from tests.foundation.test_sparsegpt import _layer_and_inputs
+from tests.pruning.test_sparsegpt import _layer_and_inputs
 
 
 def _statistics(x):
@@ -63,5 +63,5 @@ def test_updates_keep_the_mask_and_lower_the_output_error(nm):
 
 def test_unknown_update_is_refused():
     w, x = _layer_and_inputs(seed=5, out_features=4, in_features=8)
-    with pytest.raises(ValueError, match="unknown weight update 'adam'"):
+    with pytest.raises(ValueError, match="update 'adam' is not a weight update"):
         reconstruct_(w, torch.ones_like(w, dtype=torch.bool), "adam", _statistics(x).gram, len(x))

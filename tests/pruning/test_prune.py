@@ -65,13 +65,13 @@ def test_masks_applied_context_restores_dense_weights(tiny_llama):
 
 
 def test_configuration_errors(tiny_llama, calibration):
-    with pytest.raises(ValueError, match="unknown pruning method"):
+    with pytest.raises(ValueError, match="is not a pruning method"):
         PruningConfig(method="obc")
-    with pytest.raises(ValueError, match="unknown allocation"):
+    with pytest.raises(ValueError, match="allocation 'random' is unknown"):
         PruningConfig(allocation="random")
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
         PruningConfig(sparsity=1.0)
-    with pytest.raises(ValueError, match="allocation 'uniform'"):
+    with pytest.raises(ValueError, match="use allocation uniform"):
         PruningConfig(nm=(2, 4), allocation="owl")
     with pytest.raises(ValueError, match="divisible by 48"):
         prune_model(tiny_llama, calibration, nm=(2, 48), progress=False)
@@ -97,5 +97,5 @@ def test_wanda_with_a_weight_update_keeps_its_masks_and_tracks_the_dense_model_b
     assert kl[update] < 0.9 * kl["none"], kl
     with pytest.raises(ValueError, match="sparsegpt updates the kept weights itself"):
         PruningConfig("sparsegpt", 0.5, update="obs")
-    with pytest.raises(ValueError, match="unknown weight update"):
+    with pytest.raises(ValueError, match="is not a weight update"):
         PruningConfig("wanda", 0.5, update="adam")

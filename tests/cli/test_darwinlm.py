@@ -1,19 +1,18 @@
-"""``optishear-moo structured`` (DarwinLM)."""
+"""``optishear-moo darwinlm``."""
 
 import json
 
 import pytest
 
 from optishear_moo import load_model
-from optishear_moo.cli import main
 from optishear_moo.darwinlm.problem import StructuredPruningProblem
 from optishear_moo.evaluation import perplexity
-from tests.cli.conftest import structured
+from tests.cli.conftest import darwinlm
 
 
-def test_structured_one_shot_saves_a_smaller_model_that_reloads(tiny_model_dir, tmp_path):
+def test_darwinlm_one_shot_saves_a_smaller_model_that_reloads(tiny_model_dir, tmp_path):
     output = tmp_path / "sliced"
-    assert structured(tiny_model_dir, output, "--compression", "1.5", "--selection", "one-shot") == 0
+    assert darwinlm(tiny_model_dir, output, "--compression", "1.5", "--selection", "one-shot") == 0
     report = json.loads((output / "report.json").read_text())
     assert report["compression"] >= 1.5 and report["parameters"] < report["dense_parameters"]
     assert report["finetuned_kl"] is None and report["n_evaluations"] >= 4
@@ -25,11 +24,11 @@ def test_structured_one_shot_saves_a_smaller_model_that_reloads(tiny_model_dir, 
     assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-5)
 
 
-def test_structured_training_aware_resumes_after_an_interruption(tiny_model_dir, tmp_path, monkeypatch,
+def test_darwinlm_training_aware_resumes_after_an_interruption(tiny_model_dir, tmp_path, monkeypatch,
                                                                  capsys):
     aware = ["--compression", "1.5", "--finetune-tokens", "32,64"]
     whole = tmp_path / "whole"
-    assert structured(tiny_model_dir, whole, *aware) == 0
+    assert darwinlm(tiny_model_dir, whole, *aware) == 0
     expected = json.loads((whole / "report.json").read_text())
     assert expected["finetuned_kl"] is not None
 
@@ -44,18 +43,18 @@ def test_structured_training_aware_resumes_after_an_interruption(tiny_model_dir,
 
     monkeypatch.setattr(StructuredPruningProblem, "_evaluate", interrupted)
     output = tmp_path / "resumed"
-    assert structured(tiny_model_dir, output, *aware) == 130
+    assert darwinlm(tiny_model_dir, output, *aware) == 130
     assert "--resume" in capsys.readouterr().err and not (output / "model").exists()
     monkeypatch.setattr(StructuredPruningProblem, "_evaluate", evaluate)
-    assert main(["structured", "--output", str(output), "--resume", "--model", "unused", "--quiet"]) == 0
+    assert darwinlm(tiny_model_dir, output, *aware, "--resume") == 0  # the same flags again
     report = json.loads((output / "report.json").read_text())
     assert report["levels"] == expected["levels"]
     assert report["n_evaluations"] == expected["n_evaluations"]
 
 
-def test_structured_front_over_a_compression_range(tiny_model_dir, tmp_path):
+def test_darwinlm_front_over_a_compression_range(tiny_model_dir, tmp_path):
     output = tmp_path / "front"
-    assert structured(tiny_model_dir, output, "--compression", "1.3:2.5", "--selection", "one-shot",
+    assert darwinlm(tiny_model_dir, output, "--compression", "1.3:2.5", "--selection", "one-shot",
                       "--offspring", "6", "--pop", "6") == 0
     report = json.loads((output / "report.json").read_text())
     compressions = [point["compression"] for point in report["front"]]
@@ -67,12 +66,12 @@ def test_structured_front_over_a_compression_range(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--compression", "0.8"], "above 1"),
     (["--compression", "big"], "--compression"),
-    (["--compression", "1.3:2"], "needs one --compression"),
+    (["--compression", "1.3:2"], "training-aware needs one --compression"),
     (["--finetune-tokens", "64,32"], "must grow"),
     (["--offspring", "0"], "at least 1"),
 ])
-def test_structured_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
-    assert structured(tiny_model_dir, tmp_path / "o", *extra) == 2
+def test_darwinlm_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
+    assert darwinlm(tiny_model_dir, tmp_path / "o", *extra) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0]
     assert not (tmp_path / "o").exists()

@@ -9,15 +9,15 @@ from optishear_moo.pruning import sparsity_report
 from tests.cli.conftest import PRUNE_WINDOWS, evaluations
 
 
-def test_cli_search_writes_front_plan_plot_history_and_model(tiny_model_dir, tmp_path):
+def test_cli_optishear_writes_front_plan_plot_history_and_model(tiny_model_dir, tmp_path):
     output = tmp_path / "search"
-    argv = ["search", "--model", str(tiny_model_dir), "--pop", "4", "--gens", "2", "--n-samples",
+    argv = ["optishear", "--model", str(tiny_model_dir), "--pop", "4", "--gens", "2", "--n-samples",
             "4", "--seq-len", "32", "--eval-seq-len", "32", "--eval-segments", "2", "--device", "cpu",
             "--output", str(output), "--quiet", "--low-fidelity", "0.5", "--low-fidelity-gens", "1",
             "--prune-samples", "6", "--prune-seq-len", "48"]
     assert main(argv) == 0
     for name in ("front.json", "front.csv", "best_plan.json", "pareto.png", "pareto.svg",
-                 "evaluations.jsonl", "report.json", "state.json", "algorithm.pkl"):
+                 "evaluations.jsonl", "report.json", "state.json"):
         assert (output / name).is_file(), name
     report = json.loads((output / "report.json").read_text())
     assert report["n_evaluations"] == 8 and len(evaluations(output)) == 8
@@ -26,10 +26,11 @@ def test_cli_search_writes_front_plan_plot_history_and_model(tiny_model_dir, tmp
     model = AutoModelForCausalLM.from_pretrained(output / "model")
     assert sparsity_report(model).total == pytest.approx(report["sparsity"])
     _assert_pruned_from_the_pruning_windows(model, tiny_model_dir, output, report)
-    # continuing the finished search for two more generations reuses its settings
-    assert main(["search", "--output", str(output), "--resume", "--gens", "3", "--quiet",
-                 "--model", "ignored-on-resume"]) == 0
+    # continuing the finished search for one more generation: the same flags, more --gens
+    assert argv[5:7] == ["--gens", "2"]
+    assert main([*argv[:6], "3", *argv[7:], "--resume"]) == 0
     assert json.loads((output / "report.json").read_text())["n_evaluations"] == 12
+    assert main([*argv, "--resume", "--seed", "1"]) == 2  # other settings are refused, not copied
 
 
 def _assert_pruned_from_the_pruning_windows(saved, model_dir, output, report):
@@ -42,7 +43,8 @@ def _assert_pruned_from_the_pruning_windows(saved, model_dir, output, report):
     plan = PruningPlan.load(output / "best_plan.json")
     settings = report["calibration"]
     dense, tokenizer = load_model(str(model_dir))
-    windows = {way: load_calibration(tokenizer, settings[samples], settings[seq_len], settings["seed"],
+    windows = {way: load_calibration(tokenizer, settings[samples] or settings["n_samples"],
+                                     settings[seq_len] or settings["seq_len"], settings["seed"],
                                      settings["source"], progress=False)
                for way, samples, seq_len in (("pruning", "prune_samples", "prune_seq_len"),
                                              ("search", "n_samples", "seq_len"))}
@@ -56,22 +58,22 @@ def _assert_pruned_from_the_pruning_windows(saved, model_dir, output, report):
     assert not all(torch.equal(a, b) for a, b in zip(saved_masks, masks["search"]))
 
 
-def test_cli_search_bad_input(tiny_model_dir, tmp_path, capsys):
-    base = ["search", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"), "--quiet",
-            "--n-samples", "4", "--seq-len", "32", "--eval-seq-len", "32"]
+def test_cli_optishear_bad_input(tiny_model_dir, tmp_path, capsys):
+    base = ["optishear", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"), "--quiet",
+            "--n-samples", "4", "--seq-len", "32", "--eval-seq-len", "32", *PRUNE_WINDOWS]
     assert main([*base, "--algorithm", "cmaes"]) == 2
     assert "single-objective" in capsys.readouterr().err
     assert main([*base, "--target-sparsity", "half"]) == 2
     assert main([*base, "--objectives", "kl,density"]) == 2
     assert "density objective needs" in capsys.readouterr().err
     # these fail before the model loads: the missing model is never reached
-    early = ["search", "--model", "./missing-model", "--output", str(tmp_path / "e"), "--quiet"]
+    early = ["optishear", "--model", "./missing-model", "--output", str(tmp_path / "e"), "--quiet"]
     assert main([*early, "--target-sparsity", "1.2"]) == 2
-    assert "sparsity must be in [0, 1)" in capsys.readouterr().err
+    assert "--target-sparsity must be in [0, 1)" in capsys.readouterr().err
     assert main([*early, "--algorithm", "de"]) == 2
     assert "single-objective" in capsys.readouterr().err
-    assert main(["search", "--output", str(tmp_path / "none"), "--resume", "--quiet"]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert main([*base[:4], str(tmp_path / "none"), *base[5:], "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err and not (tmp_path / "none").exists()
     assert torch.is_grad_enabled()
 
 
@@ -81,11 +83,11 @@ def test_front_rescored_on_zero_shot_tasks(tiny_model_dir, tmp_path, monkeypatch
     if importlib.util.find_spec("lm_eval") is None:
         pytest.skip("lm-evaluation-harness (the [eval] extra) is not installed")
     from optishear_moo.evaluation import zero_shot as module
-    from tests.foundation.test_zero_shot import write_task_data
+    from tests.evaluation.test_zero_shot import write_task_data
 
     monkeypatch.setattr(module, "default_data_root", lambda: write_task_data(tmp_path / "tasks", ("piqa",)))
     output = tmp_path / "front"
-    assert main(["search", "--model", str(tiny_model_dir), "--target-sparsity", "0.3:0.7", "--objectives",
+    assert main(["optishear", "--model", str(tiny_model_dir), "--target-sparsity", "0.3:0.7", "--objectives",
                  "kl,density", "--pop", "4", "--gens", "1", "--n-samples", "4", "--seq-len", "32",
                  "--eval-seq-len", "32", "--eval-segments", "1", "--device", "cpu", "--output", str(output),
                  "--quiet", "--zero-shot", "piqa", "--validation-samples", "0", *PRUNE_WINDOWS]) == 0
