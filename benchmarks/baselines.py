@@ -19,7 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
 
-from optishear_moo import load_calibration, load_model, perplexity, prune_model  # noqa: E402
+from optishear_moo import load_calibration, load_model, prune_model  # noqa: E402
+from optishear_moo.evaluation import perplexity  # noqa: E402
 from optishear_moo.pruning import DenseSnapshot, PruningConfig  # noqa: E402
 
 METHODS = ["magnitude", "wanda", "ria", "sparsegpt"]

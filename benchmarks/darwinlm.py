@@ -5,7 +5,7 @@
     python benchmarks/darwinlm.py --targets 1.5 --gens 1 --offspring 2 --post-train-tokens 512   # a smoke run
 
 For each target: uniform structured pruning (the most uniform level allocation), and
-``search_structured`` (what ``optishear-moo structured`` runs) with one-shot selection and with
+``search_darwinlm`` (what ``optishear-moo darwinlm`` runs) with one-shot selection and with
 training-aware selection (same number of generations and offspring). Each result is then
 post-trained on the same number of tokens and evaluated on WikiText-2 test before and after;
 speed is measured against the dense model.
@@ -25,15 +25,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
 
-from optishear_moo import load_calibration, load_model, perplexity  # noqa: E402
-from optishear_moo.darwinlm import (  # noqa: E402
-    LevelDatabase,
+from optishear_moo import (  # noqa: E402
+    CalibrationSet,
+    DarwinLMConfig,
+    SearchRun,
     StructuredPruningProblem,
-    apply_levels_,
-    halving_stages,
-    search_structured,
+    load_calibration,
+    load_model,
+    search_darwinlm,
 )
-from optishear_moo.evaluation import measure_speed  # noqa: E402
+from optishear_moo.darwinlm import StructuredLevelDatabase, apply_levels_  # noqa: E402
+from optishear_moo.evaluation import measure_speed, perplexity  # noqa: E402
 from optishear_moo.finetuning import post_train  # noqa: E402
 
 
@@ -59,23 +61,25 @@ def main() -> None:
     dense_ppl = perplexity(model, tokenizer, 1024, args.eval_segments, progress=False).perplexity
     dense_speed = measure_speed(model, seq_len=256, new_tokens=32, repeats=3)
     started = time.perf_counter()
-    database = LevelDatabase.build(model, calibration, progress=True)
+    database = StructuredLevelDatabase.build(model, calibration, progress=True)  # the uniform rows'
+    # (each search builds the same database again from the same windows)
     payload = {"environment": environment(), "settings": vars(args), "dense_ppl": dense_ppl,
                "dense_speed": dense_speed.to_dict(), "database_seconds": time.perf_counter() - started,
                "rows": []}
     print(f"dense ppl {dense_ppl:.2f}; level database in {payload['database_seconds']:.0f} s")
-    stages = halving_stages(args.finetune_tokens)
     for target in args.targets:
         problem = StructuredPruningProblem(model, calibration, target, database=database, training=training,
                                            finetune_learning_rate=args.learning_rate)
         uniform = problem.levels(problem.uniform_levels(target))
         candidates = {"uniform": (uniform, problem.evaluator.evaluate(uniform), 0.0, 0)}
         problem.restore_dense()
-        for label, schedule in (("search one-shot", None), ("search training-aware", stages)):
-            started = time.perf_counter()  # what optishear-moo structured runs
-            choice = search_structured(model, calibration, target, training, schedule, pop_size=1,
-                                       n_offsprings=args.offspring, n_gen=args.gens, seed=args.seed,
-                                       learning_rate=args.learning_rate, database=database)
+        for selection in ("one-shot", "training-aware"):
+            label = f"search {selection}"
+            started = time.perf_counter()  # what optishear-moo darwinlm runs
+            config = DarwinLMConfig(target, selection, tuple(args.finetune_tokens), args.learning_rate,
+                                    n_offsprings=args.offspring, n_gen=args.gens)
+            choice = search_darwinlm(model, CalibrationSet(calibration, training=training), config,
+                                     SearchRun(seed=args.seed))
             candidates[label] = (np.array(choice.levels), choice.calibration_kl,
                                  time.perf_counter() - started, choice.n_evaluations)
         for label, (levels, kl, seconds, n_eval) in candidates.items():

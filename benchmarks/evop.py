@@ -4,7 +4,7 @@
     python benchmarks/evop.py --removals 3 --pop 8 --gens 2   # a quick look
 
 For each calibration sampling (random windows, EvoP's cluster sampling) and each number of
-removed blocks, ``choose_blocks`` – what ``optishear-moo remove-blocks`` runs, with its defaults –
+removed blocks, ``search_evop`` – what ``optishear-moo evop`` runs, with its defaults –
 for each method: EvoP (GA over the block-removal problem, KL objective, warm-started as the
 driver does), ShortGPT (lowest block influence), SLEB-style greedy removal by calibration
 perplexity, and removing the last blocks before the final one. Reports WikiText-2 test
@@ -24,11 +24,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
 
-from optishear_moo import choose_blocks, load_calibration, load_model, perplexity, remove_blocks_  # noqa: E402
+from optishear_moo import EvoPConfig, SearchRun, load_calibration, load_model, search_evop  # noqa: E402
 from optishear_moo.data import calibration_diversity  # noqa: E402
-from optishear_moo.evaluation import measure_speed  # noqa: E402
-from optishear_moo.evop.blocks import last_blocks  # noqa: E402
-from optishear_moo.evop.fitness import BlockRemovalEvaluator  # noqa: E402
+from optishear_moo.evaluation import measure_speed, perplexity  # noqa: E402
+from optishear_moo.evop.blocks import last_blocks, remove_blocks_  # noqa: E402
 
 METHODS = ["evop", "shortgpt", "sleb", "last"]
 
@@ -84,14 +83,13 @@ def main() -> None:
         payload["diversity"][sampling] = calibration_diversity(
             calibration, tokenizer, model=model, n_clusters=args.n_clusters).to_dict()
         print(sampling, "calibration diversity", payload["diversity"][sampling])
-        evaluator = BlockRemovalEvaluator(model, calibration)  # the dense cache, shared by all methods
         for n_remove in args.removals:
             for method in METHODS:
                 if method == "last" and sampling != args.samplings[0]:
                     continue  # does not depend on the calibration data
                 started = time.perf_counter()
-                choice = choose_blocks(model, calibration, n_remove, method, pop_size=args.pop,
-                                       n_gen=args.gens, seed=args.seed, evaluator=evaluator)
+                config = EvoPConfig(n_remove, method, pop_size=args.pop, n_gen=args.gens)
+                choice = search_evop(model, calibration, config, SearchRun(seed=args.seed))
                 blocks = choice.removed_blocks
                 row = {"method": method, "sampling": sampling, "n_removed": n_remove,
                        "removed_blocks": blocks, "calibration_kl": choice.scores["kl"],
@@ -103,7 +101,6 @@ def main() -> None:
                 print(f"{sampling:8s} {n_remove:2d} {method:9s} test ppl {row['test_ppl']:9.2f} "
                       f"calib KL {row['calibration_kl']:.3f} blocks {blocks}")
                 save_json("evop", payload)
-        del evaluator
 
     for n_remove in [0, *args.removals]:
         pruned = removed_copy(model, last_blocks(n_blocks, n_remove)) if n_remove else model

@@ -1,16 +1,16 @@
-"""Does ``optishear-moo levels --method auto`` base its database on the better method?
+"""Does ``optishear-moo evopress --method auto`` base its database on the better method?
 
     python benchmarks/level_method_choice.py                                   # SmolLM2, 50/60/70 %
     python benchmarks/level_method_choice.py --targets 0.6,0.7 --resume        # keep the 50 % row
     python benchmarks/level_method_choice.py --model qwen2.5-coder-0.5b --targets 0.5,0.7 \\
         --baselines search_vs_baselines_qwen --name level_method_choice_qwen
 
-For each target, ``choose_level_method`` (what ``levels`` runs by default) prunes the model
-uniformly with SparseGPT and with Wanda from the calibration windows of the search-vs-baselines
-table (32 x 512, which ``levels`` prunes from by default) and scores each by KL to the dense model
-on held-out windows shaped as ``levels`` shapes them by default: as many and as long as the pruning
-windows, from WikiText-2 validation (``--validation-samples`` x ``--validation-seq-len`` to try
-others; 8 x 128 ranked Wanda above SparseGPT on SmolLM2 at 50 %).
+For each target, ``choose_level_method`` (what ``search_evopress`` runs with ``method="auto"``, the
+default) prunes the model uniformly with SparseGPT and with Wanda from the calibration windows of
+the search-vs-baselines table (32 x 512, which ``evopress`` prunes from by default) and scores each
+by KL to the dense model on held-out windows shaped as ``evopress`` shapes them by default: as many
+and as long as the pruning windows, from WikiText-2 validation (``--validation-samples`` x
+``--validation-seq-len`` to try others; 8 x 128 ranked Wanda above SparseGPT on SmolLM2 at 50 %).
 Next to them: the same uniform models' WikiText-2 *test* perplexity from that table
 (``results/BASELINES.json``, same windows), and the EvoPress level search's perplexity over each
 method's database where the table has it. The choice is right where the method with the lower
@@ -27,10 +27,10 @@ from _common import RESULTS, environment, grouped_bars, markdown_table, save_jso
 
 from optishear_moo import load_calibration, load_model
 from optishear_moo.evopress import choose_level_method
-from optishear_moo.evopress.search import LEVEL_METHOD_CANDIDATES
+from optishear_moo.evopress.config import LEVEL_METHOD_CANDIDATES
 
-LEVEL_ROW = {"sparsegpt": "EvoPress levels, database pruned at the target (search_levels default)",
-             "wanda": "EvoPress levels over wanda, database pruned at the target (search_levels default)"}
+LEVEL_ROW = {"sparsegpt": "EvoPress levels, database pruned at the target (search_evopress default)",
+             "wanda": "EvoPress levels over wanda, database pruned at the target (search_evopress default)"}
 
 
 def main() -> None:

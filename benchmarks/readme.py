@@ -1,9 +1,10 @@
-"""Copy the benchmark tables (results/NAME.md) into README.md, so the README cannot drift.
+"""Copy the benchmark tables (results/NAME.md) into README.md and docs/benchmarks.md, so the
+documents cannot drift from the results.
 
-    python benchmarks/readme.py            # rewrite the README sections from the results
-    python benchmarks/readme.py --check    # exit 1 if a README section differs from its results file
+    python benchmarks/readme.py            # rewrite the documents' sections from the results
+    python benchmarks/readme.py --check    # exit 1 if a section differs from its results file
 
-A README section is the text between ``<!-- results: NAME -->`` and ``<!-- /results -->``.
+A section is the text between ``<!-- results: NAME -->`` and ``<!-- /results -->``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
 SECTION = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
 
@@ -33,17 +35,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    path = ROOT / "README.md"
-    current = path.read_text()
-    rendered = render(current)
-    if args.check:
-        stale = [m["name"] for m, n in zip(SECTION.finditer(current), SECTION.finditer(rendered))
-                 if m["body"] != n["body"]]
-        if stale:
-            print(f"README sections out of date: {', '.join(stale)}: run python benchmarks/readme.py")
-            return 1
-        return 0
-    path.write_text(rendered)
+    stale = []
+    for path in DOCUMENTS:
+        current = path.read_text()
+        rendered = render(current)
+        if args.check:
+            stale += [f"{path.relative_to(ROOT)}: {m['name']}" for m, n in
+                      zip(SECTION.finditer(current), SECTION.finditer(rendered)) if m["body"] != n["body"]]
+        elif rendered != current:
+            path.write_text(rendered)
+    if stale:
+        print(f"sections out of date: {', '.join(stale)}: run python benchmarks/readme.py")
+        return 1
     return 0
 
 

@@ -8,9 +8,9 @@
 
 Per target: uniform and OWL Wanda and SparseGPT (``prune_model``); OptiShear's searched metric and
 allocation without and with the OBS weight update (``search_optishear``); the EvoPress-style level
-search over a SparseGPT database (``search_levels``; ``--level-methods`` adds databases pruned with
+search over a SparseGPT database (``search_evopress``; ``--level-methods`` adds databases pruned with
 Wanda, RIA or magnitude) built from dense inputs as EvoPress does and
-built as ``search_levels`` does by default (each block pruned from the blocks before it pruned at
+built as ``search_evopress`` does by default (each block pruned from the blocks before it pruned at
 the target), each shown with the database's weights and with the allocation found pruned again
 block by block; and the joint OptiShear space, metric + allocation + update
 (``search_optishear(search_update=True)``). Every method prunes from the same
@@ -29,15 +29,17 @@ import numpy as np
 from _common import RESULTS, environment, grouped_bars, markdown_table, save_json
 
 from optishear_moo import (
+    CalibrationSet,
+    EvoPressConfig,
+    OptiShearConfig,
     load_calibration,
     load_model,
-    perplexity,
     prune_model,
-    search_levels,
+    search_evopress,
     search_optishear,
 )
-from optishear_moo.evopress import SparsityLevelDatabase
-from optishear_moo.evopress.search import GENERATIONS
+from optishear_moo.evaluation import perplexity
+from optishear_moo.evopress.config import GENERATIONS
 from optishear_moo.pruning import DenseSnapshot
 
 BASELINES = [("wanda", "uniform"), ("wanda", "owl"), ("sparsegpt", "uniform"), ("sparsegpt", "owl")]
@@ -45,7 +47,7 @@ SEARCHES = ["OptiShear", "OptiShear + OBS update", "joint (metric + allocation +
 # (database inputs, pruned again block by block) -> label
 LEVELS = {("dense", False): "EvoPress levels, dense-input database",
           ("dense", True): "EvoPress levels, dense-input database, pruned again block by block",
-          ("pruned", False): "EvoPress levels, database pruned at the target (search_levels default)",
+          ("pruned", False): "EvoPress levels, database pruned at the target (search_evopress default)",
           ("pruned", True): "EvoPress levels, database pruned at the target, pruned again block by block"}
 LEVEL_METHODS = ("sparsegpt", "wanda", "ria", "magnitude")
 
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--pop", type=int, default=8, help="OptiShear population")
     parser.add_argument("--gens", type=int, default=3, help="OptiShear generations")
     parser.add_argument("--level-offspring", type=int, default=16)
-    parser.add_argument("--level-gens", type=int, default=GENERATIONS, help="default: search_levels'")
+    parser.add_argument("--level-gens", type=int, default=GENERATIONS, help="default: EvoPressConfig's")
     parser.add_argument("--level-methods", default="sparsegpt",
                         help="methods the level databases are pruned with, comma-separated "
                              f"({', '.join(LEVEL_METHODS)}; default: sparsegpt)")
@@ -151,10 +153,11 @@ def main() -> None:
             record(target, f"{method} ({allocation})", baseline)
 
         def optishear(update="none", search_update=False):
-            result = search_optishear(model, search_calibration, sparsity, nm=nm, pop_size=args.pop,
-                                      n_gen=args.gens, update=update, search_update=search_update,
-                                      validation=validation)
-            result.chosen.apply(model, calibration)  # pruned from the same windows as the baselines
+            config = OptiShearConfig(sparsity, nm=nm, pop_size=args.pop, n_gen=args.gens, update=update,
+                                     search_update=search_update)
+            windows = CalibrationSet(search_calibration, prune=calibration, validation=validation)
+            result = search_optishear(model, windows, config)
+            result.apply(model)  # pruned from the same windows as the baselines
             return {"evaluations": result.n_evaluations, "plan": result.chosen.to_dict(),
                     "search_seconds": result.seconds}
 
@@ -165,23 +168,19 @@ def main() -> None:
             searched = {}
 
             def levels(sequential: bool, level_method=level_method, inputs=inputs, searched=searched):
-                if not searched:
-                    started = time.perf_counter()
-                    database = SparsityLevelDatabase.for_target(model, calibration, sparsity, level_method,
-                                                                database_inputs=inputs)
-                    searched["database_seconds"] = time.perf_counter() - started
-                    searched["choice"] = search_levels(model, search_calibration, sparsity,
-                                                       database=database, n_offsprings=args.level_offspring,
-                                                       n_gen=args.level_gens)
-                    searched["database"] = database
+                if not searched:  # one search serves both rows: they differ in how the weights are set
+                    config = EvoPressConfig(sparsity, method=level_method, database_inputs=inputs,
+                                            n_offsprings=args.level_offspring, n_gen=args.level_gens)
+                    windows = CalibrationSet(search_calibration, prune=calibration)
+                    searched["choice"] = search_evopress(model, windows, config)
                 choice = searched["choice"]
-                if sequential:  # the allocation found, pruned block by block from the same windows
-                    choice.apply(model, calibration=calibration)
-                else:  # the database's weights, exactly what the search scored
-                    choice.apply(model, searched["database"])
+                # pruned again: the allocation found, pruned block by block from the same windows as the
+                # baselines; database: its weights, exactly what the search scored
+                choice.apply(model, weights="pruned again" if sequential else "database")
                 return {"evaluations": choice.n_evaluations, "generations": args.level_gens,
-                        "offspring": args.level_offspring, "search_seconds": choice.seconds,
-                        "database_seconds": searched["database_seconds"], "levels": choice.levels,
+                        "offspring": args.level_offspring,
+                        "search_seconds": choice.seconds - choice.database_seconds,
+                        "database_seconds": choice.database_seconds, "levels": choice.levels,
                         "layer_sparsity_range": [min(choice.layer_sparsity.values()),
                                                  max(choice.layer_sparsity.values())]}
 

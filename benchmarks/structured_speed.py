@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
 
 from optishear_moo import load_calibration, load_model  # noqa: E402
-from optishear_moo.darwinlm import LevelDatabase, apply_levels_  # noqa: E402
+from optishear_moo.darwinlm import StructuredLevelDatabase, apply_levels_  # noqa: E402
 from optishear_moo.darwinlm.problem import StructuredPruningProblem  # noqa: E402
 from optishear_moo.evaluation import measure_speed  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
 
     model, tokenizer = load_model("smollm2-135m", device=args.device)
     calibration = load_calibration(tokenizer, 4, 128, 0)
-    database = LevelDatabase.build(model, calibration, progress=True)
+    database = StructuredLevelDatabase.build(model, calibration, progress=True)
     problem = StructuredPruningProblem(model, calibration, 2.0, database=database)  # for its helpers
     variants = {"dense": None}
     variants.update({f"uniform {c}x": problem.uniform_levels(c) for c in args.compressions})

@@ -6,10 +6,11 @@
 
 Models: dense; Wanda and SparseGPT at 50 % and 2:4 (``prune_model``); the plan of each search
 method with the drivers' defaults where affordable: OptiShear with the OBS update at 50 %
-(``search_optishear``), EvoPress levels at 50 % pruned again block by block (``search_levels``),
-EvoP removing 6 blocks (``choose_blocks``) and DarwinLM at 1.5x with one-shot selection
-(``search_structured``, no post-training). Tasks: ARC-Easy, ARC-Challenge, BoolQ, HellaSwag,
-PIQA, WinoGrande, OpenBookQA, 0-shot; acc and acc_norm. Writes results/zero_shot.{json,md,png}.
+(``search_optishear``), EvoPress levels at 50 % over a dense-input SparseGPT database, pruned
+again block by block (``search_evopress``), EvoP removing 6 blocks (``search_evop``) and DarwinLM
+at 1.5x with one-shot selection (``search_darwinlm``, no post-training). Tasks: ARC-Easy,
+ARC-Challenge, BoolQ, HellaSwag, PIQA, WinoGrande, OpenBookQA, 0-shot; acc and acc_norm. Writes
+results/zero_shot.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -26,20 +27,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
 
 from optishear_moo import (  # noqa: E402
-    choose_blocks,
+    CalibrationSet,
+    DarwinLMConfig,
+    EvoPConfig,
+    EvoPressConfig,
+    OptiShearConfig,
     load_calibration,
     load_model,
-    perplexity,
     prune_model,
-    remove_blocks_,
-    search_levels,
+    search_darwinlm,
+    search_evop,
+    search_evopress,
     search_optishear,
-    search_structured,
 )
-from optishear_moo.darwinlm import LevelDatabase, apply_levels_  # noqa: E402
+from optishear_moo.evaluation import perplexity  # noqa: E402
 from optishear_moo.evaluation.zero_shot import zero_shot  # noqa: E402
-from optishear_moo.evopress import SparsityLevelDatabase, sparsity_ladder  # noqa: E402
-from optishear_moo.evopress.search import GENERATIONS  # noqa: E402
+from optishear_moo.evopress.config import GENERATIONS  # noqa: E402
 from optishear_moo.pruning import DenseSnapshot  # noqa: E402
 
 TASKS = ["arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "winogrande", "openbookqa"]
@@ -52,7 +55,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-segments", type=int, default=16)
     parser.add_argument("--level-gens", type=int, default=GENERATIONS,
-                        help="EvoPress level-search generations (default: search_levels')")
+                        help="EvoPress level-search generations (default: EvoPressConfig's)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
 
@@ -93,24 +96,19 @@ def main() -> None:
             measure(f"{method} {pattern}", baseline)
 
     def optishear():
-        result = search_optishear(model, search_calibration, 0.5, update="obs", pop_size=8, n_gen=3,
-                                  validation=validation)
-        result.chosen.apply(model, calibration)
+        windows = CalibrationSet(search_calibration, prune=calibration, validation=validation)
+        search_optishear(model, windows, OptiShearConfig(0.5, update="obs", pop_size=8, n_gen=3)).apply(model)
 
     def levels():
-        database = SparsityLevelDatabase.build(model, calibration, sparsity_ladder(0.5))
-        choice = search_levels(model, search_calibration, 0.5, database=database, n_gen=args.level_gens)
-        del database
-        choice.apply(model, calibration=calibration)
+        config = EvoPressConfig(0.5, method="sparsegpt", database_inputs="dense", n_gen=args.level_gens)
+        search_evopress(model, CalibrationSet(search_calibration, prune=calibration), config).apply(model)
 
     def evop():
-        choice = choose_blocks(model, search_calibration, 6)
-        return remove_blocks_(copy.deepcopy(model), choice.removed_blocks)
+        return search_evop(model, search_calibration, EvoPConfig(6)).apply(copy.deepcopy(model))
 
     def darwinlm():
-        database = LevelDatabase.build(model, search_calibration)
-        choice = search_structured(model, search_calibration, 1.5, database=database)
-        return apply_levels_(copy.deepcopy(model), database, choice.levels)
+        result = search_darwinlm(model, search_calibration, DarwinLMConfig(1.5, selection="one-shot"))
+        return result.apply(copy.deepcopy(model))
 
     measure("OptiShear + OBS update 50%", optishear)
     measure("EvoPress levels 50%", levels)

@@ -22,7 +22,6 @@ from pymoo.core.variable import Binary
 
 from ..errors import SettingError, param
 from ..search.problem import ModelProblem, problem_fingerprint
-from ..search.selection import ga_tournament_selection
 from .blocks import check_n_remove
 from .fitness import BlockRemovalEvaluator, check_block_objective
 
@@ -213,4 +212,4 @@ def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_
                      eliminate_duplicates=True)
     if problem.multi_objective:
         return NSGA2(pop_size=pop_size, **operators)
-    return GA(pop_size=pop_size, selection=ga_tournament_selection(), **operators)
+    return GA(pop_size=pop_size, **operators)

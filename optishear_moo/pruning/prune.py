@@ -161,14 +161,21 @@ def prune_model(
     config: PruningConfig | None = None,
     progress: bool = True,
 ) -> PruningResult:
-    """Prune ``model`` **in place** with a baseline method; returns masks and the achieved sparsity.
+    """Prune ``model`` **in place** with a fixed recipe; returns the masks and the achieved sparsity.
 
-    ``calibration`` is a ``(n_samples, seq_len)`` token batch (see :func:`load_calibration`);
-    magnitude with uniform allocation needs none. Data-aware methods run sequentially: each
-    block is pruned from inputs that went through the already-pruned blocks before it.
-    ``update`` (``"obs"`` or ``"lstsq"``, see :mod:`.update`) reconstructs the kept weights of
-    magnitude/Wanda/RIA masks; SparseGPT always updates.
-    Take a :class:`~optishear_moo.pruning.weights.DenseSnapshot` first to undo it.
+    Data-aware methods run sequentially: each block is pruned from inputs that went through the
+    already-pruned blocks before it. Take a
+    :class:`~optishear_moo.pruning.weights.DenseSnapshot` first to undo it.
+
+    Args:
+        model: The model to prune.
+        calibration: ``(n_samples, seq_len)`` token ids (see ``load_calibration``); magnitude with
+            uniform allocation needs none.
+        method, sparsity, nm, allocation, update: The recipe, when no ``config`` is given (see
+            :class:`PruningConfig`); ``update`` (``"obs"``, ``"lstsq"``) reconstructs the kept
+            weights of magnitude/Wanda/RIA masks, SparseGPT always updates.
+        config: A :class:`PruningConfig` (wins over the loose arguments).
+        progress: Show a bar over the blocks.
     """
     config = config or PruningConfig(method, sparsity, parse_nm(nm), allocation, update=update)
     if config.needs_calibration and calibration is None:

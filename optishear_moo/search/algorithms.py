@@ -66,9 +66,7 @@ def make_algorithm(name: str, problem: Problem, pop_size: int = 16, seed: int = 
     if name == "ga":
         from pymoo.algorithms.soo.nonconvex.ga import GA
 
-        from .selection import ga_tournament_selection
-
-        return GA(pop_size=pop_size, selection=ga_tournament_selection(), **kwargs)
+        return GA(pop_size=pop_size, **kwargs)
     if name == "de":
         from pymoo.algorithms.soo.nonconvex.de import DE
 
