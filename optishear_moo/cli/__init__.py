@@ -16,7 +16,7 @@ import sys
 
 from .._version import __version__
 
-COMMANDS = ("prune", "optishear", "evopress", "evop", "darwinlm", "finetune", "evaluate")
+COMMANDS = ("prune", "optishear", "evopress", "evop", "darwinlm", "export", "finetune", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

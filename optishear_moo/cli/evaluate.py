@@ -27,13 +27,13 @@ def run(args) -> dict:
     from pathlib import Path
 
     from ..errors import SettingError, param
-    from ..evaluation.zero_shot import check_engine, task_configs, zero_shot
+    from ..evaluation.zero_shot import check_engine, check_tasks, zero_shot
     from ..models import load_model
     from ..models.loading import load_config, resolve_device
     from ..outputs import write_atomically
 
     check_engine()
-    task_configs(args.tasks)
+    check_tasks(args.tasks)
     resolve_device(args.device)
     for name in ("limit", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

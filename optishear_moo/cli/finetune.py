@@ -71,7 +71,9 @@ def run(args) -> dict:
                             resume=args.resume and (checkpoint / "training_state.json").exists(),
                             progress=not args.quiet)
         after = job.perplexity(model, tokenizer).perplexity
-        report = job.save(model, tokenizer, {
+        description = {"post_training": {"loss": "distillation" if teacher else "next-token",
+                                         "tokens": training.numel(), "teacher": args.teacher}}
+        report = job.save(model, tokenizer, description, {
             "ppl_before": before, "ppl_after": after, "steps": len(losses), "first_loss": losses[0],
             "last_loss": losses[-1], "tokens": training.numel(), "settings": settings,
             "loss": "distillation" if teacher is not None else "next-token"})

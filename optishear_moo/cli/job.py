@@ -43,10 +43,10 @@ class Job:
         self.segments = eval_segments(args.eval_segments)
         calibration.check_sources()
         if args.zero_shot:
-            from ..evaluation.zero_shot import check_engine, task_configs
+            from ..evaluation.zero_shot import check_engine, check_tasks
 
             check_engine()
-            task_configs(args.zero_shot)
+            check_tasks(args.zero_shot)
         model_config = load_config(args.model)  # no weights: the model's needs are checked first
         calibration.check_context(model_config)
         if config is not None and hasattr(config, "check_model"):
@@ -124,8 +124,8 @@ class Job:
         dense_parameters = sum(p.numel() for p in model.parameters())
         pruned = self.perplexity(result.apply(model), tokenizer)
         sparsity, parameters = sparsity_report(model), sum(p.numel() for p in model.parameters())
-        result.save(self.output)
-        report = self.save(model, tokenizer, {
+        result.save(self.output, title=f"{result.title}: {self.args.model}")
+        report = self.save(model, tokenizer, result.description(), {
             **result.report(), "dense_ppl": dense.perplexity, "pruned_ppl": pruned.perplexity,
             "sparsity": sparsity.total, "per_layer_sparsity": sparsity.per_layer,
             "dense_parameters": dense_parameters, "parameters": parameters})
@@ -134,15 +134,17 @@ class Job:
               f"saved to {self.output / 'model'}")
         return report
 
-    def save(self, model, tokenizer, report: dict) -> dict:
-        """``model/`` (staged, moved into place when complete), then ``report.json`` with the zero-shot
+    def save(self, model, tokenizer, description: dict, report: dict) -> dict:
+        """``model/`` in ``--save-dtype`` with ``description`` (what it holds) in its config.json,
+        staged and moved into place when complete; then ``report.json`` with the zero-shot
         accuracies (``--zero-shot``), settings, versions and wall time added."""
         import torch
         import transformers
 
         from .. import __version__
         from ..evaluation.zero_shot import zero_shot
-        from ..outputs import save_directory, write_atomically
+        from ..models import save_model
+        from ..outputs import write_atomically
 
         if self.args.zero_shot:
             report["zero_shot"] = zero_shot(model, tokenizer, self.args.zero_shot, self.args.zero_shot_limit,
@@ -153,7 +155,12 @@ class Job:
                       versions={"optishear_moo": __version__, "torch": torch.__version__,
                                 "transformers": transformers.__version__,
                                 "python": platform.python_version()})
-        save_directory(self.output / "model", lambda directory: (model.save_pretrained(directory),
-                                                                  tokenizer.save_pretrained(directory)))
+        description = {"by": f"optishear-moo {__version__}", "command": self.command, **description,
+                       "achieved_sparsity": report.get("sparsity")}
+        computed = model.dtype
+        save_model(model, tokenizer, self.output / "model", self.args.save_dtype, description)
+        report["saved_dtype"] = str(model.dtype).removeprefix("torch.")
+        if model.dtype != computed:  # what the saved model scores, as it reloads
+            report["saved_ppl"] = self.perplexity(model, tokenizer).perplexity
         write_atomically(self.output / "report.json", json.dumps(report, indent=2))
         return report

@@ -61,6 +61,9 @@ def add_output_flags(parser: argparse.ArgumentParser, search: bool = True) -> No
     parser.add_argument("--zero-shot-limit", type=int, default=None,
                         help="examples per zero-shot task (default: the whole validation set)")
     parser.add_argument("--output", required=True, help="directory for the model, report.json and the search")
+    parser.add_argument("--save-dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                        help="precision of the saved model (default auto: the checkpoint's own, bfloat16 "
+                             "for a quantized GGUF)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     if search:

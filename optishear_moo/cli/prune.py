@@ -36,7 +36,7 @@ def run(args) -> dict:
         dense = job.perplexity(model, tokenizer)
         result = prune_model(model, windows, config=config, progress=not args.quiet)
         pruned = job.perplexity(model, tokenizer)
-        report = job.save(model, tokenizer, {
+        report = job.save(model, tokenizer, {"method": config.method, **config.to_dict()}, {
             "dense_ppl": dense.perplexity, "pruned_ppl": pruned.perplexity, "prune_seconds": result.seconds,
             "evaluation": {k: v for k, v in pruned.to_dict().items() if k not in ("perplexity", "mean_nll")},
             **result.report.to_dict()})

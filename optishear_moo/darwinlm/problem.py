@@ -124,6 +124,10 @@ class StructuredPruningProblem(ModelProblem):
 
     decode = levels
 
+    def describe(self, x) -> dict:
+        share = self.kept_share(x)
+        return {"levels": self.levels(x).tolist(), "kept_share": share, "compression": 1 / share}
+
     def kept_share(self, x) -> float:
         """Share of the blocks' projection weights that ``x`` keeps (1 / compression)."""
         return kept_parameters(self.database, self.levels(x)) / self.dense_parameters
@@ -138,6 +142,7 @@ class StructuredPruningProblem(ModelProblem):
         shares = np.array([self.kept_share(x) for x in X])
         for row, x in enumerate(X):
             F[row, 0] = self.evaluator.evaluate(self.levels(x), self.eval_samples)
+            self.candidate_done()
         if self.multi_objective:
             F[:, 1] = shares
             low, high = 1 / self.compression_range[1], 1 / self.compression_range[0]

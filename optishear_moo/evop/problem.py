@@ -84,6 +84,10 @@ class BlockRemovalProblem(ModelProblem):
         dict of variables) removes."""
         return np.flatnonzero(_removal_mask(self.as_vector(x))).tolist()
 
+    def describe(self, x) -> dict:
+        removed = self.decode(x)
+        return {"removed_blocks": removed, "blocks_kept": self.n_var - len(removed)}
+
     def encode(self, removed) -> np.ndarray:
         x = np.zeros(self.n_var, dtype=bool)
         x[list(removed)] = True
@@ -104,6 +108,7 @@ class BlockRemovalProblem(ModelProblem):
         for row in sorted(range(len(X)), key=lambda r: tuple(X[r])):
             if low <= counts[row] <= high:
                 F[row, 0] = self.evaluator.evaluate(self.decode(X[row]))[self.objective]
+            self.candidate_done()
         if self.multi_objective:
             F[:, 1] = self.n_var - counts
         out["F"] = F

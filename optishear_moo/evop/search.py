@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..data.config import CalibrationSet
-from ..search import SearchResult, SearchRun, front_arrays, run_search
+from ..search import SearchResult, SearchRun, front_arrays, run_search, unique_points
 from .blocks import check_n_remove, last_blocks, least_influential, remove_blocks_
 from .config import EvoPConfig
 from .fitness import BlockRemovalEvaluator, greedy_removal_order
@@ -53,9 +53,15 @@ class EvoPResult(SearchResult):
         return {"removed_blocks": self.removed_blocks, **self.scores,
                 "blocks_kept": self.n_blocks - len(self.removed_blocks)}
 
+    def density_of(self, point: dict) -> float:
+        return point["blocks_kept"] / self.n_blocks
+
     def apply(self, model: nn.Module, point=None) -> nn.Module:
         """Remove the chosen blocks (or ``point``'s) from ``model`` **in place**; returns it."""
         return remove_blocks_(model, self.point(point)["removed_blocks"])
+
+    def description(self, point=None) -> dict:
+        return {"method": self.method, "removed_blocks": self.point(point)["removed_blocks"]}
 
     def report(self) -> dict:
         return {"method": self.method, "removed_blocks": self.removed_blocks, "scores": self.scores,
@@ -108,8 +114,8 @@ def search_evop(model: nn.Module, calibration, config: EvoPConfig | None = None,
     result = run_search(problem, algorithm, ("n_gen", config.n_gen), run, settings=config.to_dict(),
                         driver="evop")
     X, _ = front_arrays(result)
-    front = sorted(({"removed_blocks": problem.decode(x), **evaluator.evaluate(problem.decode(x))}
-                    for x in X), key=lambda point: point[config.objective])
+    scored = ({"removed_blocks": problem.decode(x), **evaluator.evaluate(problem.decode(x))} for x in X)
+    front = unique_points(sorted(scored, key=lambda point: point[config.objective]), "removed_blocks")
     for point in front:
         point["blocks_kept"] = n_blocks - len(point["removed_blocks"])
     largest = max(front, key=lambda point: len(point["removed_blocks"]))

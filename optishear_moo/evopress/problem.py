@@ -132,6 +132,11 @@ class LevelSearchProblem(ModelProblem):
 
     decode = levels
 
+    def describe(self, x) -> dict:
+        levels = self.levels(x)
+        sparsity = self.database.mean_sparsity(levels)
+        return {"levels": levels.tolist(), "sparsity": sparsity, "density": 1 - sparsity}
+
     def layer_sparsity(self, x) -> dict[str, float]:
         return {name: self.database.ladder[level] for name, level in zip(self.database.names, self.levels(x))}
 
@@ -178,6 +183,7 @@ class LevelSearchProblem(ModelProblem):
         sparsity = np.array([self.database.mean_sparsity(x) for x in X])
         for row, x in enumerate(X):
             F[row, 0] = self.kl(x, self.eval_fidelity)
+            self.candidate_done()
         if self.multi_objective:
             F[:, 1] = 1 - sparsity
             low, high = self.sparsity_range

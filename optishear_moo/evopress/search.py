@@ -17,7 +17,7 @@ from ..models.adapters import get_adapter
 from ..pruning.prune import METHODS, PruningConfig, prune_model, prune_weight_, shared_factors
 from ..pruning.update import UPDATES
 from ..pruning.weights import DenseSnapshot
-from ..search import SearchResult, SearchRun, front_arrays, run_search
+from ..search import SearchResult, SearchRun, front_arrays, run_search, unique_points
 from ..search.checkpoint import Checkpoint, CheckpointError
 from ..search.levels import StagedSurvival, check_stages, halving_stages, level_algorithm
 from .config import LEVEL_METHOD_CANDIDATES, EvoPressConfig
@@ -109,6 +109,11 @@ class EvoPressResult(SearchResult):
                 prune_weight_(layer.weight, statistics[layer.name], sparsity[layer.name], self.method,
                               self.update, factor=factors.get(layer.name))
         return model
+
+    def description(self, point=None) -> dict:
+        levels = [int(level) for level in self.point(point)["levels"]]
+        return {"method": "evopress", "database_method": self.method, "update": self.update,
+                "weights": self.final["weights"], "ladder": self.ladder, "levels": levels}
 
     def report(self) -> dict:
         return {"layer_sparsity": self.layer_sparsity, "levels": self.levels, "sparsity": self.sparsity,
@@ -249,8 +254,10 @@ def search_evopress(model: nn.Module, calibration, config: EvoPressConfig | None
             result = run_search(problem, algorithm, ("n_gen", config.n_gen), run, checkpoint=checkpoint)
             if problem.multi_objective:
                 X, _ = front_arrays(result)
-                points = sorted(({"levels": problem.levels(x).tolist(), "sparsity": database.mean_sparsity(x),
-                                  "kl": problem.kl(x)} for x in X), key=lambda point: -point["sparsity"])
+                points = unique_points(sorted(({"levels": problem.levels(x).tolist(),
+                                                "sparsity": database.mean_sparsity(problem.levels(x)),
+                                                "kl": problem.kl(x)} for x in X),
+                                              key=lambda point: -point["sparsity"]), "levels")
                 best = problem.levels(points[0]["levels"])
             else:
                 best = problem.levels(result.algorithm.pop[0].X)  # ranked by the last (full) stage

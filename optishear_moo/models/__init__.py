@@ -9,9 +9,11 @@ from .adapters import (
 )
 from .identity import weights_fingerprint
 from .loading import DEFAULT_MODEL, load_config, load_model, load_tokenizer, resolve_device
+from .saving import SAVE_DTYPES, save_model
 
 __all__ = [
     "DEFAULT_MODEL",
+    "SAVE_DTYPES",
     "ArchitectureAdapter",
     "PrunableLayer",
     "get_adapter",
@@ -20,6 +22,7 @@ __all__ = [
     "load_tokenizer",
     "register_adapter",
     "resolve_device",
+    "save_model",
     "supported_model_types",
     "weights_fingerprint",
 ]

@@ -295,7 +295,22 @@ def load_model(
     else:
         model = _from_pretrained(AutoModelForCausalLM, source, gguf_file, dtype=dtype)
     get_adapter(model)  # fail early, with the list of supported families
+    model.source_dtype = _source_dtype(source, gguf_file)
     if gguf_file is not None:
         _forget_gguf_quantization(model)
     model.to(device).eval().requires_grad_(False)
     return model, tokenizer
+
+
+def _source_dtype(source: str, gguf_file: str | None) -> torch.dtype | None:
+    """The precision the checkpoint was stored in (a local directory's ``config.json``), or None
+    (a quantized GGUF, a hub id)."""
+    config = Path(source) / "config.json"
+    if gguf_file is not None or not config.is_file():
+        return None
+    try:
+        settings = json.loads(config.read_text())
+        name = settings.get("dtype") or settings.get("torch_dtype") if isinstance(settings, dict) else None
+        return resolve_dtype(name) if isinstance(name, str) else None
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -139,6 +139,10 @@ class OptiShearProblem(ModelProblem):
                            update=self.space.decode_update(x))
         return plan.bind_statistics(self.model, self.reference.statistics, self.reference.calibration)
 
+    def describe(self, x) -> dict:
+        plan = self.decode(x)
+        return {"plan": plan.to_dict(), "density": 1 - plan.target_sparsity}
+
     def encode(self, metric: MetaMetric | None = None, block_sparsity=None,
                target: float | None = None, update: str | None = None) -> np.ndarray:
         return self.space.encode(metric, block_sparsity, target, update)
@@ -185,13 +189,27 @@ class OptiShearProblem(ModelProblem):
             vectors["OWL-Wanda"] = self.encode(MetaMetric.wanda(), owl, target)
         return vectors
 
+    def baseline_targets(self, count: int = 3) -> list[float]:
+        """The sparsities the baselines are placed at: the target, or ``count`` spread evenly over a
+        size range (so that a size-vs-quality front starts from, and is drawn against, baselines
+        across the whole range)."""
+        low, high = self.space.target_range
+        return [low] if low == high else [float(t) for t in np.linspace(low, high, count)]
+
     def initial_population(self, pop_size: int, seed: int = 0) -> np.ndarray:
-        """Warm start for ``sampling=``: the baselines (uniform Wanda, magnitude, OWL-Wanda, RIA)
-        followed by uniform random vectors, ``(pop_size, n_var)``."""
-        seeds = list(self.baseline_vectors().values()) + [self.encode(MetaMetric.ria())]
+        """Warm start for ``sampling=``: the baselines (uniform Wanda, magnitude, OWL-Wanda, RIA;
+        with a size range uniform Wanda across the range and the others in its middle) followed by
+        uniform random vectors, ``(pop_size, n_var)``."""
+        targets = self.baseline_targets(max(2, min(5, pop_size // 3)))
+        middle = targets[len(targets) // 2]
+        baselines = {**self.baseline_vectors(middle), "RIA": self.encode(MetaMetric.ria(), target=middle)}
+        seeds = list(baselines.values())
+        if len(targets) > 1:  # uniform Wanda at every target, then the other baselines
+            seeds = [self.encode(MetaMetric.wanda(), target=t) for t in targets] + [
+                vector for label, vector in baselines.items() if label != "uniform Wanda"]
         if self.space.searches_update:  # the SparseGPT-like corners of the joint space
-            seeds[1:1] = [self.encode(MetaMetric.wanda(), update="obs"),
-                          self.encode(MetaMetric.magnitude(), update="obs")]
+            seeds[1:1] = [self.encode(MetaMetric.wanda(), target=middle, update="obs"),
+                          self.encode(MetaMetric.magnitude(), target=middle, update="obs")]
         rng = np.random.default_rng(seed)
         rest = rng.uniform(self.xl, self.xu, size=(max(pop_size - len(seeds), 0), self.n_var))
         return np.vstack([np.array(seeds[:pop_size]), rest])
@@ -213,6 +231,7 @@ class OptiShearProblem(ModelProblem):
             values, discrepancy = self.evaluate_plan(x)
             F[i] = [values[name] for name in self.objectives]
             G[i, 0] = discrepancy - SPARSITY_TOLERANCE
+            self.candidate_done()
         out["F"] = F
         if self.n_ieq_constr:
             out["G"] = G

@@ -69,11 +69,31 @@ class OptiShearResult(SearchResult):
         return {"plan": self.chosen.to_dict(), "density": 1 - self.chosen.target_sparsity}
 
     def baseline_points(self) -> dict[str, dict]:
+        """Label -> point of every baseline plan (one per target across a size range)."""
         if self._baseline_points is None:  # made once: scores added to them (zero-shot) stay
-            self._baseline_points = {label: {"plan": plan, "density": 1 - plan["target_sparsity"],
-                                             **self.baselines.get(label, {})}
-                                     for label, plan in self.baseline_plans.items()}
+            self._baseline_points = {}
+            for label, plans in self.baseline_plans.items():
+                values = self.baselines.get(label, {})
+                if isinstance(plans, dict):
+                    plans, values = [plans], [values]
+                for plan, value in zip(plans, values):
+                    name = label if len(plans) == 1 else f"{label} at sparsity {plan['target_sparsity']:.2f}"
+                    self._baseline_points[name] = {"plan": plan, "density": 1 - plan["target_sparsity"],
+                                                   **value}
         return self._baseline_points
+
+    def plot_axes(self) -> list[str]:
+        """The first two objectives (the front lies in objective space)."""
+        return list(self.objectives[:2])
+
+    def baseline_curves(self) -> dict[str, list]:
+        """Label -> the baseline's objective values (a curve across a size range)."""
+        axes = self.plot_axes()
+        curves = {}
+        for label, values in self.baselines.items():
+            values = [values] if isinstance(values, dict) else values
+            curves[label] = [[value[axis] for axis in axes] for value in values]
+        return curves
 
     def plan(self, point=None) -> PruningPlan:
         """The plan of the chosen point, of ``front[point]`` or of a point dict."""
@@ -85,6 +105,11 @@ class OptiShearResult(SearchResult):
         """Prune ``model`` **in place** with the chosen plan (or ``point``'s), block by block from
         the pruning windows; returns the model."""
         return self.plan(point).apply(model, self.calibration)
+
+    def description(self, point=None) -> dict:
+        plan = self.plan(point)
+        return {"method": "optishear", "target_sparsity": plan.target_sparsity,
+                "nm": f"{plan.nm[0]}:{plan.nm[1]}" if plan.nm else None, "plan": plan.to_dict()}
 
     def report(self) -> dict:
         scored = {label: point["zero_shot"] for label, point in self.baseline_points().items()
@@ -148,7 +173,12 @@ def search_optishear(model: nn.Module, calibration, config: OptiShearConfig | No
     if schedule is not None:
         reevaluate_at_full_fidelity(problem, result)
     X, F = front_arrays(result)
-    order = np.argsort(F[:, 0], kind="stable")
+    order, seen = [], set()
+    for k in np.argsort(F[:, 0], kind="stable"):  # genes coded by floors: several vectors, one plan
+        key = json.dumps(problem.describe(X[k]), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            order.append(k)
     held_out = (problem.validation_kl(X[order], calibration.validation)
                 if calibration.validation is not None else None)
     front = []
@@ -159,17 +189,28 @@ def search_optishear(model: nn.Module, calibration, config: OptiShearConfig | No
                       "density": 1 - plan.target_sparsity, "X": X[k].tolist()})
         if held_out is not None:
             front[-1]["validation_kl"] = float(held_out[rank])
-    best = int(np.argmin(held_out)) if held_out is not None else 0
+    score = held_out if held_out is not None else np.arange(len(front))
+    if problem.space.searches_size:  # the smallest model of the front, as every method chooses
+        best = min(range(len(front)), key=lambda k: (front[k]["density"], score[k]))
+        chosen_by = "the smallest model of the front"
+    else:
+        best = int(np.argmin(score))
+        chosen_by = ("KL on held-out validation windows" if held_out is not None
+                     else "first objective on the calibration windows")
     chosen = problem.decode(X[order[best]])
     chosen.objectives = front[best]["objectives"]
     baselines, baseline_plans = {}, {}
-    if problem.n_obj >= 2:
-        for label, x in problem.baseline_vectors().items():
-            values = problem.evaluate(np.array([x]), return_values_of=["F"])[0]
-            baselines[label] = dict(zip(problem.objectives, map(float, values)))
-            baseline_plans[label] = problem.decode(x).to_dict()
-    chosen_by = ("KL on held-out validation windows" if held_out is not None
-                 else "first objective on the calibration windows")
+    if problem.n_obj >= 2:  # at the target, or as curves across a size range
+        for target in problem.baseline_targets():
+            for label, x in problem.baseline_vectors(target).items():
+                scored = problem.evaluate(x[None], return_values_of=["F"])[0]
+                values = dict(zip(problem.objectives, map(float, scored)))
+                plan = problem.decode(x).to_dict()
+                if problem.space.searches_size:
+                    baselines.setdefault(label, []).append(values)
+                    baseline_plans.setdefault(label, []).append(plan)
+                else:
+                    baselines[label], baseline_plans[label] = values, plan
     return OptiShearResult(problem.objectives, front, chosen, int(result.algorithm.evaluator.n_eval),
                            time.perf_counter() - started, baselines, chosen_by, baseline_plans,
                            calibration.pruning)

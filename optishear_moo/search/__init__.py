@@ -12,7 +12,7 @@ from .checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, Evaluati
 from .fidelity import FidelitySchedule, reevaluate_at_full_fidelity
 from .levels import SelectionStage, StagedSurvival, halving_stages
 from .plotting import plot_pareto
-from .result import SearchResult, zero_shot_front
+from .result import SearchResult, unique_points, zero_shot_front
 from .run import SearchRun
 from .runner import front_arrays, run_search
 
@@ -20,4 +20,4 @@ __all__ = ["CHECKPOINT_FORMAT", "MULTI_OBJECTIVE_ALGORITHMS", "SINGLE_OBJECTIVE_
            "CheckpointError", "EvaluationLog", "FidelitySchedule", "SearchResult", "SearchRun",
            "SelectionStage", "StagedSurvival", "check_algorithm", "front_arrays", "halving_stages",
            "make_algorithm", "plot_pareto", "read_state", "reevaluate_at_full_fidelity", "run_search",
-           "zero_shot_front"]
+           "unique_points", "zero_shot_front"]

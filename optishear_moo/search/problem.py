@@ -63,6 +63,7 @@ class ModelProblem(Problem):
         self.replica = dict(replica)
         self.fingerprint = fingerprint
         self.log = None
+        self.on_candidate = None  # called after every candidate scored (a progress display)
         self.pool = None
         if workers is not None and not isinstance(workers, int):
             self.pool = workers  # a RayPool built by the caller
@@ -73,7 +74,7 @@ class ModelProblem(Problem):
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        state.update(pool=None, replica=None, log=None)  # workers and the model are never serialised
+        state.update(pool=None, replica=None, log=None, on_candidate=None)  # never serialised
         return state
 
     @property
@@ -106,6 +107,10 @@ class ModelProblem(Problem):
         """The vector form of one mixed-variable candidate (``{name: value}`` over ``vars``)."""
         return np.array([values[name] for name in self.vars], dtype=float)
 
+    def describe(self, x) -> dict:
+        """What one candidate is, as JSON-able values (a front point's fields besides its objectives)."""
+        return {"X": np.asarray(self.as_vector(x), dtype=float).tolist()}
+
     def _evaluate(self, X, out, *args, **kwargs):
         X = self.as_vectors(X)
         if self.log is not None and self.log.replaying:
@@ -123,6 +128,11 @@ class ModelProblem(Problem):
         if self.log is not None:
             self.log.record_evaluations(X, out)
 
+    def candidate_done(self) -> None:
+        """Problems call this after each candidate they score: it drives the progress display."""
+        if self.on_candidate is not None:
+            self.on_candidate()
+
     def evaluation_groups(self, X: np.ndarray) -> list:
         """How a population is handed to workers: index groups evaluated together (a problem may
         keep candidates that share expensive work in one group)."""
@@ -135,7 +145,10 @@ class ModelProblem(Problem):
             return self.log.replay_stage(X, stage)
         self._check_attached()
         if self.pool is None:
-            scores = [self.stage_score(x, stage) for x in X]
+            scores = []
+            for x in X:
+                scores.append(self.stage_score(x, stage))
+                self.candidate_done()
         else:
             groups = self.pool.groups(len(X))
             parts = self.pool.map("stage_scores", [X[group] for group in groups], stage)

@@ -42,6 +42,11 @@ class SearchResult:
     def report(self) -> dict:
         raise NotImplementedError
 
+    def description(self, point=None) -> dict:
+        """What a model pruned to ``point`` holds, for its ``config.json`` (see
+        :func:`~optishear_moo.models.save_model`)."""
+        raise NotImplementedError
+
     def point(self, point=None) -> dict:
         """The chosen point (None), ``front[point]`` (an index) or ``point`` itself (a dict)."""
         if point is None:
@@ -55,9 +60,23 @@ class SearchResult:
     def chosen_point(self) -> dict:
         return self.front[0]
 
+    def density_of(self, point: dict) -> float:
+        """The share of weights a point keeps (its ``size_name`` field, a share)."""
+        return float(point[self.size_name])
+
     def baseline_points(self) -> dict[str, dict]:
         """Points of fixed recipes to compare the front with (label -> point); none by default."""
         return {}
+
+    def plot_axes(self) -> list[str]:
+        """The two point fields the Pareto plot draws: quality against size by default."""
+        return [self.quality_name, self.size_name]
+
+    def baseline_curves(self) -> dict[str, list]:
+        """Label -> points (``plot_axes`` values) of each baseline, for the Pareto plot."""
+        axes = self.plot_axes()
+        return {label: [[point[axis] for axis in axes]] for label, point in self.baseline_points().items()
+                if all(axis in point for axis in axes)}
 
     @contextlib.contextmanager
     def pruned(self, model: nn.Module, point=None):
@@ -75,21 +94,19 @@ class SearchResult:
             snapshot.restore()
 
     def save(self, directory: str | Path, title: str | None = None, history=None) -> None:
-        """``front.json``, and with two or more points ``pareto.png``/``.svg`` (size against
-        quality, baselines drawn in) and, once the front was scored on zero-shot tasks,
-        ``pareto_zero_shot.png``/``.svg``."""
+        """``front.json``, and with two or more points (or baselines to compare with)
+        ``pareto.png``/``.svg`` (``plot_axes``: quality against size by default, baselines drawn
+        in) and, once the front was scored on zero-shot tasks, ``pareto_zero_shot.png``/``.svg``."""
         from .plotting import plot_pareto
 
         directory = make_directory(directory)
         write_atomically(directory / "front.json", json.dumps(self.front, indent=2))
         title = title or self.title
-        if len(self.front) < 2:
+        axes = self.plot_axes()
+        if len(axes) < 2 or (len(self.front) < 2 and not self.baseline_curves()):
             return
-        baselines = {label: [p[self.quality_name], p[self.size_name]]
-                     for label, p in self.baseline_points().items() if self.quality_name in p}
-        F = [[p[self.quality_name], p[self.size_name]] for p in self.front]
-        plot_pareto(F, [self.quality_name, self.size_name], directory / "pareto", baselines=baselines,
-                    history=history, title=title)
+        plot_pareto([[p[axis] for axis in axes] for p in self.front], axes, directory / "pareto",
+                    baselines=self.baseline_curves(), history=history, title=title)
         scored = [p for p in self.front if "zero_shot" in p]
         if scored:
             reference = {label: [p[self.size_name], p["zero_shot"]["average"]["acc"]]
@@ -97,6 +114,18 @@ class SearchResult:
             plot_pareto([[p[self.size_name], p["zero_shot"]["average"]["acc"]] for p in scored],
                         [self.size_name, "zero_shot_accuracy"], directory / "pareto_zero_shot",
                         baselines=reference, title=f"{title}: average 0-shot accuracy")
+
+
+def unique_points(points: list[dict], key: str) -> list[dict]:
+    """``points`` without repeats of the same ``point[key]`` (the first kept): several decision
+    vectors can decode to one candidate (rounded or floor-coded genes)."""
+    seen, unique = set(), []
+    for point in points:
+        marker = json.dumps(point[key], sort_keys=True)
+        if marker not in seen:
+            seen.add(marker)
+            unique.append(point)
+    return unique
 
 
 def zero_shot_front(result: SearchResult, model: nn.Module, tokenizer, tasks, limit: int | None = None,

@@ -1,13 +1,16 @@
 """Interruptible searches: ``pymoo.optimize.minimize`` with a data checkpoint after every
-generation (see :mod:`.checkpoint`)."""
+generation (see :mod:`.checkpoint`), a progress bar, and the front written as it grows."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 from pymoo.core.algorithm import Algorithm
 from pymoo.core.result import Result
+from pymoo.termination.max_gen import MaximumGenerationTermination
 from pymoo.util.display.display import Display
 
 from .checkpoint import Checkpoint, CheckpointError, EvaluationLog
@@ -44,15 +47,17 @@ def run_search(problem, algorithm: Algorithm, termination=None, run: SearchRun |
     if owned:
         checkpoint = Checkpoint(run.directory, driver, {**run.settings, **(settings or {})}, run.resume)
     try:
-        setup = {"seed": run.seed, "verbose": run.progress, "callback": callback}
+        setup = {"seed": run.seed, "callback": callback}
         if termination is not None:
             setup["termination"] = termination
         algorithm.setup(problem, **{k: v for k, v in setup.items() if v is not None})
         if checkpoint is None:
-            while algorithm.has_next():
-                algorithm.next()
+            with SearchProgress(problem, algorithm, run.progress) as progress:
+                while algorithm.has_next():
+                    algorithm.next()
+                    progress.generation_done()
         else:
-            _checkpointed(problem, algorithm, checkpoint)
+            _checkpointed(problem, algorithm, checkpoint, run.progress)
     finally:
         if owned:
             checkpoint.close()
@@ -61,7 +66,7 @@ def run_search(problem, algorithm: Algorithm, termination=None, run: SearchRun |
     return result
 
 
-def _checkpointed(problem, algorithm: Algorithm, checkpoint: Checkpoint) -> None:
+def _checkpointed(problem, algorithm: Algorithm, checkpoint: Checkpoint, progress: bool) -> None:
     if not hasattr(problem, "log"):
         raise ValueError(f"{type(problem).__name__} cannot be checkpointed: only this package's problems "
                          "record their evaluations; run it without a checkpoint directory")
@@ -73,10 +78,13 @@ def _checkpointed(problem, algorithm: Algorithm, checkpoint: Checkpoint) -> None
             _replay(algorithm, log, checkpoint.generation, checkpoint.directory)
             logger.info("resumed at generation %d (%d evaluations replayed)", checkpoint.generation,
                         algorithm.evaluator.n_eval)
-        while algorithm.has_next():
-            log.generation = algorithm.n_iter or 1
-            algorithm.next()
-            checkpoint.save(algorithm, log, problem.fingerprint, front=_front(algorithm))
+        with SearchProgress(problem, algorithm, progress) as bar:
+            while algorithm.has_next():
+                log.generation = algorithm.n_iter or 1
+                algorithm.next()
+                checkpoint.save(algorithm, log, problem.fingerprint, front=_front(algorithm))
+                write_front(checkpoint.directory, problem, algorithm)
+                bar.generation_done()
     finally:
         problem.log = None
 
@@ -104,6 +112,79 @@ def _front(algorithm: Algorithm) -> dict:
         return {}
     return {"X": np.asarray(opt.get("X"), dtype=float).tolist() if opt.get("X").dtype != object else [],
             "F": np.asarray(opt.get("F"), dtype=float).tolist()}
+
+
+class SearchProgress:
+    """A bar over the generations on standard error: candidates scored in the generation under
+    way, evaluations so far, the best value of the first objective, and the time left (tqdm's
+    estimate from the generations done). Does nothing when ``enabled`` is false."""
+
+    def __init__(self, problem, algorithm: Algorithm, enabled: bool = True):
+        self.problem, self.algorithm, self.enabled = problem, algorithm, enabled
+        self.bar, self.scored = None, 0
+
+    def __enter__(self) -> SearchProgress:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            termination = self.algorithm.termination
+            total = termination.n_max_gen if isinstance(termination, MaximumGenerationTermination) else None
+            done = (self.algorithm.n_iter or 1) - 1
+            self.bar = tqdm(total=total, initial=done, desc="generations", unit="gen", dynamic_ncols=True)
+            if hasattr(self.problem, "on_candidate"):
+                self.problem.on_candidate = self.candidate_done
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.problem.on_candidate = None
+
+    def _status(self) -> str:
+        parts = [f"{self.scored} scored this generation", f"{self.algorithm.evaluator.n_eval} evaluations"]
+        opt = self.algorithm.opt
+        if opt is not None and len(opt):
+            names = getattr(self.problem, "objectives", ("objective",))
+            parts.append(f"best {names[0]} {np.min(opt.get('F')[:, 0]):.4g}")
+        return ", ".join(parts)
+
+    def candidate_done(self) -> None:
+        self.scored += 1
+        self.bar.set_postfix_str(self._status())
+
+    def generation_done(self) -> None:
+        if self.bar is not None:
+            self.scored = 0
+            self.bar.set_postfix_str(self._status(), refresh=False)
+            self.bar.update(1)
+
+
+def write_front(directory: str | Path, problem, algorithm: Algorithm) -> list[dict]:
+    """``front.json`` – the algorithm's current optimum, one point per distinct candidate (its
+    objectives and what it is, ``problem.describe``) – and with two or more objectives the Pareto
+    plot, rewritten after every generation so the front can be watched as it grows."""
+    from ..outputs import write_atomically
+    from .plotting import plot_pareto
+
+    opt = algorithm.opt
+    if opt is None or not len(opt):
+        return []
+    names = list(getattr(problem, "objectives", [f"f{k}" for k in range(problem.n_obj)]))
+    points, seen = [], set()
+    for x, f in sorted(zip(opt.get("X"), opt.get("F")), key=lambda pair: tuple(pair[1])):
+        described = problem.describe(x)
+        key = json.dumps(described, sort_keys=True)
+        if key in seen:  # genes coded by floors: several vectors can be one candidate
+            continue
+        seen.add(key)
+        values = dict(zip(names, map(float, f)))
+        points.append({"objectives": values, **values, **described, "generation": int(algorithm.n_iter) - 1})
+    directory = Path(directory)
+    write_atomically(directory / "front.json", json.dumps(points, indent=1))
+    if problem.n_obj >= 2 and len(points) >= 2:
+        plot_pareto(np.array([[p[name] for name in names] for p in points]), names, directory / "pareto",
+                    title=f"front after generation {points[0]['generation']}")
+    return points
 
 
 def front_arrays(result: Result) -> tuple[np.ndarray, np.ndarray]:

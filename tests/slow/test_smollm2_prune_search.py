@@ -83,17 +83,25 @@ def test_magnitude_is_far_worse_than_wanda(dense_setup):
     assert ppl["magnitude"] > 2 * ppl["wanda"]
 
 
-def test_cli_saved_model_reloads_with_the_same_perplexity(tmp_path):
-    output = tmp_path / "smollm2-wanda"
-    code = main(["prune", "--method", "wanda", "--sparsity", "0.5", "--n-samples", "8",
-                 "--seq-len", "128", "--eval-segments", "2", "--output", str(output), "--quiet"])
-    assert code == 0
-    report = json.loads((output / "report.json").read_text())
-    model = AutoModelForCausalLM.from_pretrained(output / "model")
-    tokenizer = AutoTokenizer.from_pretrained(output / "model")
+def test_cli_saved_model_reloads_with_the_same_perplexity_at_half_the_size(tmp_path):
+    """The quantized GGUF is pruned in float32 and saved in bfloat16 by default: the saved model
+    reloads with the perplexity the report gives it, at half a float32 save's size."""
+    sizes = {}
+    for dtype in ("auto", "float32"):
+        output = tmp_path / dtype
+        code = main(["prune", "--method", "wanda", "--sparsity", "0.5", "--n-samples", "8",
+                     "--seq-len", "128", "--eval-segments", "2", "--save-dtype", dtype,
+                     "--output", str(output), "--quiet"])
+        assert code == 0
+        sizes[dtype] = sum(path.stat().st_size for path in (output / "model").glob("*.safetensors"))
+    report = json.loads((tmp_path / "auto" / "report.json").read_text())
+    assert report["saved_dtype"] == "bfloat16" and report["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "auto" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "auto" / "model")
     reloaded = perplexity(model, tokenizer, seq_len=1024, max_segments=2)
-    assert reloaded.perplexity == pytest.approx(report["pruned_ppl"], rel=1e-4)
-    assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert reloaded.perplexity == pytest.approx(report["saved_ppl"], rel=1e-4)
+    assert report["saved_ppl"] == pytest.approx(report["pruned_ppl"], rel=0.02)
+    assert sizes["auto"] < 0.55 * sizes["float32"]
 
 
 @pytest.mark.ci
