@@ -75,3 +75,34 @@ def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def speed_arguments(parser, candidates: int) -> None:
+    """The flags the fitness-speed benchmarks share."""
+    parser.add_argument("--candidates", type=int, default=candidates)
+    parser.add_argument("--n-samples", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--table-only", action="store_true", help="rewrite the table from the saved JSON")
+
+
+def speed_setup(args):
+    """SmolLM2, its calibration windows (one batch) and the floor: the best of three dense forwards."""
+    import time
+
+    from optishear_moo import load_calibration, load_model
+
+    model, tokenizer = load_model("smollm2-135m")
+    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed=0)
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def forward_seconds() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(input_ids=calibration.to(device), use_cache=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return model, calibration, min(forward_seconds() for _ in range(3))

@@ -3,10 +3,12 @@
     python benchmarks/fitness_speed.py [--candidates 8] [--naive 3]
     python benchmarks/fitness_speed.py --table-only      # results/fitness_speed.md from the saved JSON
 
-Compares candidate evaluations per second of (a) ``OptiShearProblem._evaluate`` on a population
-(masks from cached statistics, applied in place to one working model and restored), (b) a naive
+Compares candidate evaluations per second of (a) ``OptiShearProblem.evaluate`` on a population
+(one walk over the blocks: each block's variants formed from cached statistics, distinct prefixes
+run once), (b) the same candidates one at a time (whole-model masks applied in place to one
+working model, a full forward, restored: how the problem scored before the walk), (c) a naive
 loop (deep-copy the model, collect its activation statistics, prune with the candidate's
-metric, forward, compare with the dense logits), and (c) one dense forward of the same
+metric, forward, compare with the dense logits), and (d) one dense forward of the same
 calibration batch, the floor. Writes results/fitness_speed.{json,md,png}.
 """
 
@@ -24,29 +26,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
+from _common import RESULTS, environment, markdown_table, save_json, speed_arguments, speed_setup  # noqa: E402
 
-from optishear_moo import OptiShearProblem, load_calibration, load_model  # noqa: E402
+from optishear_moo import OptiShearProblem  # noqa: E402
 from optishear_moo.activations import collect_input_statistics  # noqa: E402
 from optishear_moo.models import get_adapter  # noqa: E402
 from optishear_moo.optishear import MetaMetric, metric_masks  # noqa: E402
 from optishear_moo.pruning import apply_masks_  # noqa: E402
-
-
-@torch.no_grad()
-def dense_forward_seconds(model, calibration, batch_size) -> float:
-    device = next(model.parameters()).device
-    _synchronize(device)
-    start = time.perf_counter()
-    for batch in torch.split(calibration.to(device), batch_size):
-        model(input_ids=batch, use_cache=False)
-    _synchronize(device)
-    return time.perf_counter() - start
-
-
-def _synchronize(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -61,17 +47,32 @@ def naive_kl(model, calibration, dense_log_probs, metric, block_sparsity, batch_
                           reduction="sum")) / calibration.numel()
 
 
+def one_at_a_time(problem, X) -> np.ndarray:
+    """The candidates scored one model at a time: whole-model masks applied in place, a full
+    forward, restored (grouped by metric, as the problem did before its block walk)."""
+    F = np.empty((len(X), problem.n_obj))
+    order = sorted(range(len(X)), key=lambda i: repr(problem.space.decode(X[i])[0]))
+    for i in order:
+        metric, sparsity, _ = problem.space.decode(X[i])
+        values = problem.evaluator.evaluate(problem.mask_builder.masks(metric, sparsity), problem.fidelity,
+                                            problem.space.decode_update(X[i]))
+        F[i] = [values[name] for name in problem.objectives]
+    return F
+
+
 def write_table(payload: dict) -> None:
     floor = payload["dense_forward_seconds"]
-    rows = [[key, value["seconds_per_candidate"], value["ratio_to_dense_forward"]]
+    rows = [[key, value["seconds_per_candidate"], value["ratio_to_dense_forward"],
+             value.get("one_at_a_time_seconds_per_candidate")]
             for key, value in payload["problem"].items()]
     rows.append(["naive loop (deep copy, statistics, prune, forward)", payload["naive_seconds_per_candidate"],
-                 payload["naive_seconds_per_candidate"] / floor])
+                 payload["naive_seconds_per_candidate"] / floor, None])
     environment_ = payload["environment"]
     device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
     text = (f"SmolLM2-135M, {payload['calibration']['n_samples']} x {payload['calibration']['seq_len']} "
             f"calibration tokens, {device}; one dense forward: {floor:.2f} s\n\n"
-            + markdown_table(["evaluation (population)", "s / candidate", "vs dense forward"], rows)
+            + markdown_table(["evaluation (population)", "s / candidate (one block walk)", "vs dense forward",
+                              "s / candidate one at a time"], rows)
             + f"\n\nSpeed-up over the naive loop: {payload['speedup_vs_naive_kl_random']:.2f}x (random "
             f"population), {payload['speedup_vs_naive_kl_converged']:.2f}x (converged); KL agrees with "
             f"the naive loop to {payload['max_relative_kl_difference_naive_vs_problem']:.1e} (relative).\n")
@@ -81,20 +82,15 @@ def write_table(payload: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--candidates", type=int, default=8)
+    speed_arguments(parser, candidates=8)
     parser.add_argument("--naive", type=int, default=3, help="candidates for the naive loop")
-    parser.add_argument("--n-samples", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--table-only", action="store_true", help="rewrite the table from the saved JSON")
     args = parser.parse_args()
     if args.table_only:
         write_table(json.loads((RESULTS / "fitness_speed.json").read_text()))
         return
 
-    model, tokenizer = load_model("smollm2-135m")
-    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed=0)
+    model, calibration, floor = speed_setup(args)
     batch_size = args.n_samples
-    floor = min(dense_forward_seconds(model, calibration, batch_size) for _ in range(3))
 
     results = {}
     rng = np.random.default_rng(0)
@@ -111,14 +107,20 @@ def main() -> None:
             converged_X[i, :5] = problem.encode(metric)[:5]
         for regime, X in (("random", random_X), ("converged", converged_X)):
             start = time.perf_counter()
-            problem.evaluate(X, return_values_of=["F"])
+            walked = problem.evaluate(X, return_values_of=["F"])
             seconds = (time.perf_counter() - start) / len(X)
+            start = time.perf_counter()
+            alone = one_at_a_time(problem, X)
+            alone_seconds = (time.perf_counter() - start) / len(X)
             key = f"{'+'.join(objectives)} ({regime} population)"
             results[key] = {"setup_seconds": setup, "seconds_per_candidate": seconds,
                             "candidates_per_second": 1 / seconds,
-                            "ratio_to_dense_forward": seconds / floor}
+                            "ratio_to_dense_forward": seconds / floor,
+                            "one_at_a_time_seconds_per_candidate": alone_seconds,
+                            "max_relative_difference_to_one_at_a_time": float(
+                                np.max(np.abs(walked - alone) / np.maximum(np.abs(alone), 1e-12)))}
             print(f"problem {key}: {seconds:.2f} s/candidate ({seconds / floor:.2f}x a dense "
-                  f"forward); setup {setup:.1f} s", flush=True)
+                  f"forward), one at a time {alone_seconds:.2f} s; setup {setup:.1f} s", flush=True)
 
     with torch.no_grad():
         device = next(model.parameters()).device

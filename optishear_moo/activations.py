@@ -231,6 +231,32 @@ def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Ten
     return output[0] if isinstance(output, tuple) else output
 
 
+@contextlib.contextmanager
+def on_device(module: nn.Module, device: torch.device, home: torch.device):
+    """``module`` moved to ``device`` for the duration and back to ``home`` (a no-op when they
+    are the same)."""
+    if device == home:
+        yield module
+        return
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
+
+
+def to_device(value, device: torch.device):
+    """``value`` with the tensors inside it (block keyword arguments: masks, rotary embeddings)
+    moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
 @torch.no_grad()
 def sequential_blocks(
     model: nn.Module,
@@ -238,6 +264,7 @@ def sequential_blocks(
     batch_size: int = 8,
     with_gram: bool = False,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> Iterator[tuple[int, list[PrunableLayer], dict[str, InputStatistics]]]:
     """Walk the decoder blocks in order, yielding ``(index, layers, statistics)`` per block.
 
@@ -246,16 +273,23 @@ def sequential_blocks(
     next block gets the Wanda/SparseGPT sequential scheme. After the consumer returns, the
     block's outputs are recomputed through the (possibly pruned) block and become the next
     block's inputs.
+
+    With a ``device`` other than the model's, the model stays where it is and each block is on
+    ``device`` for its turn (the consumer sees its layers, and the statistics, there); the hidden
+    states live on ``device``.
     """
     adapter = get_adapter(model)
+    home = model_device(model)
+    device = home if device is None else torch.device(device)
     inputs = capture_block_inputs(model, calibration, batch_size)
     blocks = adapter.blocks(model)
-    hidden = inputs.hidden
+    hidden = [h.to(device) for h in inputs.hidden]
     for index, block in enumerate(tqdm(blocks, desc="blocks", disable=not progress, leave=False)):
-        layers = adapter.block_layers(block, index)
-        kwargs = inputs.block_kwargs(index)
-        with recording_inputs(layers, with_gram) as statistics:
-            for h, k in zip(hidden, kwargs):
-                run_block(block, h, k)
-        yield index, layers, statistics
-        hidden = [run_block(block, h, k) for h, k in zip(hidden, kwargs)]
+        kwargs = [to_device(k, device) for k in inputs.block_kwargs(index)]
+        with on_device(block, device, home):
+            layers = adapter.block_layers(block, index)
+            with recording_inputs(layers, with_gram) as statistics:
+                for h, k in zip(hidden, kwargs):
+                    run_block(block, h, k)
+            yield index, layers, statistics
+            hidden = [run_block(block, h, k) for h, k in zip(hidden, kwargs)]

@@ -160,3 +160,10 @@ def lock_held_elsewhere(directory):
     finally:
         holder.kill()
         holder.wait()
+
+
+def assert_same_weights(model, other) -> None:
+    """Every tensor of ``model``'s state equals ``other``'s (a model left unchanged)."""
+    theirs = other.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, theirs[name]), name

@@ -8,6 +8,7 @@ the two models never exist at once (they dwarf everything else for large vocabul
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -67,29 +68,62 @@ def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return run_until(model, model.get_output_embeddings(), input_ids)
 
 
-@torch.no_grad()
-def chunked_kl_sum(model: nn.Module, hidden: torch.Tensor, dense_hidden: torch.Tensor,
-                   chunk_tokens: int = 4096) -> float:
-    """Sum over tokens of KL(dense ‖ pruned) from the two models' LM-head inputs, the logits formed
-    ``chunk_tokens`` tokens at a time."""
-    hidden, dense_hidden = hidden.flatten(0, 1), dense_hidden.flatten(0, 1)
-    total = 0.0
-    for start in range(0, len(hidden), chunk_tokens):
-        end = start + chunk_tokens
-        total += kl_sum_to_dense(ArchitectureAdapter.logits(model, hidden[start:end])[None],
-                                 ArchitectureAdapter.logits(model, dense_hidden[start:end])[None])
-    return total
+MEASURES = ("kl", "ppl", "output_error")
+
+
+def check_measures(measures) -> tuple[str, ...]:
+    unknown = set(measures) - set(MEASURES)
+    if unknown or not measures:
+        raise ValueError(f"measures must be among {', '.join(MEASURES)}, got {list(measures)}")
+    return tuple(measures)
 
 
 @torch.no_grad()
+def distance_to_dense(model: nn.Module, batches, measures=("kl",), chunk_tokens: int = 4096
+                      ) -> dict[str, float]:
+    """How far a model is from the dense one over ``(head inputs, dense head inputs, token ids)``
+    batches (``(batch, seq, hidden)``, ``(batch, seq, hidden)``, ``(batch, seq)``): ``kl``, the
+    mean KL(dense ‖ model) per token; ``ppl``, the model's perplexity on the tokens; and
+    ``output_error``, ‖H − H_dense‖_F / ‖H_dense‖_F. Logits are formed ``chunk_tokens`` at a time,
+    so full ``(batch, seq, vocab)`` logits of the two models never exist at once."""
+    measures = check_measures(measures)
+    kl, tokens, nll, predicted, error_sq, dense_sq = 0.0, 0, 0.0, 0, 0.0, 0.0
+    for hidden, dense_hidden, ids in batches:
+        if "output_error" in measures:
+            error_sq += float((hidden.float() - dense_hidden.float()).square().sum())
+            dense_sq += float(dense_hidden.float().square().sum())
+        if "kl" not in measures and "ppl" not in measures:
+            continue
+        ids = ids.to(hidden.device)
+        # each position's next token; a row's last position predicts nothing
+        targets = torch.cat([ids[:, 1:], ids.new_full((len(ids), 1), -100)], dim=1).flatten()
+        flat, dense_flat = hidden.flatten(0, 1), dense_hidden.flatten(0, 1)
+        for start in range(0, len(flat), chunk_tokens):
+            end = start + chunk_tokens
+            logits = ArchitectureAdapter.logits(model, flat[start:end])
+            if "kl" in measures:
+                dense_logits = ArchitectureAdapter.logits(model, dense_flat[start:end])
+                kl += kl_sum_to_dense(logits[None], dense_logits[None])
+            if "ppl" in measures:
+                nll += float(F.cross_entropy(logits, targets[start:end], ignore_index=-100, reduction="sum"))
+        tokens += ids.numel()
+        predicted += ids[:, 1:].numel()
+    values = {}
+    if "kl" in measures:
+        values["kl"] = kl / tokens
+    if "ppl" in measures:
+        values["ppl"] = math.exp(nll / predicted)
+    if "output_error" in measures:
+        values["output_error"] = (error_sq / max(dense_sq, 1e-30)) ** 0.5
+    for name, value in values.items():
+        if value != value:  # NaN
+            raise FloatingPointError(f"the pruned model produced NaN for {name}")
+    return values
+
+
 def kl_to_dense(model: nn.Module, dense: DenseOutputs, fidelity: float = 1.0,
                 chunk_tokens: int = 4096) -> float:
     """Mean KL(dense ‖ ``model``) per calibration token, over the first ``fidelity`` of samples."""
-    total, tokens = 0.0, 0
-    for batch, dense_hidden in dense.batches(fidelity):
-        total += chunked_kl_sum(model, final_hidden(model, batch), dense_hidden, chunk_tokens)
-        tokens += batch.numel()
-    value = total / tokens
-    if value != value:
-        raise FloatingPointError("the pruned model produced NaN logits")
-    return value
+    batches = ((final_hidden(model, batch), dense_hidden, batch)
+               for batch, dense_hidden in dense.batches(fidelity))
+    return distance_to_dense(model, batches, ("kl",), chunk_tokens)["kl"]

@@ -45,8 +45,8 @@ class BlockRemovalProblem(ModelProblem):
         objective: ``kl`` (mean KL to the dense model per token) or ``ppl`` (calibration
             perplexity, as in EvoP).
         batch_size: Calibration windows per forward pass.
-        evaluator: A prebuilt :class:`BlockRemovalEvaluator`, to share its dense cache.
-        progress: Show progress while the dense states are computed.
+        evaluator: A prebuilt :class:`BlockRemovalEvaluator`, to share its dense reference.
+        progress: Show progress while the dense reference is computed.
         workers: Evaluate on this many Ray workers, or on a ``RayPool``.
         ray_address: The Ray cluster to join.
         **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
@@ -94,7 +94,7 @@ class BlockRemovalProblem(ModelProblem):
         return x
 
     def evaluation_groups(self, X) -> list:
-        """Lexicographic neighbours go to one worker, where they share cached prefixes."""
+        """Lexicographic neighbours go to one worker, where they share prefixes in one walk."""
         order = sorted(range(len(X)), key=lambda r: tuple(_removal_mask(X[r])))
         size = len(self.pool.groups(len(X))[0])
         return [order[start:start + size] for start in range(0, len(order), size)]
@@ -104,10 +104,11 @@ class BlockRemovalProblem(ModelProblem):
         F = np.full((len(X), self.n_obj), INFEASIBLE)
         counts = X.sum(axis=1)
         low, high = self.n_remove_range
-        # lexicographic order lets neighbours share the longest cached prefix of decisions
-        for row in sorted(range(len(X)), key=lambda r: tuple(X[r])):
-            if low <= counts[row] <= high:
-                F[row, 0] = self.evaluator.evaluate(self.decode(X[row]))[self.objective]
+        rows = [row for row in range(len(X)) if low <= counts[row] <= high]  # the others are infeasible
+        scores = self.evaluator.evaluate_many([self.decode(X[row]) for row in rows], self.block_done)
+        for row, values in zip(rows, scores):
+            F[row, 0] = values[self.objective]
+        for _ in X:
             self.candidate_done()
         if self.multi_objective:
             F[:, 1] = self.n_var - counts

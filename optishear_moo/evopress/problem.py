@@ -8,8 +8,10 @@ sparsity is kept exactly. With one ``target_sparsity`` the objective is the cali
 dense model and one constraint holds the mean on the target; with ``(low, high)`` a second
 objective, the share of weights kept (``density``), gives the size-vs-quality front.
 
-A candidate is stitched into one working model: only layers whose level changed since the last
-candidate are copied in from the database. ``restore_dense()`` gives the dense model back.
+A population is scored in one walk over the decoder blocks
+(:class:`~optishear_moo.evaluation.population.BlockwiseEvaluator`): per block, each distinct
+prefix of level tuples runs once, its layers copied in from the database; the model is left
+dense. ``stitch`` writes one candidate's levels into the model (``restore_dense()`` undoes it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from pymoo.core.variable import Integer
 from torch import nn
 
-from ..evaluation.divergence import DenseOutputs, kl_to_dense
+from ..evaluation.divergence import DenseOutputs
+from ..evaluation.population import BlockwiseEvaluator
 from ..models.adapters import get_adapter
 from ..pruning.masks import check_sparsity_target
 from ..pruning.weights import DenseSnapshot
@@ -50,6 +53,8 @@ class LevelSearchProblem(ModelProblem):
         database_inputs: See ``database``.
         workers: Evaluate on this many Ray workers, or on a ``RayPool``.
         ray_address: The Ray cluster to join.
+        device: Where candidates' blocks run, one block at a time (the model's device when
+            None; the model itself stays where it is).
         **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
     """
 
@@ -58,13 +63,13 @@ class LevelSearchProblem(ModelProblem):
                  database: SparsityLevelDatabase | None = None, method: str = "sparsegpt",
                  update: str = "none", step: float = 0.05, batch_size: int = 8, progress: bool = False,
                  database_inputs: str = "pruned", workers=None, ray_address: str | None = None,
-                 **problem_kwargs):
+                 device: str | torch.device | None = None, **problem_kwargs):
         target_sparsity = check_sparsity_target(target_sparsity)
         database = database or SparsityLevelDatabase.for_target(
             model, calibration, target_sparsity, method, update, step, database_inputs=database_inputs,
             batch_size=batch_size, progress=progress)
         replica = dict(model=model, calibration=calibration, target_sparsity=target_sparsity,
-                       database=database, batch_size=batch_size, **problem_kwargs)
+                       database=database, batch_size=batch_size, device=device, **problem_kwargs)
         self.multi_objective = isinstance(target_sparsity, (tuple, list))
         targets = target_sparsity if self.multi_objective else (target_sparsity, target_sparsity)
         self.sparsity_range = (targets[0], targets[-1])
@@ -79,6 +84,9 @@ class LevelSearchProblem(ModelProblem):
             raise ValueError("the level database was built for another model (its layers differ)")
         self.snapshot = DenseSnapshot(self.layers)
         self.reference = DenseOutputs.build(model, calibration, batch_size, progress)
+        self.evaluator = BlockwiseEvaluator(model, self.reference, device)
+        self.block_slices = [np.array([i for i, layer in enumerate(self.layers) if layer.block_index == b])
+                             for b in range(self.evaluator.n_blocks)]
         self.current = np.full(len(self.layers), -1)  # the level each layer holds now (-1: dense)
         self.eval_fidelity = 1.0
         self._scores: dict[tuple, float] = {}  # (levels, fidelity) -> KL, so re-scoring is free
@@ -96,7 +104,7 @@ class LevelSearchProblem(ModelProblem):
                          vars={name: Integer(bounds=(0, top)) for name in self.database.names},
                          replica=replica, fingerprint=fingerprint, workers=workers, ray_address=ray_address,
                          exclude_from_serialization=["model", "database", "layers", "snapshot", "reference",
-                                                     "_scores"],
+                                                     "evaluator", "_scores"],
                          **problem_kwargs)
         uniform = self.uniform_x(self.sparsity_range[0])
         self.group_totals = [int(uniform[group].sum()) for group in self.level_groups]
@@ -158,31 +166,47 @@ class LevelSearchProblem(ModelProblem):
             self.layers[i].weight.copy_(self.database.weight(self.layers[i].name, int(levels[i])))
         self.current = levels.copy()
 
-    @torch.no_grad()
     def kl(self, x, fidelity: float = 1.0) -> float:
         """KL to the dense model on the first ``fidelity`` share of the calibration windows."""
+        return self.kls([x], fidelity)[0]
+
+    def kls(self, X, fidelity: float = 1.0) -> list[float]:
+        """:meth:`kl` of every candidate of ``X``; those not scored before at this fidelity are
+        scored together, in one walk over the blocks."""
         self._check_attached()
-        levels = self.levels(x)
-        key = (levels.tobytes(), round(fidelity, 9))
-        if key not in self._scores:
+        keys = [(self.levels(x).tobytes(), round(fidelity, 9)) for x in X]
+        missing = {key: self.levels(x) for key, x in zip(keys, X) if key not in self._scores}
+        if missing:
             if len(self._scores) > 65536:
                 self._scores.clear()
-            self.stitch(levels)
-            self._scores[key] = kl_to_dense(self.model, self.reference, fidelity)
-        return self._scores[key]
+            variants = [[tuple(int(v) for v in levels[block]) for block in self.block_slices]
+                        for levels in missing.values()]
+            scores = self.evaluator.kl(variants, self._form, fidelity, self.block_done)
+            self._scores.update(zip(missing, scores))
+        return [self._scores[key] for key in keys]
+
+    def _form(self, index: int, layers, levels: tuple) -> None:
+        for layer, level in zip(layers, levels):
+            layer.weight.copy_(self.database.weight(layer.name, level))
 
     def stage_score(self, x, stage) -> float:
         """KL on the first ``stage.eval_samples`` calibration windows (all when None)."""
+        return self.local_stage_scores([x], stage)[0]
+
+    def local_stage_scores(self, X, stage) -> list[float]:
         n_total = len(self.reference.calibration)
         fidelity = 1.0 if stage.eval_samples is None else min(stage.eval_samples, n_total) / n_total
-        return self.kl(x, fidelity)
+        scores = self.kls(X, fidelity)
+        for _ in scores:
+            self.candidate_done()
+        return scores
 
     def _evaluate_vectors(self, X, out, *args, **kwargs):
         X = np.array([self.levels(x) for x in X])
         F = np.empty((len(X), self.n_obj))
         sparsity = np.array([self.database.mean_sparsity(x) for x in X])
-        for row, x in enumerate(X):
-            F[row, 0] = self.kl(x, self.eval_fidelity)
+        F[:, 0] = self.kls(X, self.eval_fidelity)
+        for _ in X:
             self.candidate_done()
         if self.multi_objective:
             F[:, 1] = 1 - sparsity

@@ -74,12 +74,15 @@ class ArchitectureAdapter:
         parent, _, name = self.blocks_path.rpartition(".")
         setattr(_attribute(model, parent) if parent else model, name, blocks)
 
+    def final_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The modules between the last block and the LM head that this model has, in order."""
+        modules = [_attribute(model, path, missing_ok=True) for path in self.final_paths]
+        return [module for module in modules if module is not None]
+
     def head_inputs(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head's inputs from the last block's output ``hidden`` (``(batch, seq, hidden)``)."""
-        for path in self.final_paths:
-            module = _attribute(model, path, missing_ok=True)
-            if module is not None:
-                hidden = module(hidden)
+        for module in self.final_modules(model):
+            hidden = module(hidden)
         return hidden
 
     @staticmethod

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..activations import InputStatistics, model_device, recording_inputs
 from ..errors import SettingError, param
-from ..evaluation.divergence import DenseOutputs, chunked_kl_sum, final_hidden
+from ..evaluation.divergence import DenseOutputs, distance_to_dense, final_hidden
 from ..models.adapters import PrunableLayer, get_adapter
 from ..pruning.prune import shared_factors
 from ..pruning.update import reconstruct_
@@ -132,68 +132,60 @@ class FitnessEvaluator:
 
     @torch.no_grad()
     def evaluate(self, masks: Mapping[str, torch.Tensor], fidelity: float = 1.0,
-                 update: str = "none") -> dict[str, float]:
+                 update: str = "none", objectives=None) -> dict[str, float]:
         """Objective values of the model pruned by ``masks`` (and its kept weights reconstructed
         by ``update``, from the dense inputs); ``fidelity`` in (0, 1] uses that share of the
-        calibration samples (the first ones) for the forward objectives."""
+        calibration samples (the first ones) for the forward objectives; ``objectives``, a subset
+        of the evaluator's, computes only those."""
+        objectives = self.objectives if objectives is None else tuple(objectives)
         values = {}
-        if "density" in self.objectives:
+        if "density" in objectives:
             kept = sum(int(mask.sum()) for mask in masks.values())
             pruned_elsewhere = self.n_prunable - sum(mask.numel() for mask in masks.values())
             values["density"] = (kept + pruned_elsewhere) / self.n_prunable
         if update == "none":
-            if "reconstruction" in self.objectives:
+            if "reconstruction" in objectives:
                 values["reconstruction"] = self._reconstruction(
                     {name: self.snapshot.dense_weight(name).float() * ~mask for name, mask in masks.items()})
-            if FORWARD_OBJECTIVES & set(self.objectives):
+            if FORWARD_OBJECTIVES & set(objectives):
                 apply_masks_(self.layers, masks)
                 try:
-                    values.update(self._forward_objectives(fidelity))
+                    values.update(self._forward_objectives(fidelity, objectives))
                 finally:
                     self.snapshot.restore()
-            return {name: values[name] for name in self.objectives}
+            return {name: values[name] for name in objectives}
+        if not ({"reconstruction"} | FORWARD_OBJECTIVES) & set(objectives):
+            return {name: values[name] for name in objectives}
         try:
             for layer in self.layers:
                 reconstruct_(layer.weight, masks[layer.name], update, factor=self.factors[layer.name])
-            if "reconstruction" in self.objectives:
+            if "reconstruction" in objectives:
                 values["reconstruction"] = self._reconstruction(
                     {layer.name: self.snapshot.dense_weight(layer.name).float() - layer.weight.float()
                      for layer in self.layers})
-            if FORWARD_OBJECTIVES & set(self.objectives):
-                values.update(self._forward_objectives(fidelity))
+            if FORWARD_OBJECTIVES & set(objectives):
+                values.update(self._forward_objectives(fidelity, objectives))
         finally:
             self.snapshot.restore()
-        return {name: values[name] for name in self.objectives}
+        return {name: values[name] for name in objectives}
 
     def _reconstruction(self, removed: Mapping[str, torch.Tensor]) -> float:
         """Mean over layers of ‖(W − W′) X‖ / ‖W X‖ for ``removed[name] = W − W′``."""
-        errors = []
-        for layer in self.layers:
-            x = self.reference.layer_samples[layer.name]
-            dense = self.snapshot.dense_weight(layer.name).float()
-            error = (x @ removed[layer.name].t()).norm() / (x @ dense.t()).norm().clamp_min(1e-12)
-            errors.append(float(error))
+        errors = [self.layer_error(layer.name, removed[layer.name]) for layer in self.layers]
         return sum(errors) / len(errors)
 
-    def _forward_objectives(self, fidelity: float) -> dict[str, float]:
-        kl_sum, n_tokens, error_sq, dense_sq = 0.0, 0, 0.0, 0.0
-        for batch, dense_hidden in self.reference.batches(fidelity):
-            hidden = final_hidden(self.model, batch)
-            if "kl" in self.objectives:
-                kl_sum += chunked_kl_sum(self.model, hidden, dense_hidden)
-                n_tokens += batch.numel()
-            if "output_error" in self.objectives:
-                error_sq += float((hidden.float() - dense_hidden.float()).square().sum())
-                dense_sq += float(dense_hidden.float().square().sum())
-        values = {}
-        if "kl" in self.objectives:
-            values["kl"] = kl_sum / n_tokens
-        if "output_error" in self.objectives:
-            values["output_error"] = (error_sq / max(dense_sq, 1e-30)) ** 0.5
-        for name, value in values.items():
-            if value != value:  # NaN
-                raise FloatingPointError(f"the pruned model produced NaN for objective {name}")
-        return values
+    def layer_error(self, name: str, removed: torch.Tensor, dense: torch.Tensor | None = None) -> float:
+        """‖(W − W′) X‖ / ‖W X‖ of one layer, ``removed = W − W′``, X its dense input samples
+        (``dense``: W where it is at hand, else the snapshot's)."""
+        x = self.reference.layer_samples[name]
+        dense = (self.snapshot.dense_weight(name) if dense is None else dense).float()
+        error = (x @ removed.to(x.device).t()).norm()
+        return float(error / (x @ dense.to(x.device).t()).norm().clamp_min(1e-12))
+
+    def _forward_objectives(self, fidelity: float, objectives) -> dict[str, float]:
+        batches = ((final_hidden(self.model, batch), dense_hidden, batch)
+                   for batch, dense_hidden in self.reference.batches(fidelity))
+        return distance_to_dense(self.model, batches, [o for o in objectives if o in FORWARD_OBJECTIVES])
 
 
 def build_reference(model, calibration, objectives, batch_size=8, reconstruction_tokens=256,

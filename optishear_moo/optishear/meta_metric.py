@@ -195,3 +195,29 @@ class RankedMetricMasks:
         return {layer.name: row_mask_from_ranks(self._cached[layer.name],
                                                 float(block_sparsity[layer.block_index]))
                 for layer in self.layers}
+
+
+class BlockMetricMasks:
+    """Masks of the layers of one block at a time, for any metric and sparsity: score ranks are
+    computed once per metric for the block at hand (a block-major evaluation forms many
+    candidates' variants of one block, then moves on). Gives exactly the masks of
+    :func:`metric_masks`, from the layers' weights as they are when asked (dense)."""
+
+    def __init__(self, statistics: dict[str, InputStatistics] | None, nm: tuple[int, int] | None = None):
+        self.statistics, self.nm = statistics, nm
+        self._block, self._ranks = None, {}
+
+    def masks(self, metric: MetaMetric, layers, sparsity: float) -> list[torch.Tensor]:
+        if not layers:
+            return []
+        if layers[0].block_index != self._block:
+            self._block, self._ranks = layers[0].block_index, {}
+        masks = []
+        for layer in layers:
+            key = (metric, layer.name)
+            if key not in self._ranks:
+                stats = self.statistics.get(layer.name) if self.statistics is not None else None
+                scores = metric.score(layer.weight, stats)
+                self._ranks[key] = nm_mask(scores, *self.nm) if self.nm else row_ranks(scores)
+            masks.append(self._ranks[key] if self.nm else row_mask_from_ranks(self._ranks[key], sparsity))
+        return masks

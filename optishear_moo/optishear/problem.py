@@ -8,15 +8,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..evaluation.population import BlockwiseEvaluator
 from ..models.adapters import get_adapter
 from ..pruning.allocation import outlier_ratio, owl_allocation
 from ..pruning.masks import check_sparsity_target, parse_nm
 from ..pruning.metrics import wanda_score
 from ..pruning.prune import check_nm_divides
+from ..pruning.update import reconstruct_
 from ..search.problem import ModelProblem, problem_fingerprint
 from .encoding import BalancedSparsityRepair, SearchSpace
-from .fitness import DenseReference, FitnessEvaluator, build_reference, check_objectives
-from .meta_metric import MetaMetric, RankedMetricMasks
+from .fitness import FORWARD_OBJECTIVES, DenseReference, FitnessEvaluator, build_reference, check_objectives
+from .meta_metric import BlockMetricMasks, MetaMetric, RankedMetricMasks
 from .plan import PruningPlan
 
 logger = logging.getLogger(__name__)
@@ -31,8 +33,11 @@ class OptiShearProblem(ModelProblem):
     Decision vector: see :mod:`optishear_moo.optishear.encoding`. With ``layerwise="discrete"``
     one inequality constraint, |mean block sparsity − target| − 1e-3 ≤ 0 (the other encodings hit
     the target exactly, so they declare none and unconstrained algorithms such as MOEA/D apply).
-    The model is pruned in place for each candidate and restored right after; it is dense again
-    whenever ``_evaluate`` returns. Dense references are computed once, here. Candidates may be
+    A population's forward objectives (``kl``, ``output_error``) come from one walk over the
+    decoder blocks (:class:`~optishear_moo.evaluation.population.BlockwiseEvaluator`): per block,
+    each distinct (metric, block sparsity, update) of the candidates is formed once and each
+    distinct prefix runs once; the model is dense again whenever ``_evaluate`` returns. Dense
+    references are computed once, here. Candidates may be
     vectors or, for mixed-variable algorithms, dicts over ``vars`` (see
     :mod:`optishear_moo.search.problem`).
 
@@ -113,6 +118,9 @@ class OptiShearProblem(ModelProblem):
                                          with_gram=update != "none" or search_update)
         self.evaluator = FitnessEvaluator(model, self.reference, self.objectives)
         self.mask_builder = RankedMetricMasks(layers, self.reference.statistics, self.nm)
+        self.walker = BlockwiseEvaluator(model, self.reference)
+        self.block_masks = BlockMetricMasks(self.reference.statistics, self.nm)
+        self._formed, self._record_errors = {}, False
         xl, xu = self.space.bounds()
         fingerprint = problem_fingerprint(type(self).__name__, model, calibration, self.space,
                                           self.objectives, batch_size, reconstruction_tokens)
@@ -120,7 +128,7 @@ class OptiShearProblem(ModelProblem):
         super().__init__(n_var=self.space.n_var, n_obj=len(self.objectives), n_ieq_constr=int(constrained),
                          xl=xl, xu=xu, vars=self.space.variables(), replica=replica, fingerprint=fingerprint,
                          exclude_from_serialization=["model", "layers", "reference", "evaluator",
-                                                     "mask_builder"],
+                                                     "mask_builder", "walker", "block_masks"],
                          workers=workers, ray_address=ray_address, **problem_kwargs)
 
     @property
@@ -149,13 +157,59 @@ class OptiShearProblem(ModelProblem):
 
     def evaluate_plan(self, x, fidelity: float | None = None) -> tuple[dict, float]:
         """``(objective values, sparsity discrepancy)`` of one decision vector."""
+        values = self.evaluate_plans(np.atleast_2d(self.as_vector(x)), fidelity)[0]
+        return values, self.space.sparsity_discrepancy(*self.space.decode(self.as_vector(x))[1:])
+
+    def evaluate_plans(self, X, fidelity: float | None = None, walker: BlockwiseEvaluator | None = None,
+                       objectives=None) -> list[dict]:
+        """Objective values of every decision vector of ``X``. With a forward objective, all of them
+        come from one walk over the blocks (``walker``, the search's by default): as each block's
+        variant is formed, its kept weights and layer reconstruction errors are recorded for
+        ``density`` and ``reconstruction``. Without one, candidate by candidate from whole-model
+        masks, those sharing a metric back to back."""
         self._check_attached()
-        x = self.as_vector(x)
-        metric, sparsity, target = self.space.decode(x)
-        masks = self.mask_builder.masks(metric, sparsity)
-        values = self.evaluator.evaluate(masks, self.fidelity if fidelity is None else fidelity,
-                                         self.space.decode_update(x))
-        return values, self.space.sparsity_discrepancy(sparsity, target)
+        objectives = self.objectives if objectives is None else tuple(objectives)
+        fidelity = self.fidelity if fidelity is None else fidelity
+        decoded = [(*self.space.decode(x)[:2], self.space.decode_update(x)) for x in X]
+        forward = [name for name in objectives if name in FORWARD_OBJECTIVES]
+        if not forward:
+            values: list[dict] = [{} for _ in decoded]
+            for i in sorted(range(len(decoded)), key=lambda i: repr(decoded[i][0])):
+                metric, sparsity, update = decoded[i]
+                masks = self.mask_builder.masks(metric, sparsity)
+                values[i] = self.evaluator.evaluate(masks, fidelity, update, objectives=objectives)
+            return values
+        variants = [[(metric, None if self.nm else float(s), update) for s in sparsity]
+                    for metric, sparsity, update in decoded]
+        self._formed = {}  # (block, key) -> (sum of the block's layer errors, weights kept)
+        self._record_errors = "reconstruction" in objectives
+        try:
+            values = (walker or self.walker).score(variants, self._form, fidelity, forward, self.block_done)
+            n_layers, n_weights = len(self.layers), self.evaluator.n_prunable
+            for value, variant in zip(values, variants):
+                records = [self._formed[(index, key)] for index, key in enumerate(variant)]
+                value["reconstruction"] = sum(errors for errors, _ in records) / n_layers
+                value["density"] = sum(kept for _, kept in records) / n_weights
+        finally:
+            self._formed = {}
+        return [{name: value[name] for name in objectives} for value in values]
+
+    def _form(self, index: int, layers, key: tuple) -> None:
+        """Prune one block's layers as a candidate does: its metric's masks at its block sparsity,
+        the kept weights updated from the dense inputs when it says so; records what the size and
+        reconstruction objectives need."""
+        metric, sparsity, update = key
+        errors, kept = 0.0, 0
+        for layer, mask in zip(layers, self.block_masks.masks(metric, layers, sparsity)):
+            dense = layer.weight.clone() if self._record_errors else None
+            if update == "none":
+                layer.weight.masked_fill_(~mask, 0)
+            else:
+                reconstruct_(layer.weight, mask, update, factor=self.evaluator.factors[layer.name])
+            if dense is not None:
+                errors += self.evaluator.layer_error(layer.name, dense.float() - layer.weight.float(), dense)
+            kept += int(mask.sum())
+        self._formed[(index, key)] = (errors, kept)
 
     def validation_kl(self, X, validation: torch.Tensor) -> np.ndarray:
         """KL to the dense model on other ``validation`` windows (``(n, seq_len)`` ids) for each
@@ -163,15 +217,9 @@ class OptiShearProblem(ModelProblem):
         calibration statistics), scored on text the search never saw."""
         self._check_attached()
         reference = DenseReference.build(self.model, validation, self.reference.batch_size)
-        evaluator = FitnessEvaluator(self.model, reference, ("kl",))
-        if self.space.update != "none" or self.space.searches_update:
-            evaluator._factors = self.evaluator.factors  # updates use the search's Hessians
-        values = []
-        for x in self.as_vectors(X):
-            metric, sparsity, _ = self.space.decode(x)
-            masks = self.mask_builder.masks(metric, sparsity)
-            values.append(evaluator.evaluate(masks, 1.0, self.space.decode_update(x))["kl"])
-        return np.array(values)
+        walker = BlockwiseEvaluator(self.model, reference)
+        values = self.evaluate_plans(self.as_vectors(X), 1.0, walker, ("kl",))
+        return np.array([value["kl"] for value in values])
 
     def baseline_vectors(self, target: float | None = None) -> dict[str, np.ndarray]:
         """Decision vectors of the baselines users compare against, at ``target`` sparsity:
@@ -222,16 +270,10 @@ class OptiShearProblem(ModelProblem):
         return list(groups.values())
 
     def _evaluate_vectors(self, X, out, *args, **kwargs):
-        F = np.empty((len(X), self.n_obj))
-        G = np.empty((len(X), 1))
-        # candidates sharing a metric run back to back, so its score ranks are computed once
-        metrics = [repr(self.space.decode(x)[0]) for x in X]
-        for i in sorted(range(len(X)), key=lambda i: metrics[i]):
-            x = X[i]
-            values, discrepancy = self.evaluate_plan(x)
-            F[i] = [values[name] for name in self.objectives]
-            G[i, 0] = discrepancy - SPARSITY_TOLERANCE
-            self.candidate_done()
-        out["F"] = F
+        values = self.evaluate_plans(X)
+        out["F"] = np.array([[value[name] for name in self.objectives] for value in values])
         if self.n_ieq_constr:
-            out["G"] = G
+            discrepancy = [self.space.sparsity_discrepancy(*self.space.decode(x)[1:]) for x in X]
+            out["G"] = np.array(discrepancy)[:, None] - SPARSITY_TOLERANCE
+        for _ in X:
+            self.candidate_done()

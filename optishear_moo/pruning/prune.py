@@ -160,6 +160,7 @@ def prune_model(
     update: str = "none",
     config: PruningConfig | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> PruningResult:
     """Prune ``model`` **in place** with a fixed recipe; returns the masks and the achieved sparsity.
 
@@ -176,6 +177,9 @@ def prune_model(
             weights of magnitude/Wanda/RIA masks, SparseGPT always updates.
         config: A :class:`PruningConfig` (wins over the loose arguments).
         progress: Show a bar over the blocks.
+        device: Where data-aware methods prune, one block at a time (the model stays where it
+            is, e.g. in host memory for a model larger than the device); the model's own device
+            when None.
     """
     config = config or PruningConfig(method, sparsity, parse_nm(nm), allocation, update=update)
     if config.needs_calibration and calibration is None:
@@ -190,7 +194,7 @@ def prune_model(
             masks[layer.name] = _prune_layer_(layer, None, block_sparsity[layer.block_index], config)
     else:
         walk = sequential_blocks(model, calibration, config.batch_size, with_gram=config.needs_gram,
-                                 progress=progress)
+                                 progress=progress, device=device)
         for index, layers, statistics in walk:
             factors = shared_factors(statistics) if config.needs_gram else {}
             for layer in layers:

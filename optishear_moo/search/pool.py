@@ -64,7 +64,7 @@ class Replica:
         return {key: out[key] for key in ("F", "G") if out.get(key) is not None}
 
     def stage_scores(self, X, stage):
-        return [self.problem.stage_score(x, stage) for x in X]
+        return self.problem.local_stage_scores(X, stage)
 
     def ready(self) -> bool:
         return True

@@ -64,6 +64,7 @@ class ModelProblem(Problem):
         self.fingerprint = fingerprint
         self.log = None
         self.on_candidate = None  # called after every candidate scored (a progress display)
+        self.on_block = None  # called as a population's walk over the blocks goes on: (index, n_blocks)
         self.pool = None
         if workers is not None and not isinstance(workers, int):
             self.pool = workers  # a RayPool built by the caller
@@ -74,7 +75,7 @@ class ModelProblem(Problem):
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        state.update(pool=None, replica=None, log=None, on_candidate=None)  # never serialised
+        state.update(pool=None, replica=None, log=None, on_candidate=None, on_block=None)  # never serialised
         return state
 
     @property
@@ -133,6 +134,11 @@ class ModelProblem(Problem):
         if self.on_candidate is not None:
             self.on_candidate()
 
+    def block_done(self, index: int, n_blocks: int) -> None:
+        """Problems pass this as a walk's ``on_block``: it drives the progress display."""
+        if self.on_block is not None:
+            self.on_block(index, n_blocks)
+
     def evaluation_groups(self, X: np.ndarray) -> list:
         """How a population is handed to workers: index groups evaluated together (a problem may
         keep candidates that share expensive work in one group)."""
@@ -145,16 +151,21 @@ class ModelProblem(Problem):
             return self.log.replay_stage(X, stage)
         self._check_attached()
         if self.pool is None:
-            scores = []
-            for x in X:
-                scores.append(self.stage_score(x, stage))
-                self.candidate_done()
+            scores = self.local_stage_scores(X, stage)
         else:
             groups = self.pool.groups(len(X))
             parts = self.pool.map("stage_scores", [X[group] for group in groups], stage)
             scores = _in_order(groups, parts, len(X)).tolist()
         if self.log is not None:
             self.log.record_stage(X, stage, scores)
+        return scores
+
+    def local_stage_scores(self, X: np.ndarray, stage) -> list[float]:
+        """``stage_score`` of every candidate here (a problem may score them together)."""
+        scores = []
+        for x in X:
+            scores.append(self.stage_score(x, stage))
+            self.candidate_done()
         return scores
 
     def _evaluate_vectors(self, X: np.ndarray, out: dict, *args, **kwargs) -> None:

@@ -115,13 +115,14 @@ def _front(algorithm: Algorithm) -> dict:
 
 
 class SearchProgress:
-    """A bar over the generations on standard error: candidates scored in the generation under
-    way, evaluations so far, the best value of the first objective, and the time left (tqdm's
-    estimate from the generations done). Does nothing when ``enabled`` is false."""
+    """A bar over the generations on standard error: the block a population's walk has
+    reached, candidates scored in the generation under way, evaluations so far, the best value of
+    the first objective, and the time left (tqdm's estimate from the generations done). Does
+    nothing when ``enabled`` is false."""
 
     def __init__(self, problem, algorithm: Algorithm, enabled: bool = True):
         self.problem, self.algorithm, self.enabled = problem, algorithm, enabled
-        self.bar, self.scored = None, 0
+        self.bar, self.scored, self.walking = None, 0, ""
 
     def __enter__(self) -> SearchProgress:
         if self.enabled:
@@ -132,16 +133,18 @@ class SearchProgress:
             done = (self.algorithm.n_iter or 1) - 1
             self.bar = tqdm(total=total, initial=done, desc="generations", unit="gen", dynamic_ncols=True)
             if hasattr(self.problem, "on_candidate"):
-                self.problem.on_candidate = self.candidate_done
+                self.problem.on_candidate, self.problem.on_block = self.candidate_done, self.block_done
         return self
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.close()
-            self.problem.on_candidate = None
+            self.problem.on_candidate = self.problem.on_block = None
 
     def _status(self) -> str:
         parts = [f"{self.scored} scored this generation", f"{self.algorithm.evaluator.n_eval} evaluations"]
+        if self.walking:
+            parts.insert(0, self.walking)
         opt = self.algorithm.opt
         if opt is not None and len(opt):
             names = getattr(self.problem, "objectives", ("objective",))
@@ -149,7 +152,11 @@ class SearchProgress:
         return ", ".join(parts)
 
     def candidate_done(self) -> None:
-        self.scored += 1
+        self.scored, self.walking = self.scored + 1, ""
+        self.bar.set_postfix_str(self._status())
+
+    def block_done(self, index: int, n_blocks: int) -> None:
+        self.walking = f"block {index + 1}/{n_blocks}"
         self.bar.set_postfix_str(self._status())
 
     def generation_done(self) -> None:
@@ -188,7 +195,18 @@ def write_front(directory: str | Path, problem, algorithm: Algorithm) -> list[di
 
 
 def front_arrays(result: Result) -> tuple[np.ndarray, np.ndarray]:
-    """``(X, F)`` of the result's optimum as 2-D arrays (single-objective results included)."""
+    """``(X, F)`` of the result's optimum as 2-D arrays (single-objective results included), its
+    feasible rows only: some algorithms (RVEA) keep infeasible members, with placeholder
+    objectives, in their optimum."""
+    if result.X is None:
+        raise ValueError("the search found no feasible candidate: widen the size range or run more "
+                         "generations")
     X = np.atleast_2d(result.X)
     F = np.asarray(result.F, dtype=float).reshape(len(X), -1)
+    if result.CV is not None:
+        feasible = np.asarray(result.CV, dtype=float).reshape(len(X), -1).max(axis=1) <= 0
+        if not feasible.any():
+            raise ValueError("the search found no feasible candidate: widen the size range or run more "
+                             "generations")
+        X, F = X[feasible], F[feasible]
     return X, F

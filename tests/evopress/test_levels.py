@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from optishear_moo.activations import collect_input_statistics
+from optishear_moo.evaluation import kl_to_dense
 from optishear_moo.evopress import (
     EvoPressConfig,
     LevelSearchProblem,
@@ -24,7 +25,7 @@ from optishear_moo.search.levels import (
     StagedSurvival,
     level_algorithm,
 )
-from tests.conftest import InterruptAt, make_tiny_model
+from tests.conftest import InterruptAt, assert_same_weights, make_tiny_model
 
 LADDER = [0.4, 0.5, 0.6]
 
@@ -90,6 +91,14 @@ def test_switches_keep_the_mean_sparsity_and_stitching_equals_a_fresh_build(data
     assert all(database.mean_sparsity(x) == pytest.approx(0.5, abs=1e-12) for x in X)
     out = problem.evaluate(X, return_as_dictionary=True)
     assert (out["G"] <= 0).all() and np.isfinite(out["F"]).all()
+    # scored in one block-major walk, each equals its own model's full forward; the model stays dense
+    dense = make_tiny_model("llama")
+    for x, f in zip(X[:3], out["F"][:3, 0]):
+        stitched = copy.deepcopy(dense)
+        for layer, level in zip(get_adapter(stitched).prunable_layers(stitched), x):
+            layer.weight.copy_(database.weight(layer.name, level))
+        assert f == pytest.approx(kl_to_dense(stitched, problem.reference), rel=1e-4)
+    assert_same_weights(problem.model, dense)
     # any vector (pymoo's own operators make any) decodes onto the budget
     unbalanced = np.random.default_rng(1).integers(0, 3, (20, problem.n_var))
     assert all(database.mean_sparsity(problem.levels(x)) == pytest.approx(0.5, abs=1e-12) for x in unbalanced)

@@ -99,3 +99,19 @@ def test_wanda_with_a_weight_update_keeps_its_masks_and_tracks_the_dense_model_b
         PruningConfig("sparsegpt", 0.5, update="obs")
     with pytest.raises(ValueError, match="is not a weight update"):
         PruningConfig("wanda", 0.5, update="adam")
+
+
+@pytest.mark.parametrize("device", ["cpu:0", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_pruning_block_by_block_on_another_device_equals_pruning_in_place(method, device, calibration):
+    """The model stays where it is; each block is pruned on ``device`` and sent back."""
+    here, there = make_tiny_model("llama"), make_tiny_model("llama")
+    prune_model(here, calibration, method=method, sparsity=0.5, progress=False)
+    seen = []
+    for block in get_adapter(there).blocks(there):
+        block.register_forward_pre_hook(lambda _m, args: seen.append(args[0].device.type))
+    prune_model(there, calibration, method=method, sparsity=0.5, progress=False, device=device)
+    assert device.split(":")[0] in seen  # (the embeddings' capture runs at home)
+    assert all(p.device.type == "cpu" for p in there.parameters())
+    for a, b in zip(get_adapter(here).prunable_layers(here), get_adapter(there).prunable_layers(there)):
+        torch.testing.assert_close(a.weight, b.weight, rtol=1e-4, atol=1e-5)

@@ -47,7 +47,8 @@ def test_pooled_objectives_equal_local_ones(ray_cluster, calibration_ids):
     Xb = np.random.default_rng(0).random((7, 5)) < 0.4
     out_local = blocks_local.evaluate(Xb, return_as_dictionary=True)
     out_pooled = blocks_pooled.evaluate(Xb, return_as_dictionary=True)
-    np.testing.assert_allclose(out_pooled["F"], out_local["F"], rtol=1e-6)
+    # float32 sums in another process (one thread there) may differ in the last digits
+    np.testing.assert_allclose(out_pooled["F"], out_local["F"], rtol=2e-5)
     np.testing.assert_array_equal(out_pooled["G"], out_local["G"])
     blocks_pooled.pool.shutdown()
 

@@ -16,6 +16,7 @@ def test_progress_bar_counts_generations_and_candidates(problem, capsys):
     shown = capsys.readouterr().err
     assert "generations" in shown and "3/3" in shown
     assert "scored this generation" in shown and "evaluations" in shown and "best kl" in shown
+    assert "block 3/3" in shown  # each population's walk over the tiny model's blocks
     run_search(problem, NSGA2(pop_size=4), ("n_gen", 2), SearchRun(seed=0))
     assert capsys.readouterr().err == ""  # quiet by default
     assert problem.on_candidate is None
@@ -49,3 +50,19 @@ def test_a_size_range_starts_from_and_is_drawn_against_baselines_across_it(tiny_
     assert result.chosen.target_sparsity == max(point["plan"]["target_sparsity"] for point in result.front)
     assert result.chosen_by == "the smallest model of the front"
     assert len(result.baseline_points()) == 3 * 3  # three baselines at three sparsities
+
+
+def test_front_arrays_keeps_feasible_rows_only():
+    from pymoo.core.result import Result
+
+    from optishear_moo.search import front_arrays
+
+    result = Result()
+    result.X, result.F = np.array([[0, 1], [1, 0], [1, 1]]), np.array([[0.5, 0.4], [1e10, 1e10], [0.3, 0.6]])
+    result.CV = np.array([[0.0], [2.0], [0.0]])
+    X, F = front_arrays(result)
+    np.testing.assert_array_equal(X, [[0, 1], [1, 1]])
+    assert F.max() < 1
+    result.CV = np.array([[1.0], [2.0], [3.0]])
+    with pytest.raises(ValueError, match="no feasible candidate"):
+        front_arrays(result)
