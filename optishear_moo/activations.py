@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .data.calibration import check_calibration
 from .models.adapters import PrunableLayer, get_adapter
+from .models.placement import compute_device
 
 
 class InputStatistics:
@@ -41,12 +42,27 @@ class InputStatistics:
         )
 
     def update(self, inputs: torch.Tensor) -> None:
+        """Accumulate a batch of inputs, reduced where they are (a block on the compute device
+        of an offloaded model) and added here."""
         x = inputs.detach().reshape(-1, inputs.shape[-1]).float()
         self.count += x.shape[0]
-        self.sum += x.sum(dim=0)
-        self.sum_sq += x.square().sum(dim=0)
-        if self.gram is not None:
+        here = self.sum.device
+        self.sum += x.sum(dim=0).to(here)
+        self.sum_sq += x.square().sum(dim=0).to(here)
+        if self.gram is not None and x.device == here:
             self.gram.addmm_(x.t(), x)
+        elif self.gram is not None:
+            self.gram.add_((x.t() @ x).to(here))
+
+    def to(self, device: torch.device) -> InputStatistics:
+        """These statistics with their per-channel sums on ``device`` (the Gram stays), for scoring
+        a layer that sits there; ``self`` when they are there already."""
+        if self.sum.device == torch.device(device):
+            return self
+        moved = InputStatistics.__new__(InputStatistics)
+        moved.count, moved.gram = self.count, self.gram
+        moved.sum, moved.sum_sq = self.sum.to(device), self.sum_sq.to(device)
+        return moved
 
     @property
     def l2_norm(self) -> torch.Tensor:
@@ -85,7 +101,7 @@ def recording_inputs(
     handles = []
 
     def record(name: str, x: torch.Tensor) -> None:
-        if name in aliases:
+        if name in aliases or _paused[0]:
             return
         if name not in first_seen:
             first_seen.add(name)
@@ -196,9 +212,17 @@ def capture_block_inputs(model: nn.Module, calibration: torch.Tensor, batch_size
     return caught
 
 
+_paused = [False]  # recording hooks ignore the probe below
+
+
 def capture_first_block_output(model: nn.Module, batch: torch.Tensor):
-    """What the first block returns on ``batch`` (a tensor or a tuple, by architecture)."""
-    return run_until(model, get_adapter(model).blocks(model)[0], batch, "output")
+    """What the first block returns on ``batch`` (a tensor or a tuple, by architecture); a probe
+    that open :func:`recording_inputs` hooks do not count."""
+    _paused[0] = True
+    try:
+        return run_until(model, get_adapter(model).blocks(model)[0], batch, "output")
+    finally:
+        _paused[0] = False
 
 
 @torch.no_grad()
@@ -274,13 +298,14 @@ def sequential_blocks(
     block's outputs are recomputed through the (possibly pruned) block and become the next
     block's inputs.
 
-    With a ``device`` other than the model's, the model stays where it is and each block is on
+    With a ``device`` other than where the weights are (by default the model's compute device,
+    :mod:`optishear_moo.models.placement`), the model stays where it is and each block is on
     ``device`` for its turn (the consumer sees its layers, and the statistics, there); the hidden
     states live on ``device``.
     """
     adapter = get_adapter(model)
     home = model_device(model)
-    device = home if device is None else torch.device(device)
+    device = compute_device(model) if device is None else torch.device(device)
     inputs = capture_block_inputs(model, calibration, batch_size)
     blocks = adapter.blocks(model)
     hidden = [h.to(device) for h in inputs.hidden]
@@ -293,3 +318,24 @@ def sequential_blocks(
                     run_block(block, h, k)
             yield index, layers, statistics
             hidden = [run_block(block, h, k) for h, k in zip(hidden, kwargs)]
+
+
+@torch.no_grad()
+def final_hidden_by_blocks(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8,
+                           device: str | torch.device | None = None) -> list[torch.Tensor]:
+    """The LM head's inputs for each calibration batch, the model run one block at a time on
+    ``device`` (its compute device by default; the weights stay where they are). Hooks on the
+    layers see every block once, as in a full forward."""
+    adapter = get_adapter(model)
+    home = model_device(model)
+    device = compute_device(model) if device is None else torch.device(device)
+    inputs = capture_block_inputs(model, calibration, batch_size)
+    hidden = [h.to(device) for h in inputs.hidden]
+    for index, block in enumerate(adapter.blocks(model)):
+        kwargs = [to_device(k, device) for k in inputs.block_kwargs(index)]
+        with on_device(block, device, home):
+            hidden = [run_block(block, h, k) for h, k in zip(hidden, kwargs)]
+    with contextlib.ExitStack() as stack:
+        for module in adapter.final_modules(model):
+            stack.enter_context(on_device(module, device, home))
+        return [adapter.head_inputs(model, h) for h in hidden]

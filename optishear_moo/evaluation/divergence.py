@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..activations import run_until
+from ..activations import final_hidden_by_blocks, run_until
 from ..data.calibration import check_calibration
 from ..models.adapters import ArchitectureAdapter
+from ..models.placement import is_offloaded
 
 
 def kl_sum_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
@@ -47,8 +48,12 @@ class DenseOutputs:
     @torch.no_grad()
     def build(cls, model: nn.Module, calibration: torch.Tensor, batch_size: int = 8,
               progress: bool = False) -> DenseOutputs:
-        """One dense pass; hooks the caller holds open (e.g. activation statistics) see it too."""
+        """One dense pass; hooks the caller holds open (e.g. activation statistics) see it too. An
+        offloaded model (:mod:`optishear_moo.models.placement`) runs block by block on its compute
+        device, where the head inputs then stay."""
         check_calibration(calibration, model)
+        if is_offloaded(model):
+            return cls(calibration, batch_size, final_hidden_by_blocks(model, calibration, batch_size))
         head_inputs = [final_hidden(model, batch) for batch in tqdm(
             torch.split(calibration, batch_size), desc="dense reference", disable=not progress, leave=False)]
         return cls(calibration, batch_size, head_inputs)

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..activations import capture_block_inputs, model_device, on_device, run_block, to_device
 from ..models.adapters import PrunableLayer, get_adapter
+from ..models.placement import compute_device
 from .divergence import DenseOutputs, check_measures, distance_to_dense
 
 SKIP = "skip"
@@ -46,7 +47,8 @@ class BlockwiseEvaluator:
         model: The model whose blocks the candidates vary (left unchanged).
         reference: The dense model's LM-head inputs on the calibration tokens (their batching is
             the walk's).
-        device: Where blocks run; the model's own device when None.
+        device: Where blocks run; the model's compute device when None (where its weights are,
+            unless it was loaded with ``offload=True``).
         states: Where the prefixes' hidden states are kept between blocks: ``"auto"``,
             ``"device"`` or ``"host"``.
         chunk_tokens: Tokens per chunk of logits in the final comparison.
@@ -60,7 +62,7 @@ class BlockwiseEvaluator:
         self.adapter = get_adapter(model)
         self.blocks = self.adapter.blocks(model)
         self.home = model_device(model)
-        self.device = torch.device(device) if device is not None else self.home
+        self.device = torch.device(device) if device is not None else compute_device(model)
         self.states, self.chunk_tokens = states, chunk_tokens
         self._inputs: dict[int, object] = {}  # n_samples -> BlockInputs
         self.n_block_forwards = 0  # block passes over the calibration batches, for benchmarks

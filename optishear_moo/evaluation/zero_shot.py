@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import importlib.util
 import logging
 import math
@@ -133,11 +134,16 @@ def check_engine() -> None:
 
 
 def _task_manager(names):
+    # lm-eval's own index of ~15,000 tasks takes seconds to build: only when a task needs it
+    return _indexed_tasks(any(n not in TASK_FILES for n in names))
+
+
+@functools.lru_cache(maxsize=2)
+def _indexed_tasks(include_defaults: bool):
+    """lm-eval's task index over our task files (and its own tasks), built once per process."""
     from lm_eval.tasks import TaskManager
 
-    # lm-eval's own index of ~15,000 tasks takes seconds to build: only when a task needs it
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=any(n not in TASK_FILES for n in names),
-                       verbosity="ERROR")
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults, verbosity="ERROR")
 
 
 def check_tasks(tasks, allow_download: bool = False) -> list[str]:

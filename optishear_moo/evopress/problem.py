@@ -82,7 +82,7 @@ class LevelSearchProblem(ModelProblem):
         self.layers = get_adapter(model).prunable_layers(model)
         if [layer.name for layer in self.layers] != self.database.names:
             raise ValueError("the level database was built for another model (its layers differ)")
-        self.snapshot = DenseSnapshot(self.layers)
+        self._snapshot = None  # the dense weights, taken when stitch first changes the model
         self.reference = DenseOutputs.build(model, calibration, batch_size, progress)
         self.evaluator = BlockwiseEvaluator(model, self.reference, device)
         self.block_slices = [np.array([i for i, layer in enumerate(self.layers) if layer.block_index == b])
@@ -103,7 +103,7 @@ class LevelSearchProblem(ModelProblem):
                          n_ieq_constr=2 if self.multi_objective else 1, xl=0, xu=top, vtype=int,
                          vars={name: Integer(bounds=(0, top)) for name in self.database.names},
                          replica=replica, fingerprint=fingerprint, workers=workers, ray_address=ray_address,
-                         exclude_from_serialization=["model", "database", "layers", "snapshot", "reference",
+                         exclude_from_serialization=["model", "database", "layers", "reference",
                                                      "evaluator", "_scores"],
                          **problem_kwargs)
         uniform = self.uniform_x(self.sparsity_range[0])
@@ -160,8 +160,13 @@ class LevelSearchProblem(ModelProblem):
                 x[group[: int(round(share * len(group)))]] += 1
         return x
 
+    def __getstate__(self):
+        return {**super().__getstate__(), "_snapshot": None}
+
     def stitch(self, levels: np.ndarray) -> None:
         """Copy into the working model the database weights of the layers whose level changed."""
+        if self._snapshot is None:
+            self._snapshot = DenseSnapshot(self.layers)
         for i in np.flatnonzero(levels != self.current):
             self.layers[i].weight.copy_(self.database.weight(self.layers[i].name, int(levels[i])))
         self.current = levels.copy()
@@ -217,6 +222,7 @@ class LevelSearchProblem(ModelProblem):
         out["F"] = F
 
     def restore_dense(self) -> nn.Module:
-        self.snapshot.restore()
+        if self._snapshot is not None:
+            self._snapshot.restore()
         self.current[:] = -1
         return self.model

@@ -9,6 +9,7 @@ from .adapters import (
 )
 from .identity import weights_fingerprint
 from .loading import DEFAULT_MODEL, load_config, load_model, load_tokenizer, resolve_device
+from .placement import compute_device, offload
 from .saving import SAVE_DTYPES, save_model
 
 __all__ = [
@@ -16,10 +17,12 @@ __all__ = [
     "SAVE_DTYPES",
     "ArchitectureAdapter",
     "PrunableLayer",
+    "compute_device",
     "get_adapter",
     "load_config",
     "load_model",
     "load_tokenizer",
+    "offload",
     "register_adapter",
     "resolve_device",
     "save_model",

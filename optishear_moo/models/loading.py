@@ -271,6 +271,7 @@ def load_model(
     name_or_path: str = DEFAULT_MODEL,
     dtype: str | torch.dtype = torch.float32,
     device: str | torch.device | None = None,
+    offload: bool = False,
 ) -> tuple[nn.Module, object]:
     """Load a causal LM and its tokenizer, in eval mode with gradients off.
 
@@ -278,6 +279,8 @@ def load_model(
     directory written by ``save_pretrained``, a ``.gguf`` file, or a transformers hub id.
     GGUF weights are dequantised to ``dtype``. A directory holding a structurally pruned
     (non-uniform) model is rebuilt with its per-block sizes (``config.structured_layers``).
+    With ``offload=True`` the weights stay in host memory and ``device`` is where the blocks run,
+    one at a time (:mod:`optishear_moo.models.placement`): for a model larger than the device.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -298,7 +301,12 @@ def load_model(
     model.source_dtype = _source_dtype(source, gguf_file)
     if gguf_file is not None:
         _forget_gguf_quantization(model)
-    model.to(device).eval().requires_grad_(False)
+    if offload and device.type != "cpu":
+        from .placement import offload as run_blocks_on
+
+        run_blocks_on(model.eval().requires_grad_(False), device)
+    else:
+        model.to(device).eval().requires_grad_(False)
     return model, tokenizer
 
 

@@ -1,7 +1,11 @@
 """Fitness of a pruning candidate: how far the pruned model is from the dense one.
 
-Everything dense is computed once (:class:`DenseReference`); a candidate is then judged by
-pruning one working model **in place**, measuring, and restoring its dense weights.
+Everything dense is computed once (:class:`DenseReference`). The problem scores a population's
+forward objectives in one walk over the blocks
+(:class:`~optishear_moo.evaluation.population.BlockwiseEvaluator`); :class:`FitnessEvaluator`
+judges one candidate at a time by pruning one working model **in place**, measuring, and
+restoring its dense weights (the objectives without a forward, and a reference for tests and
+benchmarks).
 
 Objectives (all minimised, all zero for the dense model):
 
@@ -107,7 +111,9 @@ class DenseReference(DenseOutputs):
 
 
 class FitnessEvaluator:
-    """Scores keep-masks on one working model that it prunes in place and always restores."""
+    """Scores keep-masks on one working model that it prunes in place and always restores (one
+    candidate at a time; :class:`~optishear_moo.optishear.problem.OptiShearProblem` scores its
+    forward objectives in one block walk per population and uses this for the others)."""
 
     def __init__(self, model: nn.Module, reference: DenseReference, objectives=("kl",)):
         self.model = model
@@ -116,10 +122,18 @@ class FitnessEvaluator:
         if "reconstruction" in self.objectives and not reference.layer_samples:
             raise ValueError("the reconstruction objective needs a reference built with "
                              "reconstruction_tokens > 0")
-        self.snapshot = DenseSnapshot.of(model)
-        self.layers: list[PrunableLayer] = self.snapshot.layers
+        self.layers: list[PrunableLayer] = get_adapter(model).prunable_layers(model)
+        self._snapshot: DenseSnapshot | None = None
         self.n_prunable = sum(layer.numel for layer in self.layers)
         self._factors: dict | None = None
+
+    @property
+    def snapshot(self) -> DenseSnapshot:
+        """A copy of the dense prunable weights, taken at first use (scoring whole-model masks in
+        place needs it; the block walk does not)."""
+        if self._snapshot is None:
+            self._snapshot = DenseSnapshot(self.layers)
+        return self._snapshot
 
     @property
     def factors(self) -> dict:
@@ -138,6 +152,7 @@ class FitnessEvaluator:
         calibration samples (the first ones) for the forward objectives; ``objectives``, a subset
         of the evaluator's, computes only those."""
         objectives = self.objectives if objectives is None else tuple(objectives)
+        snapshot = self.snapshot  # taken (once) while the model is dense, before anything is pruned
         values = {}
         if "density" in objectives:
             kept = sum(int(mask.sum()) for mask in masks.values())
@@ -146,13 +161,13 @@ class FitnessEvaluator:
         if update == "none":
             if "reconstruction" in objectives:
                 values["reconstruction"] = self._reconstruction(
-                    {name: self.snapshot.dense_weight(name).float() * ~mask for name, mask in masks.items()})
+                    {name: snapshot.dense_weight(name).float() * ~mask for name, mask in masks.items()})
             if FORWARD_OBJECTIVES & set(objectives):
                 apply_masks_(self.layers, masks)
                 try:
                     values.update(self._forward_objectives(fidelity, objectives))
                 finally:
-                    self.snapshot.restore()
+                    snapshot.restore()
             return {name: values[name] for name in objectives}
         if not ({"reconstruction"} | FORWARD_OBJECTIVES) & set(objectives):
             return {name: values[name] for name in objectives}
@@ -161,12 +176,12 @@ class FitnessEvaluator:
                 reconstruct_(layer.weight, masks[layer.name], update, factor=self.factors[layer.name])
             if "reconstruction" in objectives:
                 values["reconstruction"] = self._reconstruction(
-                    {layer.name: self.snapshot.dense_weight(layer.name).float() - layer.weight.float()
+                    {layer.name: snapshot.dense_weight(layer.name).float() - layer.weight.float()
                      for layer in self.layers})
             if FORWARD_OBJECTIVES & set(objectives):
                 values.update(self._forward_objectives(fidelity, objectives))
         finally:
-            self.snapshot.restore()
+            snapshot.restore()
         return {name: values[name] for name in objectives}
 
     def _reconstruction(self, removed: Mapping[str, torch.Tensor]) -> float:

@@ -217,6 +217,7 @@ class BlockMetricMasks:
             key = (metric, layer.name)
             if key not in self._ranks:
                 stats = self.statistics.get(layer.name) if self.statistics is not None else None
+                stats = stats.to(layer.weight.device) if stats is not None else None
                 scores = metric.score(layer.weight, stats)
                 self._ranks[key] = nm_mask(scores, *self.nm) if self.nm else row_ranks(scores)
             masks.append(self._ranks[key] if self.nm else row_mask_from_ranks(self._ranks[key], sparsity))

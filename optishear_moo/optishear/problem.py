@@ -8,8 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import SettingError, param
 from ..evaluation.population import BlockwiseEvaluator
 from ..models.adapters import get_adapter
+from ..models.placement import is_offloaded
 from ..pruning.allocation import outlier_ratio, owl_allocation
 from ..pruning.masks import check_sparsity_target, parse_nm
 from ..pruning.metrics import wanda_score
@@ -110,6 +112,9 @@ class OptiShearProblem(ModelProblem):
             raise ValueError("the density objective needs target_sparsity=(low, high) to search size")
         if self.space.n_var == 0:
             raise ValueError("nothing to search: enable search_metric or a layerwise mode")
+        if is_offloaded(model) and (update != "none" or search_update):
+            raise SettingError(f"a weight {param('update')} is not supported yet on a model loaded with "
+                               "offload=True: load it on its device, or search without an update")
         self.model = model
         self.layers = layers
         self.fidelity = fidelity

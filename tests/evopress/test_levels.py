@@ -143,7 +143,7 @@ def test_search_beats_uniform_where_layers_differ_and_keeps_the_budget(calibrati
         assert float((b.weight == 0).float().mean()) == pytest.approx(choice.layer_sparsity[a.name], abs=0.01)
         assert torch.allclose(a.weight, b.weight, atol=1e-5) == (a.block_index == 0), a.name
     assert all(torch.equal(a.weight, b.weight) for a, b in zip(  # left dense
-        get_adapter(model).prunable_layers(model), problem.snapshot.layers))
+        get_adapter(model).prunable_layers(model), problem.layers))
 
 
 def test_resume_continues_the_level_search_to_the_same_result(database, calibration_ids, tmp_path):
