@@ -52,8 +52,12 @@ SHAPES = {  # the published configs of Llama-3.2-1B, Llama-3-8B and Llama-2-13B
 def saved_random_model(shape: str, dtype: torch.dtype, directory: Path) -> Path:
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, torch_dtype=str(dtype).split(".")[1])
     torch.manual_seed(0)
-    with torch.device("cpu"):
-        model = LlamaForCausalLM(config).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its own precision: an 8B model in float32 first is 32 GB
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(directory / shape, safe_serialization=True)
     load_tokenizer("smollm2-135m").save_pretrained(directory / shape)  # load_model wants one; unused here
     del model

@@ -26,9 +26,18 @@ def kl_sum_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
     """Sum over positions of KL(dense ‖ pruned) of the next-token distributions.
 
     Both ``(batch, seq_len, vocab)``; computed in float32."""
-    dense_log_probs = F.log_softmax(dense_logits.float(), dim=-1).flatten(0, 1)
-    log_probs = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)
+    return kl_sum_from_log_probs(F.log_softmax(logits.float(), dim=-1).flatten(0, 1),
+                                 F.log_softmax(dense_logits.float(), dim=-1).flatten(0, 1))
+
+
+def kl_sum_from_log_probs(log_probs: torch.Tensor, dense_log_probs: torch.Tensor) -> float:
+    """Sum over rows of KL(dense ‖ pruned) from ``(tokens, vocab)`` log-probabilities."""
     return float(F.kl_div(log_probs, dense_log_probs, log_target=True, reduction="sum"))
+
+
+LOG_PROB_LIMIT = 2**26
+"""The dense log-probabilities are cached when ``vocab × calibration tokens`` is at most this
+(float32: 256 MiB), saving one LM-head product and softmax per candidate."""
 
 
 @dataclass
@@ -37,12 +46,14 @@ class DenseOutputs:
 
     ``head_inputs[b]`` is ``(batch, seq_len, hidden)`` for batch ``b`` of ``calibration`` split
     into ``batch_size`` windows; the dense logits are recomputed from them when needed (one
-    head matmul) instead of holding ``vocab`` floats per token.
+    head matmul) instead of holding ``vocab`` floats per token, unless :meth:`cache_log_probs`
+    kept them (``log_probs[b]``: ``(batch × seq_len, vocab)`` float32).
     """
 
     calibration: torch.Tensor
     batch_size: int
     head_inputs: list[torch.Tensor]
+    log_probs: list[torch.Tensor] | None = None
 
     @classmethod
     @torch.no_grad()
@@ -57,6 +68,22 @@ class DenseOutputs:
         head_inputs = [final_hidden(model, batch) for batch in tqdm(
             torch.split(calibration, batch_size), desc="dense reference", disable=not progress, leave=False)]
         return cls(calibration, batch_size, head_inputs)
+
+    @torch.no_grad()
+    def cache_log_probs(self, model: nn.Module, limit: int = LOG_PROB_LIMIT) -> bool:
+        """Keep the dense log-probabilities when ``vocab × tokens ≤ limit``; says whether they are
+        kept. The LM head must be where the head inputs are."""
+        if self.log_probs is None:
+            vocab = model.get_output_embeddings().weight.shape[0]
+            if vocab * self.calibration.numel() > limit:
+                return False
+            self.log_probs = [F.log_softmax(ArchitectureAdapter.logits(model, h.flatten(0, 1)), dim=-1)
+                              for h in self.head_inputs]
+        return True
+
+    def dense_log_probs(self, index: int, rows: int) -> torch.Tensor | None:
+        """The cached log-probabilities of batch ``index`` (its first ``rows`` tokens), or None."""
+        return None if self.log_probs is None else self.log_probs[index][:rows]
 
     def batches(self, fidelity: float = 1.0):
         """``(token batch, dense head inputs)`` pairs over the first ``fidelity`` share of samples."""
@@ -86,14 +113,16 @@ def check_measures(measures) -> tuple[str, ...]:
 @torch.no_grad()
 def distance_to_dense(model: nn.Module, batches, measures=("kl",), chunk_tokens: int = 4096
                       ) -> dict[str, float]:
-    """How far a model is from the dense one over ``(head inputs, dense head inputs, token ids)``
-    batches (``(batch, seq, hidden)``, ``(batch, seq, hidden)``, ``(batch, seq)``): ``kl``, the
-    mean KL(dense ‖ model) per token; ``ppl``, the model's perplexity on the tokens; and
-    ``output_error``, ‖H − H_dense‖_F / ‖H_dense‖_F. Logits are formed ``chunk_tokens`` at a time,
-    so full ``(batch, seq, vocab)`` logits of the two models never exist at once."""
+    """How far a model is from the dense one over ``(head inputs, dense head inputs, token ids,
+    dense log-probabilities or None)`` batches (``(batch, seq, hidden)``, ``(batch, seq, hidden)``,
+    ``(batch, seq)``, ``(batch × seq, vocab)``): ``kl``, the mean KL(dense ‖ model) per token;
+    ``ppl``, the model's perplexity on the tokens; and ``output_error``, ‖H − H_dense‖_F /
+    ‖H_dense‖_F. Logits are formed ``chunk_tokens`` at a time, so full ``(batch, seq, vocab)``
+    logits of the two models never exist at once (the dense ones are taken from the cached
+    log-probabilities when given)."""
     measures = check_measures(measures)
     kl, tokens, nll, predicted, error_sq, dense_sq = 0.0, 0, 0.0, 0, 0.0, 0.0
-    for hidden, dense_hidden, ids in batches:
+    for hidden, dense_hidden, ids, dense_log_probs in batches:
         if "output_error" in measures:
             error_sq += float((hidden.float() - dense_hidden.float()).square().sum())
             dense_sq += float(dense_hidden.float().square().sum())
@@ -107,8 +136,9 @@ def distance_to_dense(model: nn.Module, batches, measures=("kl",), chunk_tokens:
             end = start + chunk_tokens
             logits = ArchitectureAdapter.logits(model, flat[start:end])
             if "kl" in measures:
-                dense_logits = ArchitectureAdapter.logits(model, dense_flat[start:end])
-                kl += kl_sum_to_dense(logits[None], dense_logits[None])
+                dense = (F.log_softmax(ArchitectureAdapter.logits(model, dense_flat[start:end]), dim=-1)
+                         if dense_log_probs is None else dense_log_probs[start:end])
+                kl += kl_sum_from_log_probs(F.log_softmax(logits, dim=-1), dense)
             if "ppl" in measures:
                 nll += float(F.cross_entropy(logits, targets[start:end], ignore_index=-100, reduction="sum"))
         tokens += ids.numel()
@@ -129,6 +159,6 @@ def distance_to_dense(model: nn.Module, batches, measures=("kl",), chunk_tokens:
 def kl_to_dense(model: nn.Module, dense: DenseOutputs, fidelity: float = 1.0,
                 chunk_tokens: int = 4096) -> float:
     """Mean KL(dense ‖ ``model``) per calibration token, over the first ``fidelity`` of samples."""
-    batches = ((final_hidden(model, batch), dense_hidden, batch)
-               for batch, dense_hidden in dense.batches(fidelity))
+    batches = ((final_hidden(model, batch), dense_hidden, batch, dense.dense_log_probs(i, batch.numel()))
+               for i, (batch, dense_hidden) in enumerate(dense.batches(fidelity)))
     return distance_to_dense(model, batches, ("kl",), chunk_tokens)["kl"]

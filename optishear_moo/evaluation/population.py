@@ -52,10 +52,12 @@ class BlockwiseEvaluator:
         states: Where the prefixes' hidden states are kept between blocks: ``"auto"``,
             ``"device"`` or ``"host"``.
         chunk_tokens: Tokens per chunk of logits in the final comparison.
+        cache_log_probs: Keep the dense log-probabilities once computed, when they are small
+            enough (:data:`~optishear_moo.evaluation.divergence.LOG_PROB_LIMIT`).
     """
 
     def __init__(self, model: nn.Module, reference: DenseOutputs, device: str | torch.device | None = None,
-                 states: str = "auto", chunk_tokens: int = 4096):
+                 states: str = "auto", chunk_tokens: int = 4096, cache_log_probs: bool = True):
         if states not in STATES:
             raise ValueError(f"states must be one of {', '.join(STATES)}, got {states!r}")
         self.model, self.reference = model, reference
@@ -63,7 +65,7 @@ class BlockwiseEvaluator:
         self.blocks = self.adapter.blocks(model)
         self.home = model_device(model)
         self.device = torch.device(device) if device is not None else compute_device(model)
-        self.states, self.chunk_tokens = states, chunk_tokens
+        self.states, self.chunk_tokens, self.cache_log_probs = states, chunk_tokens, cache_log_probs
         self._inputs: dict[int, object] = {}  # n_samples -> BlockInputs
         self.n_block_forwards = 0  # block passes over the calibration batches, for benchmarks
 
@@ -128,7 +130,8 @@ class BlockwiseEvaluator:
             following: dict[tuple, list[torch.Tensor]] = {}
             with self._on_device(block):
                 layers = self.adapter.block_layers(block, index)
-                own = [layer.weight.clone() for layer in layers]
+                variants = any(prefix[-1] not in (None, SKIP) for prefix in parents)
+                own = [layer.weight.clone() for layer in layers] if variants else []  # nothing to put back
                 formed = None
                 try:
                     for prefix in sorted(parents, key=lambda p: repr(p[-1])):  # one key formed once
@@ -152,13 +155,17 @@ class BlockwiseEvaluator:
         with contextlib.ExitStack() as stack:
             for module in self._head_modules():
                 stack.enter_context(self._on_device(module))
+            if self.cache_log_probs:
+                self.reference.cache_log_probs(self.model)
             scores = {candidate: self._measure(states[candidate], fidelity, measures)
                       for candidate in set(candidates)}
         return [dict(scores[candidate]) for candidate in candidates]
 
     def _measure(self, hidden: list[torch.Tensor], fidelity: float, measures) -> dict[str, float]:
-        batches = ((self.adapter.head_inputs(self.model, h.to(self.device)), dense.to(self.device), ids)
-                   for h, (ids, dense) in zip(hidden, self.reference.batches(fidelity)))
+        reference = self.reference
+        batches = ((self.adapter.head_inputs(self.model, h.to(self.device)), dense.to(self.device), ids,
+                    reference.dense_log_probs(i, ids.numel()))
+                   for i, (h, (ids, dense)) in enumerate(zip(hidden, reference.batches(fidelity))))
         return distance_to_dense(self.model, batches, measures, self.chunk_tokens)
 
     def _states_on_host(self, hidden: list[torch.Tensor], width: int) -> bool:

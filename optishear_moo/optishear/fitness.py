@@ -107,7 +107,8 @@ class DenseReference(DenseOutputs):
             dense = DenseOutputs.build(model, calibration, batch_size, progress)
         samples = (_layer_input_samples(model, calibration, layers, reconstruction_tokens, batch_size, seed)
                    if reconstruction_tokens else {})
-        return cls(dense.calibration, dense.batch_size, dense.head_inputs, statistics, samples)
+        return cls(dense.calibration, dense.batch_size, dense.head_inputs, statistics=statistics,
+                   layer_samples=samples)
 
 
 class FitnessEvaluator:
@@ -198,8 +199,9 @@ class FitnessEvaluator:
         return float(error / (x @ dense.to(x.device).t()).norm().clamp_min(1e-12))
 
     def _forward_objectives(self, fidelity: float, objectives) -> dict[str, float]:
-        batches = ((final_hidden(self.model, batch), dense_hidden, batch)
-                   for batch, dense_hidden in self.reference.batches(fidelity))
+        cached = self.reference.dense_log_probs
+        batches = ((final_hidden(self.model, batch), dense, batch, cached(i, batch.numel()))
+                   for i, (batch, dense) in enumerate(self.reference.batches(fidelity)))
         return distance_to_dense(self.model, batches, [o for o in objectives if o in FORWARD_OBJECTIVES])
 
 

@@ -39,9 +39,8 @@ class OptiShearProblem(ModelProblem):
     decoder blocks (:class:`~optishear_moo.evaluation.population.BlockwiseEvaluator`): per block,
     each distinct (metric, block sparsity, update) of the candidates is formed once and each
     distinct prefix runs once; the model is dense again whenever ``_evaluate`` returns. Dense
-    references are computed once, here. Candidates may be
-    vectors or, for mixed-variable algorithms, dicts over ``vars`` (see
-    :mod:`optishear_moo.search.problem`).
+    references are computed once, here. Candidates may be vectors or, for mixed-variable
+    algorithms, dicts over ``vars`` (see :mod:`optishear_moo.search.problem`).
 
     Args:
         model: The dense causal LM (any supported architecture).

@@ -195,11 +195,12 @@ def prune_model(
     else:
         walk = sequential_blocks(model, calibration, config.batch_size, with_gram=config.needs_gram,
                                  progress=progress, device=device)
+        home = next(model.parameters()).device  # masks stay with the weights, not on the compute device
         for index, layers, statistics in walk:
             factors = shared_factors(statistics) if config.needs_gram else {}
             for layer in layers:
                 masks[layer.name] = _prune_layer_(layer, statistics[layer.name], block_sparsity[index],
-                                                  config, factors.get(layer.name))
+                                                  config, factors.get(layer.name)).to(home)
     report = sparsity_report(model)
     seconds = time.perf_counter() - start
     logger.info("%s pruned to %.4f sparsity in %.1fs", config.method, report.total, seconds)
