@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..activations import InputStatistics
-from ..pruning.masks import build_mask, nm_mask, row_mask_from_ranks, row_ranks
+from ..pruning.masks import build_mask, nm_mask, row_mask_by_selection, row_mask_from_ranks, row_ranks
 
 NORMALISERS = ("one", "row_sum", "column_sum", "relative", "total_sum", "mean", "frobenius")
 TRANSFORMS = ("identity", "sqrt", "square", "exp", "log", "sigmoid", "softmax")
@@ -198,27 +198,48 @@ class RankedMetricMasks:
 
 
 class BlockMetricMasks:
-    """Masks of the layers of one block at a time, for any metric and sparsity: score ranks are
-    computed once per metric for the block at hand (a block-major evaluation forms many
-    candidates' variants of one block, then moves on). Gives exactly the masks of
-    :func:`metric_masks`, from the layers' weights as they are when asked (dense)."""
+    """Masks of the layers of one block at a time, for any metric and sparsity (a block-major
+    evaluation forms many candidates' variants of one block, then moves on). A metric asked for at
+    several sparsities of a block has its score ranks computed once for the block; one announced
+    (:meth:`expect`) at one or two has each mask thresholded by selection, cheaper than sorting
+    every row. Gives exactly the masks of :func:`metric_masks`, from the layers' weights as they
+    are when asked (dense)."""
 
     def __init__(self, statistics: dict[str, InputStatistics] | None, nm: tuple[int, int] | None = None):
         self.statistics, self.nm = statistics, nm
-        self._block, self._ranks = None, {}
+        self._block, self._ranks, self._scores = None, {}, {}
+        self._sparsities: dict[tuple[int, MetaMetric], int] = {}
+
+    def expect(self, variants) -> None:
+        """Announce a walk's variants (per candidate, ``(metric, sparsity, ...)`` per block)."""
+        seen: dict[tuple[int, MetaMetric], set] = {}
+        for candidate in variants:
+            for index, (metric, sparsity, *_rest) in enumerate(candidate):
+                seen.setdefault((index, metric), set()).add(sparsity)
+        self._sparsities = {key: len(values) for key, values in seen.items()}
+
+    def _layer_scores(self, metric: MetaMetric, layer) -> torch.Tensor:
+        stats = self.statistics.get(layer.name) if self.statistics is not None else None
+        stats = stats.to(layer.weight.device) if stats is not None else None
+        return metric.score(layer.weight, stats)
 
     def masks(self, metric: MetaMetric, layers, sparsity: float) -> list[torch.Tensor]:
         if not layers:
             return []
-        if layers[0].block_index != self._block:
-            self._block, self._ranks = layers[0].block_index, {}
+        index = layers[0].block_index
+        if index != self._block:
+            self._block, self._ranks, self._scores = index, {}, {}
+        select = not self.nm and self._sparsities.get((index, metric), 3) <= 2
         masks = []
         for layer in layers:
             key = (metric, layer.name)
+            if select:  # scores kept for the metric's other sparsity, if any
+                if key not in self._scores:
+                    self._scores[key] = self._layer_scores(metric, layer)
+                masks.append(row_mask_by_selection(self._scores[key], sparsity))
+                continue
             if key not in self._ranks:
-                stats = self.statistics.get(layer.name) if self.statistics is not None else None
-                stats = stats.to(layer.weight.device) if stats is not None else None
-                scores = metric.score(layer.weight, stats)
+                scores = self._layer_scores(metric, layer)
                 self._ranks[key] = nm_mask(scores, *self.nm) if self.nm else row_ranks(scores)
             masks.append(self._ranks[key] if self.nm else row_mask_from_ranks(self._ranks[key], sparsity))
         return masks

@@ -187,6 +187,7 @@ class OptiShearProblem(ModelProblem):
                     for metric, sparsity, update in decoded]
         self._formed = {}  # (block, key) -> (sum of the block's layer errors, weights kept)
         self._record_errors = "reconstruction" in objectives
+        self.block_masks.expect(variants)
         try:
             values = (walker or self.walker).score(variants, self._form, fidelity, forward, self.block_done)
             n_layers, n_weights = len(self.layers), self.evaluator.n_prunable

@@ -108,3 +108,19 @@ def row_mask_from_ranks(ranks: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep-mask pruning the ``round(sparsity · in_features)`` lowest-ranked weights of each row."""
     sparsity = check_sparsity(sparsity)
     return ranks >= round(sparsity * ranks.shape[1])
+
+
+def row_mask_by_selection(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """``row_mask_from_ranks(row_ranks(scores), sparsity)`` without sorting every row: each row's
+    threshold by selection (``kthvalue``); rows where the threshold is tied are ranked as there
+    (lower index pruned first). Cheaper when a metric is asked for at one or two sparsities."""
+    sparsity = check_sparsity(sparsity)
+    n_pruned = round(sparsity * scores.shape[1])
+    if n_pruned == 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = scores.kthvalue(n_pruned, dim=1, keepdim=True).values
+    mask = scores > threshold
+    tied = (~mask).sum(dim=1) != n_pruned
+    if tied.any():
+        mask[tied] = row_mask_from_ranks(row_ranks(scores[tied]), sparsity)
+    return mask
