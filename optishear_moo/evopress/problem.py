@@ -53,8 +53,8 @@ class LevelSearchProblem(ModelProblem):
         database_inputs: See ``database``.
         workers: Evaluate on this many Ray workers, or on a ``RayPool``.
         ray_address: The Ray cluster to join.
-        device: Where candidates' blocks run, one block at a time (the model's device when
-            None; the model itself stays where it is).
+        device: Where candidates' blocks run, one block at a time (the model's compute device
+            when None, see :mod:`optishear_moo.models.placement`; the weights stay where they are).
         **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
     """
 
