@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .data.calibration import check_calibration
 from .models.adapters import PrunableLayer, get_adapter
 from .models.placement import compute_device
+from .models.placement import weights_device as model_device
 
 
 class InputStatistics:
@@ -129,10 +130,6 @@ def _batches(calibration: torch.Tensor, batch_size: int, model: nn.Module | None
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return list(torch.split(calibration, batch_size))
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -281,6 +278,50 @@ def to_device(value, device: torch.device):
     return value
 
 
+@dataclass
+class BlockTurn:
+    """One decoder block's turn in :func:`walk_blocks`: the block (on the compute device), its
+    per-batch inputs ``hidden`` and keyword arguments ``kwargs``."""
+
+    index: int
+    block: nn.Module
+    hidden: list[torch.Tensor]
+    kwargs: list[dict]
+    outputs: list[torch.Tensor] | None = None
+
+    def run(self) -> list[torch.Tensor]:
+        """The block's per-batch outputs on this turn's inputs, computed once: what the next block
+        receives."""
+        if self.outputs is None:
+            self.outputs = [run_block(self.block, h, k) for h, k in zip(self.hidden, self.kwargs)]
+        return self.outputs
+
+
+@torch.no_grad()
+def walk_blocks(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8,
+                device: str | torch.device | None = None, progress: bool = False,
+                desc: str = "blocks") -> Iterator[BlockTurn]:
+    """The decoder blocks in order, one :class:`BlockTurn` each. When the consumer is done with a
+    turn, the block's outputs (:meth:`BlockTurn.run`: computed then, after whatever the consumer
+    changed in the block, unless it ran them itself) become the next turn's inputs.
+
+    With a ``device`` other than where the weights are (by default the model's compute device,
+    :mod:`optishear_moo.models.placement`), the model stays where it is and each block is on
+    ``device`` for its turn; the hidden states live on ``device``.
+    """
+    adapter = get_adapter(model)
+    home = model_device(model)
+    device = compute_device(model) if device is None else torch.device(device)
+    inputs = capture_block_inputs(model, calibration, batch_size)
+    hidden = [h.to(device) for h in inputs.hidden]
+    for index, block in enumerate(tqdm(adapter.blocks(model), desc=desc, disable=not progress, leave=False)):
+        kwargs = [to_device(k, device) for k in inputs.block_kwargs(index)]
+        with on_device(block, device, home):
+            turn = BlockTurn(index, block, hidden, kwargs)
+            yield turn
+            hidden = turn.run()
+
+
 @torch.no_grad()
 def sequential_blocks(
     model: nn.Module,
@@ -296,28 +337,16 @@ def sequential_blocks(
     current state*: a consumer that prunes the yielded layers in place before asking for the
     next block gets the Wanda/SparseGPT sequential scheme. After the consumer returns, the
     block's outputs are recomputed through the (possibly pruned) block and become the next
-    block's inputs.
-
-    With a ``device`` other than where the weights are (by default the model's compute device,
-    :mod:`optishear_moo.models.placement`), the model stays where it is and each block is on
-    ``device`` for its turn (the consumer sees its layers, and the statistics, there); the hidden
-    states live on ``device``.
+    block's inputs. ``device``: see :func:`walk_blocks` (the consumer sees the block's layers,
+    and the statistics, there).
     """
     adapter = get_adapter(model)
-    home = model_device(model)
-    device = compute_device(model) if device is None else torch.device(device)
-    inputs = capture_block_inputs(model, calibration, batch_size)
-    blocks = adapter.blocks(model)
-    hidden = [h.to(device) for h in inputs.hidden]
-    for index, block in enumerate(tqdm(blocks, desc="blocks", disable=not progress, leave=False)):
-        kwargs = [to_device(k, device) for k in inputs.block_kwargs(index)]
-        with on_device(block, device, home):
-            layers = adapter.block_layers(block, index)
-            with recording_inputs(layers, with_gram) as statistics:
-                for h, k in zip(hidden, kwargs):
-                    run_block(block, h, k)
-            yield index, layers, statistics
-            hidden = [run_block(block, h, k) for h, k in zip(hidden, kwargs)]
+    for turn in walk_blocks(model, calibration, batch_size, device, progress):
+        layers = adapter.block_layers(turn.block, turn.index)
+        with recording_inputs(layers, with_gram) as statistics:
+            for h, k in zip(turn.hidden, turn.kwargs):  # not turn.run(): outputs come after pruning
+                run_block(turn.block, h, k)
+        yield turn.index, layers, statistics
 
 
 @torch.no_grad()
@@ -327,15 +356,10 @@ def final_hidden_by_blocks(model: nn.Module, calibration: torch.Tensor, batch_si
     ``device`` (its compute device by default; the weights stay where they are). Hooks on the
     layers see every block once, as in a full forward."""
     adapter = get_adapter(model)
-    home = model_device(model)
     device = compute_device(model) if device is None else torch.device(device)
-    inputs = capture_block_inputs(model, calibration, batch_size)
-    hidden = [h.to(device) for h in inputs.hidden]
-    for index, block in enumerate(adapter.blocks(model)):
-        kwargs = [to_device(k, device) for k in inputs.block_kwargs(index)]
-        with on_device(block, device, home):
-            hidden = [run_block(block, h, k) for h, k in zip(hidden, kwargs)]
+    for turn in walk_blocks(model, calibration, batch_size, device):
+        hidden = turn.run()
     with contextlib.ExitStack() as stack:
         for module in adapter.final_modules(model):
-            stack.enter_context(on_device(module, device, home))
+            stack.enter_context(on_device(module, device, model_device(model)))
         return [adapter.head_inputs(model, h) for h in hidden]

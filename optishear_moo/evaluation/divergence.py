@@ -85,14 +85,25 @@ class DenseOutputs:
         """The cached log-probabilities of batch ``index`` (its first ``rows`` tokens), or None."""
         return None if self.log_probs is None else self.log_probs[index][:rows]
 
-    def batches(self, fidelity: float = 1.0):
-        """``(token batch, dense head inputs)`` pairs over the first ``fidelity`` share of samples."""
+    def n_samples(self, fidelity: float = 1.0) -> int:
+        """Calibration windows scored at ``fidelity``: its share of them, at least one."""
         if not 0 < fidelity <= 1:
             raise ValueError(f"fidelity must be in (0, 1], got {fidelity}")
-        n_samples = max(1, round(fidelity * len(self.calibration)))
+        return max(1, round(fidelity * len(self.calibration)))
+
+    def batches(self, fidelity: float = 1.0):
+        """``(token batch, dense head inputs)`` pairs over the first ``fidelity`` share of samples."""
+        n_samples = self.n_samples(fidelity)
         for batch, dense_hidden in zip(torch.split(self.calibration[:n_samples], self.batch_size),
                                        self.head_inputs):
             yield batch, dense_hidden[: len(batch)]  # the last batch may be cut by the fidelity
+
+
+def compared_batches(model: nn.Module, dense: DenseOutputs, fidelity: float = 1.0):
+    """:func:`distance_to_dense` batches of ``model`` as it is (a full forward per batch) against
+    ``dense``, over the first ``fidelity`` share of its calibration windows."""
+    for i, (batch, dense_hidden) in enumerate(dense.batches(fidelity)):
+        yield final_hidden(model, batch), dense_hidden, batch, dense.dense_log_probs(i, batch.numel())
 
 
 def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -159,6 +170,4 @@ def distance_to_dense(model: nn.Module, batches, measures=("kl",), chunk_tokens:
 def kl_to_dense(model: nn.Module, dense: DenseOutputs, fidelity: float = 1.0,
                 chunk_tokens: int = 4096) -> float:
     """Mean KL(dense ‖ ``model``) per calibration token, over the first ``fidelity`` of samples."""
-    batches = ((final_hidden(model, batch), dense_hidden, batch, dense.dense_log_probs(i, batch.numel()))
-               for i, (batch, dense_hidden) in enumerate(dense.batches(fidelity)))
-    return distance_to_dense(model, batches, ("kl",), chunk_tokens)["kl"]
+    return distance_to_dense(model, compared_batches(model, dense, fidelity), ("kl",), chunk_tokens)["kl"]

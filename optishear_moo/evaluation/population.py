@@ -73,12 +73,6 @@ class BlockwiseEvaluator:
     def n_blocks(self) -> int:
         return len(self.blocks)
 
-    def n_samples(self, fidelity: float) -> int:
-        """Calibration windows scored at ``fidelity`` (the first ones, as ``DenseOutputs.batches``)."""
-        if not 0 < fidelity <= 1:
-            raise ValueError(f"fidelity must be in (0, 1], got {fidelity}")
-        return max(1, round(fidelity * len(self.reference.calibration)))
-
     def _block_inputs(self, n_samples: int):
         if n_samples not in self._inputs:
             if len(self._inputs) >= 2:  # a search uses one or two fidelities at a time
@@ -119,7 +113,7 @@ class BlockwiseEvaluator:
                                  f"{len(candidate)}")
         if not candidates:
             return []
-        n_samples = self.n_samples(fidelity)
+        n_samples = self.reference.n_samples(fidelity)
         inputs = self._block_inputs(n_samples)
         host = self._states_on_host(inputs.hidden, len(set(candidates)))
         keep = (lambda h: h.to("cpu")) if host else (lambda h: h)

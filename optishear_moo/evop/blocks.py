@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activations import capture_block_inputs, run_block
+from ..activations import walk_blocks
 from ..errors import SettingError, param
 from ..models.adapters import get_adapter
 
@@ -95,15 +95,8 @@ def block_influence(model: nn.Module, calibration: torch.Tensor, batch_size: int
 
     Returns ``(n_blocks,)`` float64; blocks that change their input least score lowest.
     """
-    inputs = capture_block_inputs(model, calibration, batch_size)
-    blocks = get_adapter(model).blocks(model)
-    influence = np.zeros(len(blocks))
-    hidden = inputs.hidden
-    for index, block in enumerate(blocks):
-        outputs = [run_block(block, h, k) for h, k in zip(hidden, inputs.block_kwargs(index))]
-        influence[index] = influence_between(hidden, outputs)
-        hidden = outputs
-    return influence
+    return np.array([influence_between(turn.hidden, turn.run())
+                     for turn in walk_blocks(model, calibration, batch_size)])
 
 
 def least_influential(influence, n_remove: int) -> list[int]:

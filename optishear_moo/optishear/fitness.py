@@ -29,7 +29,7 @@ from torch import nn
 
 from ..activations import InputStatistics, model_device, recording_inputs
 from ..errors import SettingError, param
-from ..evaluation.divergence import DenseOutputs, distance_to_dense, final_hidden
+from ..evaluation.divergence import DenseOutputs, compared_batches, distance_to_dense
 from ..models.adapters import PrunableLayer, get_adapter
 from ..pruning.prune import shared_factors
 from ..pruning.update import reconstruct_
@@ -199,10 +199,8 @@ class FitnessEvaluator:
         return float(error / (x @ dense.to(x.device).t()).norm().clamp_min(1e-12))
 
     def _forward_objectives(self, fidelity: float, objectives) -> dict[str, float]:
-        cached = self.reference.dense_log_probs
-        batches = ((final_hidden(self.model, batch), dense, batch, cached(i, batch.numel()))
-                   for i, (batch, dense) in enumerate(self.reference.batches(fidelity)))
-        return distance_to_dense(self.model, batches, [o for o in objectives if o in FORWARD_OBJECTIVES])
+        return distance_to_dense(self.model, compared_batches(self.model, self.reference, fidelity),
+                                 [o for o in objectives if o in FORWARD_OBJECTIVES])
 
 
 def build_reference(model, calibration, objectives, batch_size=8, reconstruction_tokens=256,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activations import collect_input_statistics, sequential_blocks
+from ..activations import collect_input_statistics, model_device, sequential_blocks
 from ..errors import SettingError, at_least, param
 from ..models.adapters import PrunableLayer, get_adapter
 from .allocation import ALLOCATIONS, outlier_ratio, owl_allocation, uniform_allocation
@@ -195,7 +195,7 @@ def prune_model(
     else:
         walk = sequential_blocks(model, calibration, config.batch_size, with_gram=config.needs_gram,
                                  progress=progress, device=device)
-        home = next(model.parameters()).device  # masks stay with the weights, not on the compute device
+        home = model_device(model)  # masks stay with the weights, not on the compute device
         for index, layers, statistics in walk:
             factors = shared_factors(statistics) if config.needs_gram else {}
             for layer in layers:
