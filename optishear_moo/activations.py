@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data.calibration import check_calibration
+from .models import streaming
 from .models.adapters import PrunableLayer, get_adapter
 from .models.placement import compute_device
 from .models.placement import weights_device as model_device
@@ -84,6 +85,10 @@ class InputStatistics:
         return (self.mean_sq - self.mean.square()).clamp_min(0.0)
 
 
+def _statistics_device(weight: torch.Tensor) -> torch.device:
+    return torch.device("cpu") if weight.is_meta else weight.device
+
+
 @contextlib.contextmanager
 def recording_inputs(
     layers: list[PrunableLayer], with_gram: bool = False
@@ -92,8 +97,8 @@ def recording_inputs(
 
     Layers that read the very same input tensor (q/k/v, gate/up) share one statistics object,
     accumulated once: the Gram matrix ``X Xᵀ`` of an input is computed and held once."""
-    statistics = {
-        layer.name: InputStatistics(layer.in_features, layer.weight.device, with_gram)
+    statistics = {  # kept with the weights; in host memory for weights streamed from disk
+        layer.name: InputStatistics(layer.in_features, _statistics_device(layer.weight), with_gram)
         for layer in layers
     }
     previous: list = [None, None]  # the last input seen and its statistics
@@ -236,7 +241,7 @@ def run_until(model: nn.Module, module: nn.Module, input_ids: torch.Tensor, what
         caught.append(result)
         raise _StopForward
 
-    handle = (module.register_forward_pre_hook(on_input) if what == "input"
+    handle = (module.register_forward_pre_hook(on_input, prepend=True) if what == "input"
               else module.register_forward_hook(on_output))
     try:
         with contextlib.suppress(_StopForward):
@@ -253,9 +258,15 @@ def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Ten
 
 
 @contextlib.contextmanager
-def on_device(module: nn.Module, device: torch.device, home: torch.device):
+def on_device(module: nn.Module, device: torch.device, home: torch.device, keep: bool = True):
     """``module`` moved to ``device`` for the duration and back to ``home`` (a no-op when they
-    are the same)."""
+    are the same). A module streamed from disk is read onto ``device`` and dropped afterwards,
+    or kept in host memory when ``keep`` says the caller may have changed it
+    (:func:`optishear_moo.models.streaming.held`)."""
+    if streaming.record(module) is not None:
+        with streaming.held(module, torch.device(device), keep):
+            yield module
+        return
     if device == home:
         yield module
         return
@@ -300,14 +311,16 @@ class BlockTurn:
 @torch.no_grad()
 def walk_blocks(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8,
                 device: str | torch.device | None = None, progress: bool = False,
-                desc: str = "blocks") -> Iterator[BlockTurn]:
+                desc: str = "blocks", changes: bool = True) -> Iterator[BlockTurn]:
     """The decoder blocks in order, one :class:`BlockTurn` each. When the consumer is done with a
     turn, the block's outputs (:meth:`BlockTurn.run`: computed then, after whatever the consumer
     changed in the block, unless it ran them itself) become the next turn's inputs.
 
     With a ``device`` other than where the weights are (by default the model's compute device,
     :mod:`optishear_moo.models.placement`), the model stays where it is and each block is on
-    ``device`` for its turn; the hidden states live on ``device``.
+    ``device`` for its turn; the hidden states live on ``device``. ``changes=False`` promises that
+    the consumer leaves the blocks as they are, so blocks streamed from disk are dropped after
+    their turn rather than kept in host memory.
     """
     adapter = get_adapter(model)
     home = model_device(model)
@@ -316,7 +329,7 @@ def walk_blocks(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8
     hidden = [h.to(device) for h in inputs.hidden]
     for index, block in enumerate(tqdm(adapter.blocks(model), desc=desc, disable=not progress, leave=False)):
         kwargs = [to_device(k, device) for k in inputs.block_kwargs(index)]
-        with on_device(block, device, home):
+        with on_device(block, device, home, keep=changes):
             turn = BlockTurn(index, block, hidden, kwargs)
             yield turn
             hidden = turn.run()
@@ -330,6 +343,7 @@ def sequential_blocks(
     with_gram: bool = False,
     progress: bool = True,
     device: str | torch.device | None = None,
+    changes: bool = True,
 ) -> Iterator[tuple[int, list[PrunableLayer], dict[str, InputStatistics]]]:
     """Walk the decoder blocks in order, yielding ``(index, layers, statistics)`` per block.
 
@@ -337,11 +351,11 @@ def sequential_blocks(
     current state*: a consumer that prunes the yielded layers in place before asking for the
     next block gets the Wanda/SparseGPT sequential scheme. After the consumer returns, the
     block's outputs are recomputed through the (possibly pruned) block and become the next
-    block's inputs. ``device``: see :func:`walk_blocks` (the consumer sees the block's layers,
-    and the statistics, there).
+    block's inputs. ``device`` and ``changes``: see :func:`walk_blocks` (the consumer sees the
+    block's layers, and the statistics, there).
     """
     adapter = get_adapter(model)
-    for turn in walk_blocks(model, calibration, batch_size, device, progress):
+    for turn in walk_blocks(model, calibration, batch_size, device, progress, changes=changes):
         layers = adapter.block_layers(turn.block, turn.index)
         with recording_inputs(layers, with_gram) as statistics:
             for h, k in zip(turn.hidden, turn.kwargs):  # not turn.run(): outputs come after pruning
@@ -357,9 +371,9 @@ def final_hidden_by_blocks(model: nn.Module, calibration: torch.Tensor, batch_si
     layers see every block once, as in a full forward."""
     adapter = get_adapter(model)
     device = compute_device(model) if device is None else torch.device(device)
-    for turn in walk_blocks(model, calibration, batch_size, device):
+    for turn in walk_blocks(model, calibration, batch_size, device, changes=False):
         hidden = turn.run()
     with contextlib.ExitStack() as stack:
         for module in adapter.final_modules(model):
-            stack.enter_context(on_device(module, device, model_device(model)))
+            stack.enter_context(on_device(module, device, model_device(model), keep=False))
         return [adapter.head_inputs(model, h) for h in hidden]

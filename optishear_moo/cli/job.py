@@ -34,12 +34,16 @@ class Job:
     :class:`~optishear_moo.data.CalibrationConfig`."""
 
     def __init__(self, args, command: str, config, calibration):
-        from ..models.loading import load_config, resolve_device
+        from ..models.loading import check_offload, load_config, resolve_device
         from ..outputs import OutputDirectory
 
         self.args, self.command, self.config, self.calibration = args, command, config, calibration
         self.resume, self.started = getattr(args, "resume", False), time.perf_counter()
         resolve_device(args.device)
+        self.offload = check_offload(args.model, getattr(args, "offload", "none"))
+        if self.offload == "disk" and command in ("darwinlm", "finetune"):
+            raise SettingError(f"--offload disk is not supported by {command} yet (it changes weights in "
+                               "place through full forwards): use --offload host")
         self.segments = eval_segments(args.eval_segments)
         calibration.check_sources()
         if args.zero_shot:
@@ -90,7 +94,8 @@ class Job:
     def load_model(self, name: str | None = None):
         from ..models import load_model
 
-        return load_model(name or self.args.model, dtype=self.args.dtype, device=self.args.device)
+        return load_model(name or self.args.model, dtype=self.args.dtype, device=self.args.device,
+                          offload=self.offload if name is None else False)
 
     def windows(self, model, tokenizer):
         return self.calibration.load(tokenizer, model, progress=not self.args.quiet)

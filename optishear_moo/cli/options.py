@@ -18,6 +18,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--dtype", default="float32",
                         help="float32, bfloat16 or float16 (default: %(default)s)")
+    parser.add_argument("--offload", default="none", choices=["none", "host", "disk"],
+                        help="for a model larger than the device: weights in host memory (host) or read "
+                             "from the model directory's safetensors as used (disk); blocks run on --device "
+                             "one at a time (default: %(default)s)")
 
 
 def add_calibration_flags(parser: argparse.ArgumentParser, n_samples: int, seq_len: int,

@@ -38,6 +38,7 @@ from ..models.sliced import (
     output_projection_role,
     unit_of,
 )
+from ..models.streaming import is_streamed
 
 
 def default_mlp_levels(intermediate_size: int, about: int = 10) -> int:
@@ -140,6 +141,10 @@ class StructuredLevelDatabase:
               progress: bool = False) -> StructuredLevelDatabase:
         """Statistics of the output projections' inputs in one dense pass, then the removal
         path of every unit. ``mlp_levels`` defaults to :func:`default_mlp_levels`."""
+        if is_streamed(model):
+            raise SettingError(f"DarwinLM reads and slices the weights in place, which a model loaded with "
+                               f"{param('offload')} disk does not allow yet: load it with "
+                               f"{param('offload')} host")
         layout = block_layout(model)
         mlp_levels = mlp_levels or default_mlp_levels(layout.intermediate_size)
         if layout.intermediate_size % mlp_levels:

@@ -36,6 +36,8 @@ def kl_sum_from_log_probs(log_probs: torch.Tensor, dense_log_probs: torch.Tensor
 
 
 LOG_PROB_LIMIT = 2**26
+CHUNK_LOGITS = 2**24
+"""Logits formed at once in a comparison with the dense model (float32: 64 MiB a tensor)."""
 """The dense log-probabilities are cached when ``vocab × calibration tokens`` is at most this
 (float32: 256 MiB), saving one LM-head product and softmax per candidate."""
 
@@ -77,8 +79,9 @@ class DenseOutputs:
             vocab = model.get_output_embeddings().weight.shape[0]
             if vocab * self.calibration.numel() > limit:
                 return False
-            self.log_probs = [F.log_softmax(ArchitectureAdapter.logits(model, h.flatten(0, 1)), dim=-1)
-                              for h in self.head_inputs]
+            chunk = max(1, CHUNK_LOGITS // vocab)
+            self.log_probs = [torch.cat([F.log_softmax(ArchitectureAdapter.logits(model, part), dim=-1)
+                                         for part in h.flatten(0, 1).split(chunk)]) for h in self.head_inputs]
         return True
 
     def dense_log_probs(self, index: int, rows: int) -> torch.Tensor | None:
@@ -130,8 +133,11 @@ def distance_to_dense(model: nn.Module, batches, measures=("kl",), chunk_tokens:
     ``ppl``, the model's perplexity on the tokens; and ``output_error``, ‖H − H_dense‖_F /
     ‖H_dense‖_F. Logits are formed ``chunk_tokens`` at a time, so full ``(batch, seq, vocab)``
     logits of the two models never exist at once (the dense ones are taken from the cached
-    log-probabilities when given)."""
+    log-probabilities when given), and fewer when a chunk would hold over :data:`CHUNK_LOGITS`
+    logits (a 128k vocabulary: 130 tokens)."""
     measures = check_measures(measures)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    chunk_tokens = max(1, min(chunk_tokens, CHUNK_LOGITS // vocab))
     kl, tokens, nll, predicted, error_sq, dense_sq = 0.0, 0, 0.0, 0, 0.0, 0.0
     for hidden, dense_hidden, ids, dense_log_probs in batches:
         if "output_error" in measures:

@@ -174,7 +174,7 @@ class BlockwiseEvaluator:
         return [self.model.get_output_embeddings(), *self.adapter.final_modules(self.model)]
 
     def _on_device(self, module: nn.Module):
-        return on_device(module, self.device, self.home)
+        return on_device(module, self.device, self.home, keep=False)  # weights are put back
 
 
 def _put_back(layers: list[PrunableLayer], weights: list[torch.Tensor]) -> None:

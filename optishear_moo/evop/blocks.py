@@ -96,7 +96,7 @@ def block_influence(model: nn.Module, calibration: torch.Tensor, batch_size: int
     Returns ``(n_blocks,)`` float64; blocks that change their input least score lowest.
     """
     return np.array([influence_between(turn.hidden, turn.run())
-                     for turn in walk_blocks(model, calibration, batch_size)])
+                     for turn in walk_blocks(model, calibration, batch_size, changes=False)])
 
 
 def least_influential(influence, n_remove: int) -> list[int]:

@@ -118,7 +118,8 @@ class SparsityLevelDatabase:
         layers = get_adapter(model).prunable_layers(model)
         database = cls(layers, ladder, method, update, directory, inputs_at)
         needs_gram = method == "sparsegpt" or update != "none"
-        walk = sequential_blocks(model, calibration, batch_size, with_gram=needs_gram, progress=False)
+        walk = sequential_blocks(model, calibration, batch_size, with_gram=needs_gram, progress=False,
+                                 changes=anchor is not None)  # dense blocks are left as they are
         n_blocks = len(get_adapter(model).blocks(model))
         previous = None  # the block before, held at the anchor level until its outputs are taken
         try:

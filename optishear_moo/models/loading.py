@@ -271,7 +271,7 @@ def load_model(
     name_or_path: str = DEFAULT_MODEL,
     dtype: str | torch.dtype = torch.float32,
     device: str | torch.device | None = None,
-    offload: bool = False,
+    offload: bool | str = False,
 ) -> tuple[nn.Module, object]:
     """Load a causal LM and its tokenizer, in eval mode with gradients off.
 
@@ -279,8 +279,11 @@ def load_model(
     directory written by ``save_pretrained``, a ``.gguf`` file, or a transformers hub id.
     GGUF weights are dequantised to ``dtype``. A directory holding a structurally pruned
     (non-uniform) model is rebuilt with its per-block sizes (``config.structured_layers``).
-    With ``offload=True`` the weights stay in host memory and ``device`` is where the blocks run,
-    one at a time (:mod:`optishear_moo.models.placement`): for a model larger than the device.
+    With ``offload=True`` (or ``"host"``) the weights stay in host memory and ``device`` is where
+    the blocks run, one at a time (:mod:`optishear_moo.models.placement`): for a model larger than
+    the device. With ``offload="disk"`` (a safetensors directory) the blocks and embeddings stay in
+    the files and are read one at a time when used (:mod:`optishear_moo.models.streaming`): for a
+    model larger than host memory too.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -288,10 +291,13 @@ def load_model(
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
+    offload = check_offload(name_or_path, offload)
     source, gguf_file = resolve_model_source(name_or_path)
     logger.info("loading %s%s", source, f" ({gguf_file})" if gguf_file else "")
     tokenizer = _from_pretrained(AutoTokenizer, source, gguf_file)
-    if gguf_file is None and _is_sliced(source):
+    if offload == "disk":
+        model = _streamed_model(source, dtype)
+    elif gguf_file is None and _is_sliced(source):
         from .sliced import load_sliced_model
 
         model = load_sliced_model(source, dtype)
@@ -301,13 +307,69 @@ def load_model(
     model.source_dtype = _source_dtype(source, gguf_file)
     if gguf_file is not None:
         _forget_gguf_quantization(model)
-    if offload and device.type != "cpu":
+    if offload == "disk" or (offload == "host" and device.type != "cpu"):
         from .placement import offload as run_blocks_on
 
         run_blocks_on(model.eval().requires_grad_(False), device)
     else:
         model.to(device).eval().requires_grad_(False)
     return model, tokenizer
+
+
+OFFLOAD_MODES = ("host", "disk")
+
+
+def check_offload(name_or_path: str, offload: bool | str | None) -> str | None:
+    """The offload mode ``offload`` names for model ``name_or_path`` (None, ``"host"`` or
+    ``"disk"``), checked without loading anything: streaming from disk needs a safetensors
+    directory."""
+    if offload is False or offload is None or offload == "none":
+        return None
+    if offload is True:
+        return "host"
+    if offload not in OFFLOAD_MODES:
+        raise SettingError(f"{param('offload')} {offload!r} is unknown: use host (weights in host memory) or "
+                           "disk (read from the checkpoint's files as used)")
+    if offload == "disk":
+        source, gguf_file = resolve_model_source(name_or_path)
+        if gguf_file is not None or not Path(source).is_dir() or _is_sliced(source):
+            what = ("a GGUF file" if gguf_file else "a structurally pruned model" if _is_sliced(source)
+                    else "not one")
+            raise SettingError(f"{param('offload')} disk reads a safetensors directory written by "
+                               f"save_pretrained, and {name_or_path!r} is {what}: save it first "
+                               f"(save_pretrained), or use {param('offload')} host")
+    return offload
+
+
+def _streamed_model(source: str, dtype: torch.dtype) -> nn.Module:
+    """The model in ``source`` with its blocks and embeddings streamed from its safetensors files;
+    the rest (norms) read now."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .adapters import get_adapter
+    from .streaming import SafetensorsWeights, stream
+
+    weights = SafetensorsWeights(source, dtype)
+    config = _from_pretrained(AutoConfig, source, None)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    adapter = get_adapter(model)
+    streamed = [*adapter.blocks(model), model.get_input_embeddings()]
+    if model.get_output_embeddings() is not None:
+        streamed.append(model.get_output_embeddings())
+    stream(model, streamed, weights)
+    inside = {id(parameter) for module in streamed for parameter in module.parameters()}
+    keys = weights.keys()
+    for name, parameter in list(model.named_parameters()):
+        if parameter.is_meta and id(parameter) not in inside:
+            if name not in keys:
+                raise ValueError(f"could not read the model in {source!r}: its checkpoint has no tensor "
+                                 f"{name!r}: check or re-save the files")
+            owner, _, attribute = name.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            module._parameters[attribute] = nn.Parameter(weights.read(name), requires_grad=False)
+    return model
 
 
 def _source_dtype(source: str, gguf_file: str | None) -> torch.dtype | None:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .loading import resolve_dtype
+from .streaming import make_resident
 
 SAVE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -33,6 +34,7 @@ def save_model(model: nn.Module, tokenizer, directory: str | Path, dtype: str | 
     from ..outputs import save_directory
 
     dtype = save_dtype(model, dtype)
+    make_resident(model)  # what is streamed from disk is read in: the files may be the ones replaced
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.data = parameter.data.to(dtype)

@@ -203,7 +203,9 @@ class BlockMetricMasks:
     several sparsities of a block has its score ranks computed once for the block; one announced
     (:meth:`expect`) at one or two has each mask thresholded by selection, cheaper than sorting
     every row. Gives exactly the masks of :func:`metric_masks`, from the layers' weights as they
-    are when asked (dense)."""
+    are when asked (dense). Scores or ranks are kept for one metric at a time, and only when it is
+    asked for at more than one sparsity of the block (a walk forms one metric's variants back to
+    back): for a large block, one float32 copy of it."""
 
     def __init__(self, statistics: dict[str, InputStatistics] | None, nm: tuple[int, int] | None = None):
         self.statistics, self.nm = statistics, nm
@@ -227,16 +229,20 @@ class BlockMetricMasks:
         if not layers:
             return []
         index = layers[0].block_index
-        if index != self._block:
-            self._block, self._ranks, self._scores = index, {}, {}
-        select = not self.nm and self._sparsities.get((index, metric), 3) <= 2
+        if (index, metric) != self._block:
+            self._block, self._ranks, self._scores = (index, metric), {}, {}
+        asked = self._sparsities.get((index, metric), 3)
+        select = not self.nm and asked <= 2
         masks = []
         for layer in layers:
             key = (metric, layer.name)
-            if select:  # scores kept for the metric's other sparsity, if any
-                if key not in self._scores:
-                    self._scores[key] = self._layer_scores(metric, layer)
-                masks.append(row_mask_by_selection(self._scores[key], sparsity))
+            if select:  # scores kept for the metric's other sparsity, if there is one
+                scores = self._scores.get(key)
+                if scores is None:
+                    scores = self._layer_scores(metric, layer)
+                    if asked > 1:
+                        self._scores[key] = scores
+                masks.append(row_mask_by_selection(scores, sparsity))
                 continue
             if key not in self._ranks:
                 scores = self._layer_scores(metric, layer)

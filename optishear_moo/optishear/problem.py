@@ -12,10 +12,10 @@ from ..errors import SettingError, param
 from ..evaluation.population import BlockwiseEvaluator
 from ..models.adapters import get_adapter
 from ..models.placement import is_offloaded
-from ..pruning.allocation import outlier_ratio, owl_allocation
+from ..models.streaming import is_streamed
+from ..pruning.allocation import owl_allocation
 from ..pruning.masks import check_sparsity_target, parse_nm
-from ..pruning.metrics import wanda_score
-from ..pruning.prune import check_nm_divides
+from ..pruning.prune import block_outlier_ratios, check_nm_divides
 from ..pruning.update import reconstruct_
 from ..search.problem import ModelProblem, problem_fingerprint
 from .encoding import BalancedSparsityRepair, SearchSpace
@@ -113,7 +113,8 @@ class OptiShearProblem(ModelProblem):
             raise ValueError("nothing to search: enable search_metric or a layerwise mode")
         if is_offloaded(model) and (update != "none" or search_update):
             raise SettingError(f"a weight {param('update')} is not supported yet on a model loaded with "
-                               "offload=True: load it on its device, or search without an update")
+                               f"{param('offload')} host or disk: load it on its device, or search without "
+                               "an update")
         self.model = model
         self.layers = layers
         self.fidelity = fidelity
@@ -124,7 +125,7 @@ class OptiShearProblem(ModelProblem):
         self.mask_builder = RankedMetricMasks(layers, self.reference.statistics, self.nm)
         self.walker = BlockwiseEvaluator(model, self.reference)
         self.block_masks = BlockMetricMasks(self.reference.statistics, self.nm)
-        self._formed, self._record_errors = {}, False
+        self._formed, self._record_errors, self._outlier_ratios = {}, False, None
         xl, xu = self.space.bounds()
         fingerprint = problem_fingerprint(type(self).__name__, model, calibration, self.space,
                                           self.objectives, batch_size, reconstruction_tokens)
@@ -176,6 +177,8 @@ class OptiShearProblem(ModelProblem):
         fidelity = self.fidelity if fidelity is None else fidelity
         decoded = [(*self.space.decode(x)[:2], self.space.decode_update(x)) for x in X]
         forward = [name for name in objectives if name in FORWARD_OBJECTIVES]
+        if not forward and is_streamed(self.model):  # its weights are read block by block only
+            forward = ["output_error"]
         if not forward:
             values: list[dict] = [{} for _ in decoded]
             for i in sorted(range(len(decoded)), key=lambda i: repr(decoded[i][0])):
@@ -233,11 +236,9 @@ class OptiShearProblem(ModelProblem):
         vectors = {"magnitude": self.encode(MetaMetric.magnitude(), target=target),
                    "uniform Wanda": self.encode(MetaMetric.wanda(), target=target)}
         if self.nm is None and self.space.layerwise != "uniform":
-            statistics = self.reference.statistics
-            ratios = [outlier_ratio([wanda_score(layer.weight, statistics[layer.name])
-                                     for layer in self.layers if layer.block_index == b])
-                      for b in range(self.space.n_blocks)]
-            owl = owl_allocation(np.array(ratios), target, min(0.08, self.space.max_deviation),
+            if self._outlier_ratios is None:
+                self._outlier_ratios = block_outlier_ratios(self.model, self.reference.statistics)
+            owl = owl_allocation(self._outlier_ratios, target, min(0.08, self.space.max_deviation),
                                  np.array(self.space.block_sizes))
             vectors["OWL-Wanda"] = self.encode(MetaMetric.wanda(), owl, target)
         return vectors

@@ -121,6 +121,9 @@ def row_mask_by_selection(scores: torch.Tensor, sparsity: float) -> torch.Tensor
     threshold = scores.kthvalue(n_pruned, dim=1, keepdim=True).values
     mask = scores > threshold
     tied = (~mask).sum(dim=1) != n_pruned
-    if tied.any():
-        mask[tied] = row_mask_from_ranks(row_ranks(scores[tied]), sparsity)
+    if tied.any():  # of the scores equal to the threshold, the first ones are pruned, the rest kept
+        rows, at = scores[tied], threshold[tied]
+        needed = n_pruned - (rows < at).sum(dim=1, keepdim=True, dtype=torch.int32)
+        equal = rows == at
+        mask[tied] = (rows > at) | (equal & (equal.cumsum(dim=1, dtype=torch.int32) > needed))
     return mask

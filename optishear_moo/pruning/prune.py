@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activations import collect_input_statistics, model_device, sequential_blocks
+from ..activations import collect_input_statistics, model_device, on_device, sequential_blocks
 from ..errors import SettingError, at_least, param
 from ..models.adapters import PrunableLayer, get_adapter
+from ..models.placement import compute_device
 from .allocation import ALLOCATIONS, outlier_ratio, owl_allocation, uniform_allocation
 from .masks import build_mask, check_sparsity, parse_nm
 from .metrics import SCORE_METRICS, wanda_score
@@ -115,13 +116,25 @@ def allocate_block_sparsity(
         return uniform_allocation(n_blocks, config.sparsity)
     layers = adapter.prunable_layers(model)
     statistics = collect_input_statistics(model, calibration, config.batch_size, layers)
-    ratios, sizes = np.zeros(n_blocks), np.zeros(n_blocks)
-    for index in range(n_blocks):
-        block_layers = [layer for layer in layers if layer.block_index == index]
-        scores = [wanda_score(layer.weight, statistics[layer.name]) for layer in block_layers]
-        ratios[index] = outlier_ratio(scores, config.owl_threshold)
-        sizes[index] = sum(layer.numel for layer in block_layers)
+    sizes = np.array([sum(layer.numel for layer in layers if layer.block_index == index)
+                      for index in range(n_blocks)], dtype=np.float64)
+    ratios = block_outlier_ratios(model, statistics, config.owl_threshold)
     return owl_allocation(ratios, config.sparsity, config.owl_lambda, sizes)
+
+
+@torch.no_grad()
+def block_outlier_ratios(model: nn.Module, statistics: dict, threshold: float = 5.0) -> np.ndarray:
+    """OWL's outlier ratio of every block's dense Wanda scores, ``(n_blocks,)``; each block on the
+    model's compute device for its turn (read from disk and dropped, for a streamed model)."""
+    adapter = get_adapter(model)
+    device, home = compute_device(model), model_device(model)
+    ratios = []
+    for index, block in enumerate(adapter.blocks(model)):
+        with on_device(block, device, home, keep=False):
+            scores = [wanda_score(layer.weight, statistics[layer.name].to(layer.weight.device))
+                      for layer in adapter.block_layers(block, index)]
+            ratios.append(outlier_ratio(scores, threshold))
+    return np.array(ratios, dtype=np.float64)
 
 
 def prune_weight_(weight: torch.Tensor, statistics, sparsity: float, method: str, update: str = "none",

@@ -98,3 +98,26 @@ def test_front_rescored_on_zero_shot_tasks(tiny_model_dir, tmp_path, monkeypatch
                 for label in ("magnitude", "uniform Wanda", "OWL-Wanda")}
     assert set(report["baselines_zero_shot"]) == expected
     assert (output / "pareto_zero_shot.png").is_file() and "zero_shot" in report
+
+
+def test_a_search_streamed_from_disk_finds_and_saves_what_one_in_memory_does(tiny_model_dir, tmp_path):
+    """``--offload disk``: the blocks and embeddings are read from the model directory as used; the
+    front, the report's figures and the saved model equal an ordinary run's."""
+    runs = {}
+    for offload in ("none", "disk"):
+        output = tmp_path / offload
+        argv = ["optishear", "--model", str(tiny_model_dir), "--pop", "4", "--gens", "2", "--n-samples", "4",
+                "--seq-len", "32", "--eval-seq-len", "32", "--eval-segments", "2", "--device", "cpu",
+                "--output", str(output), "--quiet", "--offload", offload, *PRUNE_WINDOWS]
+        assert main(argv) == 0
+        runs[offload] = (json.loads((output / "front.json").read_text()),
+                         json.loads((output / "report.json").read_text()),
+                         AutoModelForCausalLM.from_pretrained(output / "model"))
+    (front, report, model), (front_disk, report_disk, model_disk) = runs["none"], runs["disk"]
+    assert [point["plan"] for point in front_disk] == [point["plan"] for point in front]  # the same search
+    for point, point_disk in zip(front, front_disk):
+        assert point_disk["objectives"] == pytest.approx(point["objectives"], rel=1e-5)
+    for name in ("dense_ppl", "pruned_ppl", "sparsity"):
+        assert report_disk[name] == pytest.approx(report[name], rel=1e-5), name
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(model_disk.state_dict()[name], tensor)

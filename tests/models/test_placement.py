@@ -48,7 +48,7 @@ def test_problems_on_an_offloaded_model_score_as_on_an_ordinary_one(device, cali
     np.testing.assert_allclose(on_host.evaluate(X, return_values_of=["F"]),
                                ordinary.evaluate(X, return_values_of=["F"]), rtol=1e-4, atol=1e-7)
     assert_same_weights(on_host.model, make_tiny_model("llama"))
-    with pytest.raises(SettingError, match="not supported yet on a model loaded with offload=True"):
+    with pytest.raises(SettingError, match="not supported yet on a model loaded with offload host or disk"):
         OptiShearProblem(_offloaded(device), calibration, 0.5, update="obs")
     levels = LevelSearchProblem(_offloaded(device), calibration, 0.5, step=0.1, batch_size=3)
     plain = LevelSearchProblem(make_tiny_model("llama"), calibration, 0.5, levels.database, batch_size=3)

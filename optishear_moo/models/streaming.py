@@ -1,0 +1,268 @@
+"""Weights streamed from the checkpoint on disk, for a model larger than host memory.
+
+``load_model(directory, offload="disk")`` builds the model with its decoder blocks and its input
+and output embeddings empty (on the ``meta`` device) and reads each of them from the checkpoint's
+safetensors files when it is used, one module at a time:
+
+* held for a turn (:func:`held`, what every block-by-block path of the package does through
+  :func:`optishear_moo.activations.on_device`): read onto the compute device, dropped at the end
+  of the turn; a module the caller changed in place (pruning it) is kept instead, in host memory,
+  so no change is ever lost (such a model ends in host memory);
+* called outside a turn (a full forward: perplexity, zero-shot): read into host memory for that
+  call and dropped after it.
+
+Host memory then holds the small modules (norms, rotary tables), the one streamed module in use
+and what the caller computes. The files are read through short-lived memory maps, closed as soon
+as a tensor is copied out, so their pages do not stay counted in the process's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_RECORD = "_optishear_streamed"
+_MODEL_RECORD = "_optishear_streams"
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+_HEADER_LIMIT = 100 << 20
+
+
+def _tensor_places(path: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
+    """``{name: (dtype, shape, first byte, end byte)}`` of a safetensors file, from its header
+    (an untrusted file: every entry is checked against the file's size)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < length <= min(_HEADER_LIMIT, size - 8):
+            raise ValueError(f"{path} is not a safetensors file (bad header length): re-save the model")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as error:
+            raise ValueError(f"{path} has a damaged safetensors header: re-save the model") from error
+    places = {}
+    for name, entry in (header.items() if isinstance(header, dict) else ()):
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape = _DTYPES[entry["dtype"]], tuple(int(n) for n in entry["shape"])
+            begin, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path} describes tensor {name!r} in a way this reader does not know "
+                             f"({type(error).__name__}): re-save the model in a float dtype") from error
+        numel = 1
+        for n in shape:
+            numel *= n
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= size - 8 - length or (
+                end - begin != numel * dtype.itemsize):
+            raise ValueError(f"{path}: tensor {name!r} does not fit the file: re-save the model")
+        places[name] = (dtype, shape, 8 + length + begin, 8 + length + end)
+    return places
+
+
+class SafetensorsWeights:
+    """Where each tensor of a safetensors checkpoint (one file or shards with an index) is, read
+    one tensor at a time in ``dtype``: straight from the file into the tensor's memory, with no
+    memory map that would keep the file's pages counted in the process's memory."""
+
+    def __init__(self, directory: str | Path, dtype: torch.dtype):
+        directory = Path(directory)
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            mapping = json.loads(index.read_text()).get("weight_map")
+            if not isinstance(mapping, dict):
+                raise ValueError(f"{index} has no weight_map: re-save the model with save_pretrained")
+            files = {str(key): directory / Path(str(name)).name for key, name in mapping.items()}
+        elif (directory / "model.safetensors").is_file():
+            single = directory / "model.safetensors"
+            files = dict.fromkeys(_tensor_places(single), single)
+        else:
+            raise ValueError(f"{directory} holds no safetensors weights (model.safetensors or an index): "
+                             "streaming from disk needs a directory written by save_pretrained")
+        missing = sorted({str(path.name) for path in files.values() if not path.is_file()})
+        if missing:
+            raise ValueError(f"{directory} lacks the shards {', '.join(missing)}: re-download or re-save it")
+        self.directory, self.dtype, self.files = directory, dtype, files
+        self.places = {}
+        for path in sorted(set(files.values())):
+            self.places.update({key: (path, *place) for key, place in _tensor_places(path).items()
+                                if files.get(key) == path})
+        absent = sorted(set(files) - set(self.places))
+        if absent:
+            raise ValueError(f"{directory}: the index names tensors its shards lack "
+                             f"({', '.join(absent[:3])}): re-save the model")
+
+    def keys(self) -> set[str]:
+        return set(self.files)
+
+    def read(self, key: str, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Tensor ``key`` on ``device``, in this checkpoint's ``dtype`` when it is a float."""
+        path, dtype, shape, begin, end = self.places[key]
+        device = torch.device(device)
+        tensor = torch.empty(shape, dtype=dtype, pin_memory=device.type == "cuda")
+        if end > begin:
+            buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            with open(path, "rb", buffering=0) as handle:
+                handle.seek(begin)
+                done = 0
+                while done < end - begin:
+                    count = handle.readinto(buffer[done:])
+                    if not count:
+                        raise ValueError(f"{path} ends inside tensor {key!r}: re-save the model")
+                    done += count
+        wanted = self.dtype if tensor.is_floating_point() else tensor.dtype
+        return tensor.to(device=device, dtype=wanted, non_blocking=False)
+
+    def sample(self, key: str, step: int) -> torch.Tensor:
+        """Every ``step``-th value of tensor ``key`` (flattened) in this checkpoint's ``dtype``,
+        touching only the file's pages that hold them (a short-lived memory map)."""
+        from safetensors import safe_open
+
+        with safe_open(self.files[key], "pt") as handle:
+            view = handle.get_tensor(key).reshape(-1)[::step]
+            return view.to(dtype=self.dtype if view.is_floating_point() else view.dtype, copy=True)
+
+
+class _Streamed:
+    """What a streamed module needs: its parameters' places and the checkpoint keys they come from."""
+
+    def __init__(self, weights: SafetensorsWeights, entries: list[tuple[nn.Module, str, str]]):
+        self.weights, self.entries = weights, entries
+        self.loaded: torch.device | None = None  # where the weights are while read in
+        self.holds = 0  # turns under way (held)
+        self.resident = False  # changed while held: an ordinary module from then on
+
+    def load(self, device: torch.device) -> None:
+        for module, name, key in self.entries:
+            module._parameters[name] = nn.Parameter(self.weights.read(key, device), requires_grad=False)
+        self.loaded = device
+
+    def drop(self) -> None:
+        for module, name, _ in self.entries:
+            old = module._parameters[name]
+            module._parameters[name] = nn.Parameter(torch.empty(old.shape, dtype=old.dtype, device="meta"),
+                                                    requires_grad=False)
+        self.loaded = None
+
+
+def record(module: nn.Module) -> _Streamed | None:
+    """The streaming record of ``module`` when it is streamed from disk and not resident."""
+    streamed = module.__dict__.get(_RECORD)
+    return streamed if streamed is not None and not streamed.resident else None
+
+
+def is_streamed(model: nn.Module) -> bool:
+    """Whether some of ``model``'s modules are streamed from disk (and not resident)."""
+    return any(not streamed.resident for streamed in model.__dict__.get(_MODEL_RECORD, ()))
+
+
+@contextlib.contextmanager
+def held(module: nn.Module, device: torch.device, keep: bool = True) -> Iterator[nn.Module]:
+    """``module`` (streamed) read onto ``device`` for the duration. On exit it is dropped, or, with
+    ``keep``, kept in host memory for good (the caller changed it in place)."""
+    streamed = record(module)
+    if streamed is None:
+        raise ValueError("held() needs a module streamed from disk")
+    if streamed.loaded is not None and streamed.loaded != device:
+        streamed.drop()
+    if streamed.loaded is None:
+        streamed.load(device)
+    streamed.holds += 1
+    try:
+        yield module
+    finally:
+        streamed.holds -= 1
+        if streamed.holds == 0:
+            if keep:
+                module.to("cpu")
+                streamed.resident = True
+            else:
+                streamed.drop()
+
+
+def _before_call(module: nn.Module, _args) -> None:
+    streamed = record(module)
+    if streamed is not None and streamed.loaded is None and "forward" not in vars(module):
+        streamed.load(torch.device("cpu"))  # (a stand-in forward, which reads no weight, is left be)
+
+
+def _after_call(module: nn.Module, _args, _output) -> None:
+    streamed = record(module)
+    if streamed is not None and streamed.loaded is not None and streamed.holds == 0:
+        streamed.drop()
+
+
+def _give_freed_memory_back() -> None:
+    """Have glibc map every allocation of 1 MiB or more on its own, so that a dropped module's
+    memory returns to the system: by default its threshold grows with the sizes freed, and
+    freed tensors below it stay in the heap, counted in the process's memory."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+def stream(model: nn.Module, modules: list[nn.Module], weights: SafetensorsWeights) -> nn.Module:
+    """Make ``modules`` of ``model`` (their parameters on ``meta``) read from ``weights`` when
+    used. A parameter the checkpoint stores under a tied name (an output embedding sharing the
+    input one) reads that tensor."""
+    _give_freed_memory_back()
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    prefixes = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
+    tied = dict(getattr(model, "all_tied_weights_keys", None) or {})  # transformers' {tied: source}
+    keys = weights.keys()
+    for module in modules:
+        prefix = prefixes[id(module)]
+        entries = []
+        for name, parameter in module.named_parameters(remove_duplicate=False):
+            full = f"{prefix}.{name}" if prefix else name
+            stored = [n for n in [full, *names[id(parameter)], tied.get(full)] if n in keys]
+            if not stored:
+                raise ValueError(f"the checkpoint in {weights.directory} has no tensor {full!r}")
+            owner_name, _, attribute = name.rpartition(".")
+            entries.append((module.get_submodule(owner_name) if owner_name else module, attribute, stored[0]))
+        module.__dict__[_RECORD] = _Streamed(weights, entries)
+        model.__dict__.setdefault(_MODEL_RECORD, []).append(module.__dict__[_RECORD])
+        module.register_forward_pre_hook(_before_call)
+        module.register_forward_hook(_after_call, always_call=True)
+    return model
+
+
+def make_resident(model: nn.Module) -> nn.Module:
+    """Read every streamed module of ``model`` into host memory for good (before saving it)."""
+    for module in model.modules():
+        streamed = record(module)
+        if streamed is not None:
+            if streamed.loaded is None:
+                streamed.load(torch.device("cpu"))
+            module.to("cpu")
+            streamed.resident = True
+    return model
+
+
+def sample_values(model: nn.Module, name: str, parameter: torch.Tensor, samples: int) -> torch.Tensor:
+    """``samples`` evenly strided float32 values of parameter ``name`` of ``model``; a streamed
+    parameter that is not read in is sampled from the checkpoint, touching only those values."""
+    step = max(1, parameter.numel() // samples)
+    if parameter.is_meta:
+        module = model
+        for part in name.split(".")[:-1]:
+            module = getattr(module, part)
+            streamed = record(module)
+            if streamed is not None:
+                key = next(k for m, a, k in streamed.entries if m._parameters.get(a) is parameter)
+                return streamed.weights.sample(key, step)[:samples].float()
+        raise ValueError(f"the parameter {name!r} is empty (meta) and not streamed from disk")
+    return parameter.detach().reshape(-1)[::step][:samples].to("cpu", torch.float32).contiguous()
