@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from .activations import model_device
 from .data.calibration import check_calibration
+from .errors import SettingError, param
+from .models.streaming import is_streamed
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,9 @@ def post_train(model: nn.Module, training: torch.Tensor, learning_rate: float = 
     embeddings) are the ones trained. Returns the loss of every step.
     """
     check_calibration(training, model, what="training")
+    if is_streamed(model):
+        raise SettingError(f"fine-tuning trains the weights in memory, which a model loaded with "
+                           f"{param('offload')} disk does not hold: load it with {param('offload')} host")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate}")
     parameters = list(parameters) if parameters is not None else _trainable(model)

