@@ -16,7 +16,7 @@ python3 -c "import torch; assert torch.cuda.is_available(), 'no GPU: this script
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 timeout 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tail -15
 for shape in 1b 8b 13b; do
-    timeout 150 python3 benchmarks/scale.py --shapes "$shape" --device cuda --dtype bfloat16 --offload \
+    timeout 150 python3 benchmarks/scale.py --shapes "$shape" --device cuda --dtype bfloat16 --offload host \
         --n-samples 8 --seq-len 512 2>&1 | grep -v "it/s\]" | tail -8
     if [ -n "${OUT:-}" ] && [ -f benchmarks/results/scale.json ]; then
         cp benchmarks/results/scale.json "$OUT/scale_$shape.json"

@@ -110,7 +110,7 @@ class SafetensorsWeights:
         """Tensor ``key`` on ``device``, in this checkpoint's ``dtype`` when it is a float."""
         path, dtype, shape, begin, end = self.places[key]
         device = torch.device(device)
-        tensor = torch.empty(shape, dtype=dtype, pin_memory=device.type == "cuda")
+        tensor = torch.empty(shape, dtype=dtype)  # (pinned buffers, reused, are for later)
         if end > begin:
             buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
             with open(path, "rb", buffering=0) as handle:
@@ -122,7 +122,7 @@ class SafetensorsWeights:
                         raise ValueError(f"{path} ends inside tensor {key!r}: re-save the model")
                     done += count
         wanted = self.dtype if tensor.is_floating_point() else tensor.dtype
-        return tensor.to(device=device, dtype=wanted, non_blocking=False)
+        return tensor.to(device=device, dtype=wanted)
 
     def sample(self, key: str, step: int) -> torch.Tensor:
         """Every ``step``-th value of tensor ``key`` (flattened) in this checkpoint's ``dtype``,
@@ -231,6 +231,10 @@ def stream(model: nn.Module, modules: list[nn.Module], weights: SafetensorsWeigh
             stored = [n for n in [full, *names[id(parameter)], tied.get(full)] if n in keys]
             if not stored:
                 raise ValueError(f"the checkpoint in {weights.directory} has no tensor {full!r}")
+            if tuple(weights.places[stored[0]][2]) != tuple(parameter.shape):
+                raise ValueError(f"the checkpoint in {weights.directory} holds {stored[0]!r} shaped "
+                                 f"{tuple(weights.places[stored[0]][2])}, its config.json asks for "
+                                 f"{tuple(parameter.shape)}: re-save the model")
             owner_name, _, attribute = name.rpartition(".")
             entries.append((module.get_submodule(owner_name) if owner_name else module, attribute, stored[0]))
         module.__dict__[_RECORD] = _Streamed(weights, entries)

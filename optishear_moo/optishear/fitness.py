@@ -156,7 +156,7 @@ class FitnessEvaluator:
         snapshot = self.snapshot  # taken (once) while the model is dense, before anything is pruned
         values = {}
         if "density" in objectives:
-            kept = sum(int(mask.sum()) for mask in masks.values())
+            kept = sum(int(mask.count_nonzero()) for mask in masks.values())
             pruned_elsewhere = self.n_prunable - sum(mask.numel() for mask in masks.values())
             values["density"] = (kept + pruned_elsewhere) / self.n_prunable
         if update == "none":

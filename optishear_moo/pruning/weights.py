@@ -88,7 +88,7 @@ class SparsityReport:
 @torch.no_grad()
 def sparsity_report(model: nn.Module) -> SparsityReport:
     layers = get_adapter(model).prunable_layers(model)
-    zeros = {layer.name: int((layer.weight == 0).sum()) for layer in layers}
+    zeros = {layer.name: int((layer.weight == 0).count_nonzero()) for layer in layers}
     n_blocks = max(layer.block_index for layer in layers) + 1
     block_zero, block_total = [0] * n_blocks, [0] * n_blocks
     for layer in layers:

@@ -112,3 +112,27 @@ def test_training_and_slicing_are_refused_on_a_streamed_model(tiny_model_dir, ca
         post_train(model, calibration)
     with pytest.raises(SettingError, match="offload disk does not allow yet"):
         StructuredLevelDatabase.build(model, calibration)
+
+
+@pytest.mark.cuda
+def test_a_model_streamed_from_disk_onto_a_gpu_scores_as_the_model_in_memory(sharded_dir, calibration):
+    directory, ordinary = sharded_dir
+    model, _ = load_model(str(directory), device="cuda", offload="disk")
+    assert compute_device(model).type == "cuda" and _streamed_empty(model)
+    settings = dict(target_sparsity=0.5, objectives=("kl",), batch_size=3)
+    streamed, plain = OptiShearProblem(model, calibration, **settings), OptiShearProblem(
+        ordinary, calibration, **settings)
+    X = streamed.initial_population(4)
+    np.testing.assert_allclose(streamed.evaluate(X, return_values_of=["F"]),
+                               plain.evaluate(X, return_values_of=["F"]), rtol=1e-4, atol=1e-6)
+    assert _streamed_empty(model)
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_refused_before_any_read(tiny_model_dir):
+    import json
+
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (tiny_model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="its config.json asks for"):
+        load_model(str(tiny_model_dir), offload="disk")
