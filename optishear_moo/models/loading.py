@@ -331,7 +331,8 @@ def check_offload(name_or_path: str, offload: bool | str | None) -> str | None:
         raise SettingError(f"{param('offload')} {offload!r} is unknown: use host (weights in host memory) or "
                            "disk (read from the checkpoint's files as used)")
     if offload == "disk":
-        source, gguf_file = resolve_model_source(name_or_path)
+        shipped = name_or_path in EMBEDDED_MODELS or name_or_path in SPLIT_MODELS  # GGUF files, not read
+        source, gguf_file = (name_or_path, "GGUF") if shipped else resolve_model_source(name_or_path)
         if gguf_file is not None or not Path(source).is_dir() or _is_sliced(source):
             what = ("a GGUF file" if gguf_file else "a structurally pruned model" if _is_sliced(source)
                     else "not one")
