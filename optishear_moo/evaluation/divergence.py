@@ -36,10 +36,17 @@ def kl_sum_from_log_probs(log_probs: torch.Tensor, dense_log_probs: torch.Tensor
 
 
 LOG_PROB_LIMIT = 2**26
-CHUNK_LOGITS = 2**24
-"""Logits formed at once in a comparison with the dense model (float32: 64 MiB a tensor)."""
 """The dense log-probabilities are cached when ``vocab × calibration tokens`` is at most this
 (float32: 256 MiB), saving one LM-head product and softmax per candidate."""
+
+CHUNK_LOGITS = 2**24
+"""Logits formed at once in a comparison with the dense model (float32: 64 MiB a tensor)."""
+
+
+def logit_chunk(vocab: int, tokens: int | None = None) -> int:
+    """Tokens whose logits are formed at once: at most ``tokens``, and :data:`CHUNK_LOGITS` logits."""
+    chunk = max(1, CHUNK_LOGITS // vocab)
+    return chunk if tokens is None else max(1, min(tokens, chunk))
 
 
 @dataclass
@@ -79,7 +86,7 @@ class DenseOutputs:
             vocab = model.get_output_embeddings().weight.shape[0]
             if vocab * self.calibration.numel() > limit:
                 return False
-            chunk = max(1, CHUNK_LOGITS // vocab)
+            chunk = logit_chunk(vocab)
             self.log_probs = [torch.cat([F.log_softmax(ArchitectureAdapter.logits(model, part), dim=-1)
                                          for part in h.flatten(0, 1).split(chunk)]) for h in self.head_inputs]
         return True
@@ -136,8 +143,7 @@ def distance_to_dense(model: nn.Module, batches, measures=("kl",), chunk_tokens:
     log-probabilities when given), and fewer when a chunk would hold over :data:`CHUNK_LOGITS`
     logits (a 128k vocabulary: 130 tokens)."""
     measures = check_measures(measures)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    chunk_tokens = max(1, min(chunk_tokens, CHUNK_LOGITS // vocab))
+    chunk_tokens = logit_chunk(model.get_output_embeddings().weight.shape[0], chunk_tokens)
     kl, tokens, nll, predicted, error_sq, dense_sq = 0.0, 0, 0.0, 0, 0.0, 0.0
     for hidden, dense_hidden, ids, dense_log_probs in batches:
         if "output_error" in measures:

@@ -209,7 +209,7 @@ class BlockMetricMasks:
 
     def __init__(self, statistics: dict[str, InputStatistics] | None, nm: tuple[int, int] | None = None):
         self.statistics, self.nm = statistics, nm
-        self._block, self._ranks, self._scores = None, {}, {}
+        self._current, self._ranks, self._scores = None, {}, {}  # (block, metric) cached
         self._sparsities: dict[tuple[int, MetaMetric], int] = {}
 
     def expect(self, variants) -> None:
@@ -229,8 +229,8 @@ class BlockMetricMasks:
         if not layers:
             return []
         index = layers[0].block_index
-        if (index, metric) != self._block:
-            self._block, self._ranks, self._scores = (index, metric), {}, {}
+        if (index, metric) != self._current:
+            self._current, self._ranks, self._scores = (index, metric), {}, {}
         asked = self._sparsities.get((index, metric), 3)
         select = not self.nm and asked <= 2
         masks = []
