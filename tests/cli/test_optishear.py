@@ -100,9 +100,16 @@ def test_front_rescored_on_zero_shot_tasks(tiny_model_dir, tmp_path, monkeypatch
     assert (output / "pareto_zero_shot.png").is_file() and "zero_shot" in report
 
 
-def test_a_search_streamed_from_disk_finds_and_saves_what_one_in_memory_does(tiny_model_dir, tmp_path):
+def test_a_search_streamed_from_disk_finds_and_saves_what_one_in_memory_does(tiny_model_dir, tmp_path,
+                                                                            monkeypatch):
     """``--offload disk``: the blocks and embeddings are read from the model directory as used; the
     front, the report's figures and the saved model equal an ordinary run's."""
+    from optishear_moo.models.streaming import SafetensorsWeights
+
+    reads = []
+    original = SafetensorsWeights.read
+    monkeypatch.setattr(SafetensorsWeights, "read", lambda self, key, *a, **k: (
+        reads.append(key), original(self, key, *a, **k))[1])
     runs = {}
     for offload in ("none", "disk"):
         output = tmp_path / offload
@@ -110,6 +117,7 @@ def test_a_search_streamed_from_disk_finds_and_saves_what_one_in_memory_does(tin
                 "--seq-len", "32", "--eval-seq-len", "32", "--eval-segments", "2", "--device", "cpu",
                 "--output", str(output), "--quiet", "--offload", offload, *PRUNE_WINDOWS]
         assert main(argv) == 0
+        assert bool(reads) == (offload == "disk")  # the disk run read its tensors as it went
         runs[offload] = (json.loads((output / "front.json").read_text()),
                          json.loads((output / "report.json").read_text()),
                          AutoModelForCausalLM.from_pretrained(output / "model"))
