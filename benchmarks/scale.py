@@ -45,7 +45,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from optishear_moo import OptiShearProblem, load_model  # noqa: E402
 from optishear_moo.activations import final_hidden_by_blocks  # noqa: E402
 from optishear_moo.evop import BlockRemovalEvaluator  # noqa: E402
-from optishear_moo.models import compute_device, load_tokenizer  # noqa: E402
+from optishear_moo.models import compute_device  # noqa: E402
 
 SHAPES = {  # the published configs of Llama-3.2-1B, Llama-3.2-3B, Llama-3-8B and Llama-2-13B
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -89,7 +89,17 @@ def write_random_model(shape: str, dtype: torch.dtype, directory: Path) -> None:
     index = {"metadata": {}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     config.save_pretrained(directory)
-    load_tokenizer("smollm2-135m").save_pretrained(directory)  # load_model wants one; unused here
+    placeholder_tokenizer().save_pretrained(directory)  # load_model wants one; the ids are random
+
+
+def placeholder_tokenizer():
+    """A one-word tokenizer (no model wheel needed on a bare GPU machine)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
 
 
 def saved_random_model(shape: str, dtype: torch.dtype, directory: Path) -> Path:

@@ -81,19 +81,25 @@ class DenseOutputs:
     @torch.no_grad()
     def cache_log_probs(self, model: nn.Module, limit: int = LOG_PROB_LIMIT) -> bool:
         """Keep the dense log-probabilities when ``vocab × tokens ≤ limit``; says whether they are
-        kept. The LM head must be where the head inputs are."""
+        kept, where the LM head is."""
         if self.log_probs is None:
-            vocab = model.get_output_embeddings().weight.shape[0]
-            if vocab * self.calibration.numel() > limit:
+            head = model.get_output_embeddings().weight
+            if head.shape[0] * self.calibration.numel() > limit:
                 return False
-            chunk = logit_chunk(vocab)
-            self.log_probs = [torch.cat([F.log_softmax(ArchitectureAdapter.logits(model, part), dim=-1)
-                                         for part in h.flatten(0, 1).split(chunk)]) for h in self.head_inputs]
+            chunk = logit_chunk(head.shape[0])
+            self.log_probs = [torch.cat([
+                F.log_softmax(ArchitectureAdapter.logits(model, part.to(head.device)), dim=-1)
+                for part in h.flatten(0, 1).split(chunk)]) for h in self.head_inputs]
         return True
 
-    def dense_log_probs(self, index: int, rows: int) -> torch.Tensor | None:
-        """The cached log-probabilities of batch ``index`` (its first ``rows`` tokens), or None."""
-        return None if self.log_probs is None else self.log_probs[index][:rows]
+    def dense_log_probs(self, index: int, rows: int, device: torch.device | None = None
+                        ) -> torch.Tensor | None:
+        """The cached log-probabilities of batch ``index`` (its first ``rows`` tokens; on
+        ``device`` when given), or None."""
+        if self.log_probs is None:
+            return None
+        cached = self.log_probs[index][:rows]
+        return cached if device is None else cached.to(device)
 
     def n_samples(self, fidelity: float = 1.0) -> int:
         """Calibration windows scored at ``fidelity``: its share of them, at least one."""

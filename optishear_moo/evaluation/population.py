@@ -158,7 +158,7 @@ class BlockwiseEvaluator:
     def _measure(self, hidden: list[torch.Tensor], fidelity: float, measures) -> dict[str, float]:
         reference = self.reference
         batches = ((self.adapter.head_inputs(self.model, h.to(self.device)), dense.to(self.device), ids,
-                    reference.dense_log_probs(i, ids.numel()))
+                    reference.dense_log_probs(i, ids.numel(), self.device))
                    for i, (h, (ids, dense)) in enumerate(zip(hidden, reference.batches(fidelity))))
         return distance_to_dense(self.model, batches, measures, self.chunk_tokens)
 
