@@ -152,7 +152,7 @@ def collect_input_statistics(
     with recording_inputs(layers, with_gram) as statistics:
         for batch in tqdm(_batches(calibration, batch_size, model), desc="activation statistics",
                           disable=not progress, leave=False):
-            model(input_ids=batch.to(device), use_cache=False)
+            run_until(model, model.get_output_embeddings(), batch.to(device))  # no logits needed
     return statistics
 
 

@@ -16,6 +16,7 @@ from scipy.spatial.distance import pdist
 from tqdm.auto import tqdm
 
 from ..errors import SettingError, param
+from ..models.placement import weights_device
 
 Embedder = Callable[[torch.Tensor], np.ndarray]
 """Maps ``(n_windows, seq_len)`` int64 token ids to ``(n_windows, dim)`` float embeddings."""
@@ -28,7 +29,7 @@ def hidden_state_embedder(model, batch_size: int = 8, progress: bool = False) ->
     device; returns float32 numpy arrays.
     """
     base = getattr(model, "base_model", model)
-    device = next(model.parameters()).device
+    device = weights_device(model)  # (a model streamed from disk has its parameters on meta)
 
     @torch.no_grad()
     def embed(windows: torch.Tensor) -> np.ndarray:

@@ -3,7 +3,9 @@ the KL of a candidate's next-token distributions to it. Shared by every method's
 
 The candidate's forward stops at the LM head; the logits of both models are then formed and
 compared in chunks of ``chunk_tokens`` tokens, so full ``(batch, seq, vocab)`` float32 logits of
-the two models never exist at once (they dwarf everything else for large vocabularies).
+the two models never exist at once (they dwarf everything else for large vocabularies). An LM head
+streamed from disk is read a vocabulary slice at a time instead
+(:func:`distances_by_vocab_slices`), for a whole population at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..activations import final_hidden_by_blocks, run_until
 from ..data.calibration import check_calibration
 from ..models.adapters import ArchitectureAdapter
 from ..models.placement import is_offloaded
+from ..models.streaming import parameter_rows
 
 
 def kl_sum_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
@@ -189,3 +192,120 @@ def kl_to_dense(model: nn.Module, dense: DenseOutputs, fidelity: float = 1.0,
                 chunk_tokens: int = 4096) -> float:
     """Mean KL(dense ‖ ``model``) per calibration token, over the first ``fidelity`` of samples."""
     return distance_to_dense(model, compared_batches(model, dense, fidelity), ("kl",), chunk_tokens)["kl"]
+
+
+SLICE_BYTES = 64 << 20
+"""Bytes of LM-head weights read at once by :func:`distances_by_vocab_slices`."""
+
+
+@torch.no_grad()
+def distances_by_vocab_slices(model: nn.Module, candidates: list[list[torch.Tensor]], dense_batches,
+                              measures=("kl",), device: torch.device | None = None,
+                              slice_bytes: int = SLICE_BYTES) -> list[dict[str, float]]:
+    """:func:`distance_to_dense` of several candidates at once, reading the LM head one
+    vocabulary slice at a time (``slice_bytes`` of weights) for all of them: the head of a model
+    streamed from disk (:mod:`optishear_moo.models.streaming`) is then never whole in memory, and
+    each slice is read once per call. The log-normalisers grow slice by slice (a running
+    log-sum-exp), so neither model's full logits exist at any time.
+
+    Args:
+        candidates: For each candidate, its LM-head inputs ``(batch, seq, hidden)`` per batch.
+        dense_batches: ``(token ids, dense LM-head inputs)`` per batch, as
+            :meth:`DenseOutputs.batches` gives them.
+        device: Where the products run (the head inputs' device when None).
+    """
+    measures = check_measures(measures)
+    batches = list(dense_batches)
+    device = device if device is not None else candidates[0][0].device
+    dense = [_Tally(ids, hidden, device) for ids, hidden in batches]
+    tallies = [[_Tally(ids, hidden, device) for (ids, _), hidden in zip(batches, candidate)]
+               for candidate in candidates]
+    if "kl" in measures or "ppl" in measures:
+        head = model.get_output_embeddings()
+        vocab, width = head.weight.shape
+        rows = max(1, slice_bytes // (width * head.weight.element_size()))
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        for start in range(0, vocab, rows):
+            stop = min(vocab, start + rows)
+            weight = parameter_rows(head, "weight", start, stop, device)
+            bias = parameter_rows(head, "bias", start, stop, device)
+            for b, reference in enumerate(dense):
+                for part in _parts(len(reference.targets), logit_chunk(stop - start)):
+                    dense_logits = _logits(reference.hidden[part].to(device), weight, bias, cap)
+                    scale, dense_exp = reference.add(part, dense_logits)
+                    for candidate in tallies:
+                        tally = candidate[b]
+                        logits = _logits(tally.hidden[part].to(device), weight, bias, cap)
+                        tally.add(part, logits)
+                        if "kl" in measures:  # sum of p_dense * (dense - candidate logits), rescaled as p's
+                            tally.cross[part] = (tally.cross[part] * scale
+                                                 + (dense_exp * (dense_logits - logits)).sum(-1))
+                        if "ppl" in measures:
+                            tally.take_targets(part, logits, start, stop)
+    tokens = sum(len(reference.targets) for reference in dense)
+    predicted = sum(int((reference.targets != -100).sum()) for reference in dense)
+    results = []
+    for candidate in tallies:
+        values = {}
+        if "kl" in measures:
+            # KL per token: E_dense[dense - candidate logits] - log Z_dense + log Z_candidate
+            values["kl"] = sum(float((t.cross / r.total - r.log_norm() + t.log_norm()).sum())
+                               for t, r in zip(candidate, dense)) / tokens
+        if "ppl" in measures:
+            values["ppl"] = math.exp(sum(tally.nll() for tally in candidate) / predicted)
+        if "output_error" in measures:
+            error_sq = sum(float((t.hidden.float() - r.hidden.to(t.hidden.device).float()).square().sum())
+                           for t, r in zip(candidate, dense))
+            dense_sq = sum(float(r.hidden.float().square().sum()) for r in dense)
+            values["output_error"] = (error_sq / max(dense_sq, 1e-30)) ** 0.5
+        for name, value in values.items():
+            if value != value:  # NaN
+                raise FloatingPointError(f"the pruned model produced NaN for {name}")
+        results.append(values)
+    return results
+
+
+class _Tally:
+    """One batch of one model's LM-head inputs and what :func:`distances_by_vocab_slices` sums
+    per token over the vocabulary slices: a running log-sum-exp of the logits (their maximum
+    so far and the sum of ``exp(logit - maximum)``), the KL's cross term and the target's logit."""
+
+    def __init__(self, ids: torch.Tensor, hidden: torch.Tensor, device: torch.device):
+        ids = ids.to(device)
+        # each position's next token; a row's last position predicts nothing
+        self.targets = torch.cat([ids[:, 1:], ids.new_full((len(ids), 1), -100)], dim=1).flatten()
+        self.hidden = hidden.flatten(0, 1)  # (where it is kept; a chunk at a time goes to the device)
+        tokens = len(self.targets)
+        self.high = torch.full((tokens,), -math.inf, dtype=torch.float64, device=device)
+        self.total, self.cross, self.target_logit = (
+            torch.zeros(tokens, dtype=torch.float64, device=device) for _ in range(3))
+
+    def add(self, part: slice, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take the logits of a vocabulary slice for the tokens ``part``; returns the factor the
+        earlier sums were rescaled by and ``exp(logits - new maximum)``."""
+        high = torch.maximum(self.high[part], logits.amax(-1).double())
+        scale = torch.exp(self.high[part] - high)  # 0 at the first slice
+        shifted = torch.exp(logits - high.float()[:, None])
+        self.high[part], self.total[part] = high, self.total[part] * scale + shifted.sum(-1).double()
+        return scale, shifted
+
+    def take_targets(self, part: slice, logits: torch.Tensor, start: int, stop: int) -> None:
+        targets = self.targets[part]
+        inside = (targets >= start) & (targets < stop)
+        picked = logits.gather(1, (targets - start).clamp(0, stop - start - 1)[:, None])[:, 0]
+        self.target_logit[part] += torch.where(inside, picked, 0).double()
+
+    def log_norm(self) -> torch.Tensor:
+        return self.high + torch.log(self.total)
+
+    def nll(self) -> float:
+        return float((self.log_norm() - self.target_logit)[self.targets != -100].sum())
+
+
+def _parts(tokens: int, chunk: int) -> list[slice]:
+    return [slice(first, first + chunk) for first in range(0, tokens, chunk)]
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cap) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias).float()
+    return torch.tanh(logits / cap) * cap if cap else logits

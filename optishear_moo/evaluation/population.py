@@ -14,7 +14,9 @@ are compared with the dense model's (:class:`~optishear_moo.evaluation.divergenc
 Where things live: the model stays where it was loaded (host memory for a model larger than the
 device). With a compute ``device`` other than the model's, each block is brought to the device
 for its turn and sent back, the LM head for the final comparison; one block's weights, the
-prefixes' hidden states and one chunk of logits are on the device at a time. The hidden states
+prefixes' hidden states and one chunk of logits are on the device at a time. An LM head streamed
+from disk is read a vocabulary slice at a time for all candidates together
+(:func:`~optishear_moo.evaluation.divergence.distances_by_vocab_slices`). The hidden states
 stay on the device while the widest generation of prefixes fits half of its free memory, and in
 host memory otherwise (``states="host"`` forces it). The model comes back unchanged.
 """
@@ -28,9 +30,10 @@ import torch
 from torch import nn
 
 from ..activations import capture_block_inputs, model_device, on_device, run_block, to_device
+from ..models import streaming
 from ..models.adapters import PrunableLayer, get_adapter
 from ..models.placement import compute_device
-from .divergence import DenseOutputs, check_measures, distance_to_dense
+from .divergence import DenseOutputs, check_measures, distance_to_dense, distances_by_vocab_slices
 
 SKIP = "skip"
 """The variant key of a removed block: its inputs pass through unchanged."""
@@ -146,13 +149,24 @@ class BlockwiseEvaluator:
             states = following
             if on_block is not None:
                 on_block(index, self.n_blocks)
+        head = self.model.get_output_embeddings()
+        sliced = streaming.record(head) is not None  # a head streamed from disk is read in slices
         with contextlib.ExitStack() as stack:
             for module in self._head_modules():
-                stack.enter_context(self._on_device(module))
-            if self.cache_log_probs:
-                self.reference.cache_log_probs(self.model)
-            scores = {candidate: self._measure(states[candidate], fidelity, measures)
-                      for candidate in set(candidates)}
+                if not (sliced and module is head):
+                    stack.enter_context(self._on_device(module))
+            distinct = list(dict.fromkeys(candidates))
+            if sliced:
+                head_inputs = [[self.adapter.head_inputs(self.model, h.to(self.device)).to(h.device)
+                                for h in states.pop(candidate)] for candidate in distinct]
+                values = distances_by_vocab_slices(self.model, head_inputs, self.reference.batches(fidelity),
+                                                   measures, self.device)
+                scores = dict(zip(distinct, values))
+            else:
+                if self.cache_log_probs:
+                    self.reference.cache_log_probs(self.model)
+                scores = {candidate: self._measure(states[candidate], fidelity, measures)
+                          for candidate in distinct}
         return [dict(scores[candidate]) for candidate in candidates]
 
     def _measure(self, hidden: list[torch.Tensor], fidelity: float, measures) -> dict[str, float]:

@@ -292,6 +292,10 @@ def load_model(
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     offload = check_offload(name_or_path, offload)
+    if offload == "disk":
+        from .streaming import give_freed_memory_back
+
+        give_freed_memory_back()
     source, gguf_file = resolve_model_source(name_or_path)
     logger.info("loading %s%s", source, f" ({gguf_file})" if gguf_file else "")
     tokenizer = _from_pretrained(AutoTokenizer, source, gguf_file)

@@ -19,13 +19,19 @@ def uniform_allocation(n_blocks: int, target_sparsity: float) -> np.ndarray:
     return np.full(n_blocks, check_sparsity(target_sparsity))
 
 
-def outlier_ratio(scores: list[torch.Tensor], threshold: float = 5.0) -> float:
+def outlier_ratio(scores, threshold: float = 5.0) -> float:
     """OWL's layerwise outlier distribution: share of scores above ``threshold × mean score``.
 
-    ``scores`` are the Wanda score matrices of one block's layers, taken together.
+    ``scores`` are the Wanda score matrices of one block's layers, taken together: a list, or a
+    function giving them anew, called twice (the mean first, then the count above it), so that
+    one matrix at a time is held.
     """
-    flat = torch.cat([s.reshape(-1).float() for s in scores])
-    return float((flat > threshold * flat.mean()).float().mean())
+    each = scores if callable(scores) else (lambda: scores)
+    total, count = 0.0, 0
+    for score in each():
+        total, count = total + float(score.sum(dtype=torch.float64)), count + score.numel()
+    limit = threshold * total / count
+    return sum(int(torch.count_nonzero(score > limit)) for score in each()) / count
 
 
 def owl_allocation(

@@ -131,8 +131,9 @@ def block_outlier_ratios(model: nn.Module, statistics: dict, threshold: float = 
     ratios = []
     for index, block in enumerate(adapter.blocks(model)):
         with on_device(block, device, home, keep=False):
-            scores = [wanda_score(layer.weight, statistics[layer.name].to(layer.weight.device))
-                      for layer in adapter.block_layers(block, index)]
+            layers = adapter.block_layers(block, index)
+            scores = lambda layers=layers: (  # noqa: E731 (one layer's scores held at a time)
+                wanda_score(layer.weight, statistics[layer.name].to(layer.weight.device)) for layer in layers)
             ratios.append(outlier_ratio(scores, threshold))
     return np.array(ratios, dtype=np.float64)
 

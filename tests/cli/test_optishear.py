@@ -122,9 +122,13 @@ def test_a_search_streamed_from_disk_finds_and_saves_what_one_in_memory_does(tin
                          json.loads((output / "report.json").read_text()),
                          AutoModelForCausalLM.from_pretrained(output / "model"))
     (front, report, model), (front_disk, report_disk, model_disk) = runs["none"], runs["disk"]
-    assert [point["plan"] for point in front_disk] == [point["plan"] for point in front]  # the same search
+    def chosen(point):  # the plan without its scores
+        return {key: value for key, value in point["plan"].items() if key != "objectives"}
+
+    assert [chosen(point) for point in front_disk] == [chosen(point) for point in front]  # the same search
     for point, point_disk in zip(front, front_disk):
-        assert point_disk["objectives"] == pytest.approx(point["objectives"], rel=1e-5)
+        # (the streamed head is compared slice by slice: a float32 rounding apart from the whole head)
+        assert point_disk["objectives"] == pytest.approx(point["objectives"], rel=1e-4)
     for name in ("dense_ppl", "pruned_ppl", "sparsity"):
         assert report_disk[name] == pytest.approx(report[name], rel=1e-5), name
     for name, tensor in model.state_dict().items():

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from optishear_moo import OptiShearProblem, load_model, prune_model
+from optishear_moo.data.cluster_sampling import hidden_state_embedder
 from optishear_moo.errors import SettingError
 from optishear_moo.evaluation.perplexity import segments_nll
 from optishear_moo.evop import BlockRemovalEvaluator
 from optishear_moo.models import get_adapter, weights_fingerprint
 from optishear_moo.models.placement import compute_device, is_offloaded
-from optishear_moo.models.streaming import is_streamed
+from optishear_moo.models.streaming import SafetensorsWeights, is_streamed, record
 from tests.conftest import make_tiny_model
 
 
@@ -45,6 +46,8 @@ def test_a_streamed_model_computes_what_the_model_in_memory_computes(sharded_dir
     assert weights_fingerprint(model) == weights_fingerprint(ordinary)
     assert segments_nll(model, calibration, batch_size=3) == pytest.approx(
         segments_nll(ordinary, calibration, batch_size=3), rel=1e-6)
+    np.testing.assert_allclose(hidden_state_embedder(model)(calibration[:3]),
+                               hidden_state_embedder(ordinary)(calibration[:3]), rtol=1e-5, atol=1e-6)
 
 
 def _assert_optishear_scores_equal(model, ordinary, calibration, rtol: float) -> None:
@@ -70,6 +73,35 @@ def test_searches_score_a_streamed_model_as_the_model_in_memory(sharded_dir, cal
         assert a == pytest.approx(b, rel=1e-5)
     np.testing.assert_allclose(removal.block_influence(), kept.block_influence(), rtol=1e-5)
     assert _streamed_empty(model)
+
+
+def test_a_search_never_reads_the_embedding_table_or_the_head_whole(sharded_dir, calibration, monkeypatch):
+    directory, ordinary = sharded_dir
+    model, _ = load_model(str(directory), device="cpu", offload="disk")
+    tables = {record(module).entries[0][2] for module in (model.get_input_embeddings(),
+                                                            model.get_output_embeddings())}
+    whole, parts, read = [], [], SafetensorsWeights.read
+
+    def spy(self, key, device="cpu", rows=None):
+        (whole if rows is None else parts).append(key)
+        return read(self, key, device, rows)
+
+    monkeypatch.setattr(SafetensorsWeights, "read", spy)
+    _assert_optishear_scores_equal(model, ordinary, calibration, rtol=1e-5)  # KL: the head is used
+    assert whole and not tables & set(whole)  # blocks are read whole, the tables in rows
+    assert tables <= set(parts)
+
+
+def test_a_scaled_embedding_with_a_padding_index_streams_as_in_memory(tmp_path, tiny_tokenizer, calibration):
+    ordinary = make_tiny_model("gemma3_text")
+    assert ordinary.get_input_embeddings().padding_idx is not None
+    ordinary.save_pretrained(tmp_path / "g")
+    tiny_tokenizer.save_pretrained(tmp_path / "g")
+    model, _ = load_model(str(tmp_path / "g"), device="cpu", offload="disk")
+    with torch.no_grad():
+        torch.testing.assert_close(model(calibration[:2]).logits, ordinary(calibration[:2]).logits)
+    assert model.get_input_embeddings().padding_idx == ordinary.get_input_embeddings().padding_idx
+    assert model.get_input_embeddings().weight.is_meta
 
 
 def test_pruning_a_streamed_model_keeps_the_pruned_blocks_in_host_memory(sharded_dir, calibration):

@@ -15,6 +15,13 @@ def test_outlier_ratio_counts_scores_above_threshold_times_mean():
     scores = [torch.ones(10, 10), torch.zeros(1, 10)]
     scores[0][0, 0] = 1000.0  # mean ≈ 10; one score above 5x the mean
     assert outlier_ratio(scores, 5.0) == pytest.approx(1 / 110)
+    calls = []
+
+    def anew():  # scores given by a function are asked for twice, one matrix held at a time
+        calls.append(1)
+        return (s.clone() for s in scores)
+
+    assert outlier_ratio(anew, 5.0) == pytest.approx(1 / 110) and len(calls) == 2
 
 
 def test_owl_keeps_the_weighted_mean_and_prunes_outlier_blocks_less():
