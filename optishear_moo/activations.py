@@ -152,7 +152,7 @@ def collect_input_statistics(
     with recording_inputs(layers, with_gram) as statistics:
         for batch in tqdm(_batches(calibration, batch_size, model), desc="activation statistics",
                           disable=not progress, leave=False):
-            run_until(model, model.get_output_embeddings(), batch.to(device))  # no logits needed
+            final_hidden(model, batch.to(device))  # (the hooks record; no logits are formed)
     return statistics
 
 
@@ -249,6 +249,11 @@ def run_until(model: nn.Module, module: nn.Module, input_ids: torch.Tensor, what
     finally:
         handle.remove()
     return caught[0]
+
+
+def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The LM head's inputs ``(batch, seq, hidden)`` for ``input_ids``, without computing logits."""
+    return run_until(model, model.get_output_embeddings(), input_ids)
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..activations import final_hidden_by_blocks, run_until
+from ..activations import final_hidden, final_hidden_by_blocks
 from ..data.calibration import check_calibration
 from ..models.adapters import ArchitectureAdapter
 from ..models.placement import is_offloaded
@@ -125,11 +125,6 @@ def compared_batches(model: nn.Module, dense: DenseOutputs, fidelity: float = 1.
         yield final_hidden(model, batch), dense_hidden, batch, dense.dense_log_probs(i, batch.numel())
 
 
-def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """The LM head's inputs ``(batch, seq, hidden)`` for ``input_ids``, without computing logits."""
-    return run_until(model, model.get_output_embeddings(), input_ids)
-
-
 MEASURES = ("kl", "ppl", "output_error")
 
 
@@ -161,8 +156,7 @@ def distance_to_dense(model: nn.Module, batches, measures=("kl",), chunk_tokens:
         if "kl" not in measures and "ppl" not in measures:
             continue
         ids = ids.to(hidden.device)
-        # each position's next token; a row's last position predicts nothing
-        targets = torch.cat([ids[:, 1:], ids.new_full((len(ids), 1), -100)], dim=1).flatten()
+        targets = _next_tokens(ids)
         flat, dense_flat = hidden.flatten(0, 1), dense_hidden.flatten(0, 1)
         for start in range(0, len(flat), chunk_tokens):
             end = start + chunk_tokens
@@ -182,6 +176,15 @@ def distance_to_dense(model: nn.Module, batches, measures=("kl",), chunk_tokens:
         values["ppl"] = math.exp(nll / predicted)
     if "output_error" in measures:
         values["output_error"] = (error_sq / max(dense_sq, 1e-30)) ** 0.5
+    return _checked(values)
+
+
+def _next_tokens(ids: torch.Tensor) -> torch.Tensor:
+    """Each position's next token, flattened; a row's last position predicts nothing (-100)."""
+    return torch.cat([ids[:, 1:], ids.new_full((len(ids), 1), -100)], dim=1).flatten()
+
+
+def _checked(values: dict[str, float]) -> dict[str, float]:
     for name, value in values.items():
         if value != value:  # NaN
             raise FloatingPointError(f"the pruned model produced NaN for {name}")
@@ -217,33 +220,36 @@ def distances_by_vocab_slices(model: nn.Module, candidates: list[list[torch.Tens
     measures = check_measures(measures)
     batches = list(dense_batches)
     device = device if device is not None else candidates[0][0].device
-    dense = [_Tally(ids, hidden, device) for ids, hidden in batches]
-    tallies = [[_Tally(ids, hidden, device) for (ids, _), hidden in zip(batches, candidate)]
-               for candidate in candidates]
+    targets = [_next_tokens(ids.to(device)) for ids, _ in batches]
+    dense = [_Tally(t, hidden) for t, (_, hidden) in zip(targets, batches)]
+    tallies = [[_Tally(t, hidden) for t, hidden in zip(targets, candidate)] for candidate in candidates]
     if "kl" in measures or "ppl" in measures:
         head = model.get_output_embeddings()
         vocab, width = head.weight.shape
         rows = max(1, slice_bytes // (width * head.weight.element_size()))
-        cap = getattr(model.config, "final_logit_softcapping", None)
+
+        def logits_of(hidden, weight, bias):
+            return ArchitectureAdapter.soft_capped(model, F.linear(hidden.to(device), weight, bias).float())
+
         for start in range(0, vocab, rows):
             stop = min(vocab, start + rows)
             weight = parameter_rows(head, "weight", start, stop, device)
             bias = parameter_rows(head, "bias", start, stop, device)
             for b, reference in enumerate(dense):
                 for part in _parts(len(reference.targets), logit_chunk(stop - start)):
-                    dense_logits = _logits(reference.hidden[part].to(device), weight, bias, cap)
+                    dense_logits = logits_of(reference.hidden[part], weight, bias)
                     scale, dense_exp = reference.add(part, dense_logits)
                     for candidate in tallies:
                         tally = candidate[b]
-                        logits = _logits(tally.hidden[part].to(device), weight, bias, cap)
+                        logits = logits_of(tally.hidden[part], weight, bias)
                         tally.add(part, logits)
                         if "kl" in measures:  # sum of p_dense * (dense - candidate logits), rescaled as p's
                             tally.cross[part] = (tally.cross[part] * scale
                                                  + (dense_exp * (dense_logits - logits)).sum(-1))
                         if "ppl" in measures:
                             tally.take_targets(part, logits, start, stop)
-    tokens = sum(len(reference.targets) for reference in dense)
-    predicted = sum(int((reference.targets != -100).sum()) for reference in dense)
+    tokens = sum(len(t) for t in targets)
+    predicted = sum(int((t != -100).sum()) for t in targets)
     results = []
     for candidate in tallies:
         values = {}
@@ -258,10 +264,7 @@ def distances_by_vocab_slices(model: nn.Module, candidates: list[list[torch.Tens
                            for t, r in zip(candidate, dense))
             dense_sq = sum(float(r.hidden.float().square().sum()) for r in dense)
             values["output_error"] = (error_sq / max(dense_sq, 1e-30)) ** 0.5
-        for name, value in values.items():
-            if value != value:  # NaN
-                raise FloatingPointError(f"the pruned model produced NaN for {name}")
-        results.append(values)
+        results.append(_checked(values))
     return results
 
 
@@ -270,15 +273,12 @@ class _Tally:
     per token over the vocabulary slices: a running log-sum-exp of the logits (their maximum
     so far and the sum of ``exp(logit - maximum)``), the KL's cross term and the target's logit."""
 
-    def __init__(self, ids: torch.Tensor, hidden: torch.Tensor, device: torch.device):
-        ids = ids.to(device)
-        # each position's next token; a row's last position predicts nothing
-        self.targets = torch.cat([ids[:, 1:], ids.new_full((len(ids), 1), -100)], dim=1).flatten()
+    def __init__(self, targets: torch.Tensor, hidden: torch.Tensor):
+        self.targets = targets  # (shared by the batch's tallies, on the device the sums are)
         self.hidden = hidden.flatten(0, 1)  # (where it is kept; a chunk at a time goes to the device)
-        tokens = len(self.targets)
-        self.high = torch.full((tokens,), -math.inf, dtype=torch.float64, device=device)
+        self.high = torch.full(targets.shape, -math.inf, dtype=torch.float64, device=targets.device)
         self.total, self.cross, self.target_logit = (
-            torch.zeros(tokens, dtype=torch.float64, device=device) for _ in range(3))
+            torch.zeros(targets.shape, dtype=torch.float64, device=targets.device) for _ in range(3))
 
     def add(self, part: slice, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Take the logits of a vocabulary slice for the tokens ``part``; returns the factor the
@@ -304,8 +304,3 @@ class _Tally:
 
 def _parts(tokens: int, chunk: int) -> list[slice]:
     return [slice(first, first + chunk) for first in range(0, tokens, chunk)]
-
-
-def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cap) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()
-    return torch.tanh(logits / cap) * cap if cap else logits

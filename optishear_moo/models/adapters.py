@@ -89,7 +89,12 @@ class ArchitectureAdapter:
     def logits(model: nn.Module, head_inputs: torch.Tensor) -> torch.Tensor:
         """float32 next-token logits from LM-head inputs, with the final soft-capping some families
         (Gemma 2) apply after the head."""
-        logits = model.get_output_embeddings()(head_inputs).float()
+        return ArchitectureAdapter.soft_capped(model, model.get_output_embeddings()(head_inputs).float())
+
+    @staticmethod
+    def soft_capped(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (or a vocabulary slice of them) after the final soft-capping, where the family
+        has one."""
         cap = getattr(model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..activations import InputStatistics, model_device, recording_inputs, run_until
+from ..activations import InputStatistics, final_hidden, model_device, recording_inputs
 from ..errors import SettingError, param
 from ..evaluation.divergence import DenseOutputs, compared_batches, distance_to_dense
 from ..models.adapters import PrunableLayer, get_adapter
@@ -76,7 +76,7 @@ def _layer_input_samples(model, calibration, layers, n_tokens: int, batch_size: 
         with torch.no_grad():
             for batch in torch.split(calibration, batch_size):
                 window[:] = [window[1], window[1] + batch.numel()]
-                run_until(model, model.get_output_embeddings(), batch.to(device))  # no logits needed
+                final_hidden(model, batch.to(device))  # (the hooks record; no logits are formed)
                 owners.clear()
     finally:
         for handle in handles:
