@@ -132,8 +132,11 @@ def block_outlier_ratios(model: nn.Module, statistics: dict, threshold: float = 
     for index, block in enumerate(adapter.blocks(model)):
         with on_device(block, device, home, keep=False):
             layers = adapter.block_layers(block, index)
-            scores = lambda layers=layers: (  # noqa: E731 (one layer's scores held at a time)
-                wanda_score(layer.weight, statistics[layer.name].to(layer.weight.device)) for layer in layers)
+
+            def scores(layers=layers):  # given anew for each pass: one layer's scores held at a time
+                return (wanda_score(layer.weight, statistics[layer.name].to(layer.weight.device))
+                        for layer in layers)
+
             ratios.append(outlier_ratio(scores, threshold))
     return np.array(ratios, dtype=np.float64)
 
