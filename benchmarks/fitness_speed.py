@@ -82,7 +82,7 @@ def write_table(payload: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    speed_arguments(parser, candidates=8)
+    speed_arguments(parser, candidates=16)
     parser.add_argument("--naive", type=int, default=3, help="candidates for the naive loop")
     args = parser.parse_args()
     if args.table_only:

@@ -55,12 +55,13 @@ class BlockwiseEvaluator:
         states: Where the prefixes' hidden states are kept between blocks: ``"auto"``,
             ``"device"`` or ``"host"``.
         chunk_tokens: Tokens per chunk of logits in the final comparison.
-        cache_log_probs: Keep the dense log-probabilities once computed, when they are small
-            enough (:data:`~optishear_moo.evaluation.divergence.LOG_PROB_LIMIT`).
+        cache_dense: Keep the dense next-token distributions once computed, when they are small
+            enough (:data:`~optishear_moo.evaluation.divergence.LOG_PROB_LIMIT`): each candidate
+            is then compared through its logit differences from the dense model.
     """
 
     def __init__(self, model: nn.Module, reference: DenseOutputs, device: str | torch.device | None = None,
-                 states: str = "auto", chunk_tokens: int = 4096, cache_log_probs: bool = True):
+                 states: str = "auto", chunk_tokens: int = 4096, cache_dense: bool = True):
         if states not in STATES:
             raise ValueError(f"states must be one of {', '.join(STATES)}, got {states!r}")
         self.model, self.reference = model, reference
@@ -68,7 +69,7 @@ class BlockwiseEvaluator:
         self.blocks = self.adapter.blocks(model)
         self.home = model_device(model)
         self.device = torch.device(device) if device is not None else compute_device(model)
-        self.states, self.chunk_tokens, self.cache_log_probs = states, chunk_tokens, cache_log_probs
+        self.states, self.chunk_tokens, self.cache_dense = states, chunk_tokens, cache_dense
         self._inputs: dict[int, object] = {}  # n_samples -> BlockInputs
         self.n_block_forwards = 0  # block passes over the calibration batches, for benchmarks
 
@@ -163,8 +164,8 @@ class BlockwiseEvaluator:
                                                    measures, self.device)
                 scores = dict(zip(distinct, values))
             else:
-                if self.cache_log_probs:
-                    self.reference.cache_log_probs(self.model)
+                if self.cache_dense:
+                    self.reference.cache_distributions(self.model)
                 scores = {candidate: self._measure(states[candidate], fidelity, measures)
                           for candidate in distinct}
         return [dict(scores[candidate]) for candidate in candidates]
@@ -172,7 +173,7 @@ class BlockwiseEvaluator:
     def _measure(self, hidden: list[torch.Tensor], fidelity: float, measures) -> dict[str, float]:
         reference = self.reference
         batches = ((self.adapter.head_inputs(self.model, h.to(self.device)), dense.to(self.device), ids,
-                    reference.dense_log_probs(i, ids.numel(), self.device))
+                    reference.dense_distribution(i, ids.numel(), self.device))
                    for i, (h, (ids, dense)) in enumerate(zip(hidden, reference.batches(fidelity))))
         return distance_to_dense(self.model, batches, measures, self.chunk_tokens)
 

@@ -127,6 +127,7 @@ class FitnessEvaluator:
         self._snapshot: DenseSnapshot | None = None
         self.n_prunable = sum(layer.numel for layer in self.layers)
         self._factors: dict | None = None
+        self._dense_norms: dict[str, float] = {}  # ‖W X‖ of each layer, computed once
 
     @property
     def snapshot(self) -> DenseSnapshot:
@@ -192,11 +193,12 @@ class FitnessEvaluator:
 
     def layer_error(self, name: str, removed: torch.Tensor, dense: torch.Tensor | None = None) -> float:
         """‖(W − W′) X‖ / ‖W X‖ of one layer, ``removed = W − W′``, X its dense input samples
-        (``dense``: W where it is at hand, else the snapshot's)."""
+        (``dense``: W where it is at hand, else the snapshot's; only read the first time)."""
         x = self.reference.layer_samples[name]
-        dense = (self.snapshot.dense_weight(name) if dense is None else dense).float()
-        error = (x @ removed.to(x.device).t()).norm()
-        return float(error / (x @ dense.to(x.device).t()).norm().clamp_min(1e-12))
+        if name not in self._dense_norms:
+            dense = (self.snapshot.dense_weight(name) if dense is None else dense).float()
+            self._dense_norms[name] = max(float((x @ dense.to(x.device).t()).norm()), 1e-12)
+        return float((x @ removed.to(x.device).t()).norm()) / self._dense_norms[name]
 
     def _forward_objectives(self, fidelity: float, objectives) -> dict[str, float]:
         return distance_to_dense(self.model, compared_batches(self.model, self.reference, fidelity),

@@ -121,9 +121,11 @@ class MetaMetric:
     def needs_activations(self) -> bool:
         return self.activation_exponent != 0
 
-    def score(self, weight: torch.Tensor, statistics: InputStatistics | None) -> torch.Tensor:
-        """Scores shaped like ``weight`` (``(out, in)``), float32; higher = more important."""
-        magnitude = weight.detach().abs().float()
+    def score(self, weight: torch.Tensor, statistics: InputStatistics | None,
+              magnitude: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores shaped like ``weight`` (``(out, in)``), float32; higher = more important.
+        ``magnitude``: ``|weight|`` in float32 when the caller holds it (left unchanged)."""
+        magnitude = weight.detach().abs().float() if magnitude is None else magnitude
         scores = _matrix_normaliser(self.weight_normaliser, magnitude) * _transform(
             self.weight_transform, magnitude)
         if self.needs_activations:
@@ -197,19 +199,27 @@ class RankedMetricMasks:
                 for layer in self.layers}
 
 
+SELECTIONS = (2, 12)
+"""The most sparsities of a block one metric's masks are thresholded at by selection (elsewhere,
+on the CPU) before a sort of every row pays: on the CPU one selection (numpy's introselect) costs
+about a twentieth of a sort, on a GPU ``topk`` costs about half of one."""
+
+
 class BlockMetricMasks:
     """Masks of the layers of one block at a time, for any metric and sparsity (a block-major
     evaluation forms many candidates' variants of one block, then moves on). A metric asked for at
-    several sparsities of a block has its score ranks computed once for the block; one announced
-    (:meth:`expect`) at one or two has each mask thresholded by selection, cheaper than sorting
-    every row. Gives exactly the masks of :func:`metric_masks`, from the layers' weights as they
-    are when asked (dense). Scores or ranks are kept for one metric at a time, and only when it is
-    asked for at more than one sparsity of the block (a walk forms one metric's variants back to
-    back): for a large block, one float32 copy of it."""
+    many sparsities of a block has its score ranks computed once for the block; one announced
+    (:meth:`expect`) at up to :data:`SELECTIONS` of them has each mask thresholded by a selection
+    per row, cheaper than sorting every row. Gives exactly the masks of :func:`metric_masks`, from
+    the layers' weights as they are when asked (dense). Scores or ranks are kept for one metric at a
+    time, and only when it is asked for at more than one sparsity of the block (a walk forms one
+    metric's variants back to back): for a large block, one float32 copy of it. The block's float32
+    weight magnitudes are kept while the walk is on it (every metric starts from them)."""
 
     def __init__(self, statistics: dict[str, InputStatistics] | None, nm: tuple[int, int] | None = None):
         self.statistics, self.nm = statistics, nm
         self._current, self._ranks, self._scores = None, {}, {}  # (block, metric) cached
+        self._block, self._magnitudes = None, {}  # the block's layers' |W| (float32)
         self._sparsities: dict[tuple[int, MetaMetric], int] = {}
 
     def expect(self, variants) -> None:
@@ -219,11 +229,17 @@ class BlockMetricMasks:
             for index, (metric, sparsity, *_rest) in enumerate(candidate):
                 seen.setdefault((index, metric), set()).add(sparsity)
         self._sparsities = {key: len(values) for key, values in seen.items()}
+        self._current, self._ranks, self._scores = None, {}, {}  # a new walk reads the weights again
+        self._block, self._magnitudes = None, {}
 
     def _layer_scores(self, metric: MetaMetric, layer) -> torch.Tensor:
         stats = self.statistics.get(layer.name) if self.statistics is not None else None
         stats = stats.to(layer.weight.device) if stats is not None else None
-        return metric.score(layer.weight, stats)
+        if layer.block_index != self._block:
+            self._block, self._magnitudes = layer.block_index, {}
+        if layer.name not in self._magnitudes:
+            self._magnitudes[layer.name] = layer.weight.detach().abs().float()
+        return metric.score(layer.weight, stats, self._magnitudes[layer.name])
 
     def masks(self, metric: MetaMetric, layers, sparsity: float) -> list[torch.Tensor]:
         if not layers:
@@ -232,7 +248,7 @@ class BlockMetricMasks:
         if (index, metric) != self._current:
             self._current, self._ranks, self._scores = (index, metric), {}, {}
         asked = self._sparsities.get((index, metric), 3)
-        select = not self.nm and asked <= 2
+        select = not self.nm and asked <= SELECTIONS[layers[0].weight.device.type == "cpu"]
         masks = []
         for layer in layers:
             key = (metric, layer.name)

@@ -211,7 +211,7 @@ class OptiShearProblem(ModelProblem):
         for layer, mask in zip(layers, self.block_masks.masks(metric, layers, sparsity)):
             dense = layer.weight.clone() if self._record_errors else None
             if update == "none":
-                layer.weight.masked_fill_(~mask, 0)
+                layer.weight.mul_(mask)  # (5x faster than masked_fill_ on the CPU; -0.0 for negatives)
             else:
                 reconstruct_(layer.weight, mask, update, factor=self.evaluator.factors[layer.name])
             if dense is not None:

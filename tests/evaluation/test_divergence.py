@@ -49,3 +49,34 @@ def test_vocabulary_slices_compare_as_the_whole_head(head, slice_bytes, calibrat
         sums = [_kl_in_float64(model, h, d) for h, (_, d) in zip(hidden, reference.batches())]
         exact = sum(s for s, _ in sums) / sum(n for _, n in sums)
         assert values["kl"] == pytest.approx(exact, rel=1e-5)  # (closer than the whole head's float32)
+
+
+@pytest.mark.parametrize("head", ["plain", "bias and soft-capping"])
+def test_kept_dense_distributions_compare_as_recomputed_logits(head, calibration):
+    """Logit differences against the kept distributions give the KL and perplexity of the plain
+    comparison, the KL within 1e-5 of float64 (the plain path's float32 log-probabilities: 4e-4);
+    a dense candidate is exactly 0; a candidate whose logits leave exp's float32 range takes the
+    shifted path."""
+    model = _model(head)
+    reference = DenseOutputs.build(model, calibration[:5], batch_size=2)
+    assert reference.cache_distributions(model)
+    torch.manual_seed(1)
+    dense = reference.head_inputs
+    candidates = [list(dense)] + [[h + noise * torch.randn_like(h) for h in dense]
+                                  for noise in (0.05, 0.5, 2.0)]
+    candidates.append([h * 300 for h in dense])  # logit differences past 88
+
+    def batches(hidden, kept):
+        return ((h, d, ids, reference.dense_distribution(i, ids.numel()) if kept else None)
+                for i, (h, (ids, d)) in enumerate(zip(hidden, reference.batches())))
+
+    assert distance_to_dense(model, batches(candidates[0], True), ("kl",))["kl"] == 0
+    for hidden in candidates[1:]:
+        kept = distance_to_dense(model, batches(hidden, True), MEASURES, chunk_tokens=7)
+        plain = distance_to_dense(model, batches(hidden, False), MEASURES)
+        assert kept["ppl"] == pytest.approx(plain["ppl"], rel=1e-5)
+        assert kept["output_error"] == plain["output_error"]
+        sums = [_kl_in_float64(model, h, d) for h, (_, d) in zip(hidden, reference.batches())]
+        exact = sum(s for s, _ in sums) / sum(n for _, n in sums)
+        assert kept["kl"] == pytest.approx(exact, rel=1e-5)
+        assert plain["kl"] == pytest.approx(exact, rel=1e-3)  # (float32 log-probabilities: 4e-4 off)

@@ -129,16 +129,16 @@ def test_blocks_visit_the_compute_device_one_at_a_time(device, calibration):
     assert_same_weights(model, make_tiny_model("llama"))
 
 
-def test_dense_log_probabilities_are_cached_when_small_and_change_no_score(tiny_llama, calibration):
+def test_dense_distributions_are_kept_when_small_and_change_no_score(tiny_llama, calibration):
     candidates = [(0.5, 0.5, 0.5), (None, SKIP, 0.6)]
     plain = DenseOutputs.build(tiny_llama, calibration, batch_size=4)
-    recomputed = BlockwiseEvaluator(tiny_llama, plain, cache_log_probs=False).score(candidates, _form, 0.5,
+    recomputed = BlockwiseEvaluator(tiny_llama, plain, cache_dense=False).score(candidates, _form, 0.5,
                                                                                     ("kl", "ppl"))
-    assert plain.log_probs is None
+    assert plain.distributions is None
     reference = DenseOutputs.build(tiny_llama, calibration, batch_size=4)
     cached = BlockwiseEvaluator(tiny_llama, reference).score(candidates, _form, 0.5, ("kl", "ppl"))
     vocab = tiny_llama.config.vocab_size
-    assert [lp.shape for lp in reference.log_probs] == [(4 * 32, vocab), (2 * 32, vocab)]
+    assert [d.probs.shape for d in reference.distributions] == [(4 * 32, vocab), (2 * 32, vocab)]
     for a, b in zip(cached, recomputed):
         assert a == pytest.approx(b, rel=1e-5)
-    assert not DenseOutputs.build(tiny_llama, calibration).cache_log_probs(tiny_llama, limit=vocab * 10)
+    assert not DenseOutputs.build(tiny_llama, calibration).cache_distributions(tiny_llama, limit=vocab * 10)

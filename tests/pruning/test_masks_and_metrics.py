@@ -95,13 +95,15 @@ def test_masks_from_ranks_equal_topk_masks(sparsity):
 
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])  # numpy; numpy; topk
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.97])
-def test_selection_masks_equal_rank_masks_ties_included(sparsity):
+def test_selection_masks_equal_rank_masks_ties_included(sparsity, dtype):
     from optishear_moo.pruning.masks import row_mask_by_selection, row_mask_from_ranks, row_ranks
 
     generator = torch.Generator().manual_seed(0)
     scores = torch.rand(64, 40, generator=generator)
     scores[::3] = torch.randint(0, 4, (22, 40), generator=generator).float()  # rows full of ties
+    scores = scores.to(dtype)
     expected = row_mask_from_ranks(row_ranks(scores), sparsity)
     assert torch.equal(row_mask_by_selection(scores, sparsity), expected)
     assert (~expected).sum(1).eq(round(sparsity * 40)).all()
