@@ -11,6 +11,12 @@ def add_parser(commands) -> None:
                          help="blocks to remove, or LOW:HIGH for a size-vs-quality front (evop)")
     command.add_argument("--method", default="evop", help="evop, shortgpt, sleb or last (default: evop)")
     command.add_argument("--objective", default="kl", help="evop fitness: kl or ppl (default: kl)")
+    command.add_argument("--algorithm", default="ga",
+                         help="evop's search: ga (EvoP's genetic algorithm) or 1+lambda (the best so far "
+                              "mutated by block swaps and shifts; one --n-remove) (default: ga)")
+    command.add_argument("--warm-start", default="last,shortgpt",
+                         help="heuristics whose choices start evop's search, any of last, shortgpt, sleb "
+                              "(sleb costs its greedy evaluations; default: last,shortgpt)")
     add_search_flags(command, pop=16, gens=10)
     add_model_flags(command)
     add_calibration_flags(command, n_samples=8, seq_len=128)

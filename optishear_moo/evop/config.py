@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass
 
 from ..errors import SettingError, at_least, param
 from .fitness import check_block_objective
+from .problem import BLOCK_ALGORITHMS
 
 BLOCK_METHODS = ("evop", "shortgpt", "sleb", "last")
+WARM_STARTS = ("last", "shortgpt", "sleb")
 
 
 @dataclass(frozen=True)
@@ -17,13 +19,20 @@ class EvoPConfig:
     Args:
         n_remove: Blocks to remove, or ``(low, high)`` for a size-vs-quality front (``evop`` only;
             the largest removal is chosen).
-        method: ``evop`` (the evolutionary search, warm-started with ShortGPT's and the last
-            blocks' choices), or a heuristic: ``shortgpt`` (lowest block influence), ``sleb``
+        method: ``evop`` (the evolutionary search, warm-started with the ``warm_start``
+            heuristics' choices), or a heuristic: ``shortgpt`` (lowest block influence), ``sleb``
             (greedy removal by calibration perplexity), ``last`` (the blocks before the final one).
         objective: The search's fitness: ``kl`` to the dense model, or calibration ``ppl``.
         pop_size: Population size (``evop``).
         n_gen: Generations (``evop``).
         batch_size: Calibration windows per forward pass.
+        algorithm: ``ga`` (EvoP's genetic algorithm; NSGA-II for a count range) or ``1+lambda``
+            (EvoPress's: the best so far is the only parent of ``pop_size`` offspring per
+            generation, each a few block swaps away; one ``n_remove`` only).
+        warm_start: The heuristics whose choices join ``evop``'s first population (any of
+            ``last``, ``shortgpt``, ``sleb``): the search, elitist, then never ends worse on its
+            objective than they do. ``sleb`` costs its greedy evaluations (about ``n_remove ×``
+            blocks), counted in the result's ``n_evaluations``.
     """
 
     n_remove: int | tuple[int, int] = 6
@@ -32,6 +41,8 @@ class EvoPConfig:
     pop_size: int = 16
     n_gen: int = 10
     batch_size: int = 8
+    warm_start: tuple[str, ...] = ("last", "shortgpt")
+    algorithm: str = "ga"
 
     def __post_init__(self):
         if self.method not in BLOCK_METHODS:
@@ -47,9 +58,22 @@ class EvoPConfig:
                 raise SettingError(f"an {param('n_remove')} range needs {param('method')} evop (the "
                                    "heuristics remove a fixed count)")
             object.__setattr__(self, "n_remove", tuple(counts))
+            if self.algorithm == "1+lambda":
+                raise SettingError(f"an {param('n_remove')} range needs {param('algorithm')} ga (a (1 + λ) "
+                                   "search keeps one candidate, not a front)")
         for count in counts:
             at_least("n_remove", count, 0)
         check_block_objective(self.objective)
+        if self.algorithm not in BLOCK_ALGORITHMS:
+            raise SettingError(f"{param('algorithm')} {self.algorithm!r} is not a block-removal search: "
+                               f"choose {' or '.join(BLOCK_ALGORITHMS)}")
+        starts = (self.warm_start.split(",") if isinstance(self.warm_start, str) else list(self.warm_start))
+        starts = [start.strip() for start in starts if start.strip()]
+        unknown = [start for start in starts if start not in WARM_STARTS]
+        if unknown:
+            raise SettingError(f"{param('warm_start')} {unknown[0]!r} is not a heuristic to start from: "
+                               f"use any of {', '.join(WARM_STARTS)}")
+        object.__setattr__(self, "warm_start", tuple(dict.fromkeys(starts)))
         at_least("pop_size", self.pop_size, 2)
         at_least("n_gen", self.n_gen, 1)
         at_least("batch_size", self.batch_size, 1)
@@ -69,4 +93,5 @@ class EvoPConfig:
     def to_dict(self) -> dict:
         values = asdict(self)
         values["n_remove"] = list(self.n_remove) if self.multi_objective else self.n_remove
+        values["warm_start"] = list(self.warm_start)
         return values

@@ -40,7 +40,11 @@ class BlockRemovalEvaluator:
         self.walker = BlockwiseEvaluator(model, self.reference, device)
         self.n_blocks = self.walker.n_blocks
         self._influence = None
+        self.n_evaluations = 0
+        """Passes over the calibration windows asked for since the dense one: a candidate's
+        evaluation or the block influence's pass each count one (what the methods are compared at)."""
         self.dense_ppl = self.evaluate([])["ppl"]
+        self.n_evaluations = 0
 
     @property
     def n_block_forwards(self) -> int:
@@ -53,6 +57,7 @@ class BlockRemovalEvaluator:
         if self._influence is None:
             reference = self.reference
             self._influence = block_influence(self.model, reference.calibration, reference.batch_size)
+            self.n_evaluations += 1
         return self._influence
 
     def evaluate(self, removed: Iterable[int]) -> dict[str, float]:
@@ -67,6 +72,7 @@ class BlockRemovalEvaluator:
             removed = set(check_removed_blocks(removed, self.n_blocks))
             variants.append([SKIP if index in removed else None for index in range(self.n_blocks)])
         scores = self.walker.score(variants, _never_formed, measures=BLOCK_OBJECTIVES, on_block=on_block)
+        self.n_evaluations += len(variants)
         for values in scores:
             if not all(np.isfinite(v) for v in values.values()):
                 raise FloatingPointError(f"removing these blocks gave non-finite scores {values}")

@@ -19,8 +19,10 @@ from pymoo.core.mutation import Mutation
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 from pymoo.core.variable import Binary
+from pymoo.operators.selection.rnd import RandomSelection
 
 from ..errors import SettingError, param
+from ..search.levels import CopyParent
 from ..search.problem import ModelProblem, problem_fingerprint
 from .blocks import check_n_remove
 from .fitness import BlockRemovalEvaluator, check_block_objective
@@ -159,12 +161,18 @@ class CountPreservingCrossover(Crossover):
 
 
 class BlockSwapMutation(Mutation):
-    """Swap ``n_swaps`` removed blocks with kept ones (count unchanged). When the problem allows
-    a range of counts, with probability ``resize_prob`` add or drop one block instead."""
+    """Swap ``n_swaps`` removed blocks with kept ones (count unchanged); with ``max_swaps``, the
+    smaller of two draws from 1..``max_swaps`` per candidate instead (mostly one, sometimes more,
+    as EvoPress's mutation). With probability ``shift_prob`` a swap is a shift: a removed block
+    gives its place to a kept neighbour (the blocks worth removing tend to sit together, so a run
+    of them slides). When the problem allows a range of counts, with probability ``resize_prob``
+    add or drop one block instead."""
 
-    def __init__(self, n_swaps: int = 1, resize_prob: float = 0.3, **kwargs):
+    def __init__(self, n_swaps: int = 1, resize_prob: float = 0.3, max_swaps: int | None = None,
+                 shift_prob: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.n_swaps, self.resize_prob = n_swaps, resize_prob
+        self.n_swaps, self.resize_prob, self.max_swaps = n_swaps, resize_prob, max_swaps
+        self.shift_prob = shift_prob
 
     def _do(self, problem, X, *args, random_state=None, **kwargs):
         low, high = _count_range(problem)
@@ -176,11 +184,22 @@ class BlockSwapMutation(Mutation):
                 pool = np.flatnonzero(~row if grow else row)
                 row[random_state.choice(pool)] = grow
                 continue
-            for _ in range(self.n_swaps):
+            swaps = self.n_swaps
+            if self.max_swaps:
+                swaps = int(random_state.integers(1, self.max_swaps + 1, size=2).min())
+            for _ in range(swaps):
                 removed, kept = np.flatnonzero(row), np.flatnonzero(~row)
-                if len(removed) and len(kept):
-                    row[random_state.choice(removed)] = False
-                    row[random_state.choice(kept)] = True
+                if not (len(removed) and len(kept)):
+                    continue
+                if self.shift_prob and random_state.random() < self.shift_prob:
+                    moves = [(block, block + step) for block in removed for step in (-1, 1)
+                             if 0 <= block + step < len(row) and not row[block + step]]
+                    if moves:
+                        block, neighbour = moves[random_state.integers(len(moves))]
+                        row[block], row[neighbour] = False, True
+                        continue
+                row[random_state.choice(removed)] = False
+                row[random_state.choice(kept)] = True
         return X
 
 
@@ -201,18 +220,34 @@ class BlockCountRepair(Repair):
         return X
 
 
+BLOCK_ALGORITHMS = ("ga", "1+lambda")
+
+
 def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_swaps: int = 1,
-                            initial=None, seed: int = 0):
-    """GA (one objective) or NSGA-II (count range) with the count-preserving operators above.
+                            initial=None, seed: int = 0, kind: str = "ga"):
+    """GA (one objective) or NSGA-II (count range) with the count-preserving operators above; or,
+    with ``kind="1+lambda"`` and one objective, EvoPress's (1 + λ) search: the best candidate so
+    far is the only parent, ``pop_size`` offspring per generation, each by a few block swaps
+    (mostly one), no crossover.
 
     ``initial``: removal sets (lists of block indices, e.g. the heuristics' choices) placed in
-    the first population; random ones (seeded by ``seed``) fill the rest.
+    the first population; random ones (seeded by ``seed``) fill the rest (for ``1+lambda``: one,
+    when there is no ``initial``).
     """
+    if kind not in BLOCK_ALGORITHMS:
+        raise SettingError(f"{param('algorithm')} {kind!r} is not a block-removal search: choose "
+                           f"{' or '.join(BLOCK_ALGORITHMS)}")
+    local = kind == "1+lambda" and not problem.multi_objective
     sampling = BlockRemovalSampling()
+    filled = 0 if local and initial else 1 if local else pop_size
     if initial:
         warm = np.array([problem.encode(removed) for removed in initial], dtype=bool)
-        rest = sampling(problem, max(pop_size - len(warm), 0), random_state=np.random.default_rng(seed))
+        rest = sampling(problem, max(filled - len(warm), 0), random_state=np.random.default_rng(seed))
         sampling = np.vstack([warm, rest.get("X")]) if len(rest) else warm
+    if local:
+        return GA(pop_size=1, n_offsprings=pop_size, sampling=sampling, selection=RandomSelection(),
+                  crossover=CopyParent(), mutation=BlockSwapMutation(n_swaps, max_swaps=3, shift_prob=0.5),
+                  repair=BlockCountRepair(), eliminate_duplicates=True)
     operators = dict(sampling=sampling, crossover=CountPreservingCrossover(),
                      mutation=BlockSwapMutation(n_swaps), repair=BlockCountRepair(),
                      eliminate_duplicates=True)

@@ -25,7 +25,9 @@ class EvoPResult(SearchResult):
         method: The method that chose them.
         removed_blocks: Indices of the blocks to remove.
         scores: ``kl`` and ``ppl`` of the model without them, on the calibration windows.
-        n_evaluations: Candidates the search evaluated (0 for a heuristic).
+        n_evaluations: Passes over the calibration windows spent choosing: each candidate
+            evaluated (SLEB's greedy steps, the search's, and those of the heuristics it started
+            from) and ShortGPT's block-influence pass count one; the dense pass all share does not.
         front: Every Pareto point, best quality first (``removed_blocks``, ``kl``, ``ppl``,
             ``blocks_kept``); the chosen point alone with one count.
         n_blocks: Blocks of the dense model.
@@ -75,8 +77,10 @@ def search_evop(model: nn.Module, calibration, config: EvoPConfig | None = None,
 
     The pipeline: the dense hidden states of every block are cached once
     (:class:`BlockRemovalEvaluator`); ``evop`` runs a GA (NSGA-II for a count range) with
-    count-preserving operators whose first population holds ShortGPT's and the last blocks'
-    choices; the heuristics choose directly.
+    count-preserving operators whose first population holds the ``config.warm_start``
+    heuristics' choices (ShortGPT's and the last blocks' by default; SLEB's greedy ones on
+    request), so that, elitist, it never ends worse on its objective than they do; the heuristics
+    choose directly.
 
     Args:
         model: The dense model.
@@ -93,24 +97,22 @@ def search_evop(model: nn.Module, calibration, config: EvoPConfig | None = None,
     evaluator = BlockRemovalEvaluator(model, windows, config.batch_size, progress=run.progress)
     n_blocks = evaluator.n_blocks
     if config.method != "evop":
-        if config.method == "shortgpt":
-            removed = least_influential(evaluator.block_influence(), config.n_remove)
-        elif config.method == "last":
-            removed = last_blocks(n_blocks, config.n_remove)
-        else:
-            removed = sorted(greedy_removal_order(evaluator, config.n_remove, "ppl", progress=run.progress))
+        removed = _heuristic_choices(config.method, evaluator, [config.n_remove], run.progress)[0]
         check_n_remove(len(removed), n_blocks)
+        spent = evaluator.n_evaluations
         scores = evaluator.evaluate(removed)
         point = {"removed_blocks": removed, **scores, "blocks_kept": n_blocks - len(removed)}
-        return EvoPResult(config.method, removed, scores, 0, [point], n_blocks, time.perf_counter() - started,
-                          config.objective)
+        return EvoPResult(config.method, removed, scores, spent, [point], n_blocks,
+                          time.perf_counter() - started, config.objective)
     problem = BlockRemovalProblem(model, windows, config.n_remove, config.objective, evaluator=evaluator,
                                   workers=run.workers, ray_address=run.ray_address)
     low, high = problem.n_remove_range
-    influence = evaluator.block_influence()
-    initial = [last_blocks(n_blocks, n) for n in {low, high}]
-    initial += [least_influential(influence, n) for n in {low, high}]  # ShortGPT's choices
-    algorithm = block_removal_algorithm(problem, config.pop_size, initial=initial, seed=run.seed)
+    counts = sorted({low, high})
+    initial = [removed for method in config.warm_start
+               for removed in _heuristic_choices(method, evaluator, counts, run.progress)]
+    warm_evaluations = evaluator.n_evaluations
+    algorithm = block_removal_algorithm(problem, config.pop_size, initial=initial, seed=run.seed,
+                                        kind=config.algorithm)
     result = run_search(problem, algorithm, ("n_gen", config.n_gen), run, settings=config.to_dict(),
                         driver="evop")
     X, _ = front_arrays(result)
@@ -121,6 +123,20 @@ def search_evop(model: nn.Module, calibration, config: EvoPConfig | None = None,
     largest = max(front, key=lambda point: len(point["removed_blocks"]))
     chosen = largest if problem.multi_objective else front[0]
     scores = {name: chosen[name] for name in ("kl", "ppl")}
-    return EvoPResult("evop", chosen["removed_blocks"], scores, int(result.algorithm.evaluator.n_eval),
+    return EvoPResult("evop", chosen["removed_blocks"], scores,
+                      warm_evaluations + int(result.algorithm.evaluator.n_eval),
                       front if problem.multi_objective else [chosen], n_blocks, time.perf_counter() - started,
                       config.objective)
+
+
+def _heuristic_choices(method: str, evaluator: BlockRemovalEvaluator, counts: list[int],
+                       progress: bool = False) -> list[list[int]]:
+    """The blocks ``method`` (``shortgpt``, ``last`` or ``sleb``) removes at each count; SLEB's
+    greedy order is walked once, to the largest count."""
+    if method == "shortgpt":
+        influence = evaluator.block_influence()
+        return [least_influential(influence, n) for n in counts]
+    if method == "last":
+        return [last_blocks(evaluator.n_blocks, n) for n in counts]
+    order = greedy_removal_order(evaluator, max(counts), "ppl", progress=progress)
+    return [sorted(order[:n]) for n in counts]

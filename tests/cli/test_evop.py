@@ -28,9 +28,11 @@ def test_evop_with_cluster_calibration_saves_a_shallower_model(tiny_model_dir, t
 def test_evop_front_and_heuristics(tiny_model_dir, tmp_path):
     front = tmp_path / "front"
     assert main(["evop", "--model", str(tiny_model_dir), "--n-remove", "1:2", "--pop", "4",
-                 "--gens", "2", "--output", str(front), *FAST]) == 0
+                 "--gens", "2", "--warm-start", "sleb,last", "--output", str(front), *FAST]) == 0
     report = json.loads((front / "report.json").read_text())
     assert {len(p["removed_blocks"]) for p in report["front"]} <= {1, 2} and report["front"]
+    n_blocks = report["n_blocks"]  # SLEB's greedy order to 2 blocks, then the search's own
+    assert report["n_evaluations"] > n_blocks + n_blocks - 1
     assert (front / "pareto.png").exists()
     for method in ("shortgpt", "sleb", "last"):
         output = tmp_path / method
@@ -45,6 +47,8 @@ def test_evop_front_and_heuristics(tiny_model_dir, tmp_path):
     (["--method", "random"], "--method 'random' is not a block-removal method"),
     (["--method", "sleb", "--n-remove", "1:2"], "needs --method evop"),
     (["--objective", "acc"], "kl or ppl"),
+    (["--warm-start", "last,owl"], "--warm-start 'owl' is not a heuristic to start from"),
+    (["--algorithm", "1+lambda", "--n-remove", "1:2"], "needs --algorithm ga"),
 ])
 def test_evop_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
     code = main(["evop", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"),

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,23 @@ def test_bad_input_names_the_fix(calibration):
         BlockRemovalProblem(model, calibration, 1, objective="loss")
     with pytest.raises(ValueError, match="unsupported architecture"):
         remove_blocks_(torch.nn.Linear(2, 2), [0])
+
+
+def test_one_plus_lambda_search_finds_the_exhaustive_optimum_from_a_warm_start(calibration):
+    model = deep_model(n_layers=8, seed=3)
+    evaluator = BlockRemovalEvaluator(model, calibration)
+    problem = BlockRemovalProblem(model, calibration, 3, evaluator=evaluator)
+    start = [5, 6, 7]
+    algorithm = block_removal_algorithm(problem, pop_size=6, initial=[start], kind="1+lambda")
+    result = minimize(problem, algorithm, ("n_gen", 8), seed=0)
+    scores = {tuple(c): evaluator.evaluate(list(c))["kl"] for c in itertools.combinations(range(8), 3)}
+    assert problem.decode(result.X) == list(min(scores, key=scores.get))
+    assert result.algorithm.evaluator.n_eval <= 1 + 6 * 7 < len(scores)  # fewer than all 56
+    run = np.array([[0, 0, 1, 1, 1, 0, 0, 0]] * 20, dtype=bool)
+    moved = BlockSwapMutation(shift_prob=1.0)._do(CountOnly(8, (3, 3)), run,
+                                                  random_state=np.random.default_rng(0))
+    for row in moved:  # one shift: a removed block gives its place to a kept neighbour
+        (left,), (joined,) = np.flatnonzero(run[0] & ~row), np.flatnonzero(row & ~run[0])
+        assert abs(left - joined) == 1 and joined in (1, 5)
+    with pytest.raises(ValueError, match="1\\+lambda.*not a block-removal search|choose ga or 1\\+lambda"):
+        block_removal_algorithm(problem, kind="cmaes")

@@ -1,0 +1,179 @@
+"""EvoP against the block-removal heuristics at equal evaluation budgets, over seeds (SmolLM2-135M).
+
+    python benchmarks/evop_budget.py                                # 3, 6, 9 blocks; both samplings; 3 seeds
+    python benchmarks/evop_budget.py --removals 6 --samplings random --seeds 1 --name evop_budget_6
+
+Every method runs through ``search_evop`` (what ``optishear-moo evop`` runs) and reports the passes
+over the calibration windows it spent choosing (``EvoPResult.n_evaluations``): SLEB's greedy
+removal by calibration perplexity (one per option of each greedy step), ShortGPT (one pass for the
+block influence), the last blocks (none), and two searches given at least SLEB's count of their
+own, ``ceil(SLEB's / pop)`` generations: ``evop`` (started from ShortGPT's and the last blocks'
+choices, the driver's default) and ``evop+sleb`` (started from SLEB's choice too, whose greedy
+evaluations it then also spends), each with EvoP's GA and with the (1 + λ) search
+(``algorithm="1+lambda"``). The searches minimise calibration KL to the dense model.
+
+For each seed the calibration windows are drawn again (random windows, or EvoP's cluster sampling
+at the same token count) and the GA is seeded with it. Reported: WikiText-2 test perplexity
+(held out, ``--eval-segments`` × 1024 tokens) and calibration KL, median and range over the seeds.
+Rows are saved as they come (results/NAME.json); a rerun with the same settings skips them.
+Writes results/NAME.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
+
+from optishear_moo import EvoPConfig, SearchRun, load_calibration, load_model, search_evop  # noqa: E402
+from optishear_moo.evaluation import perplexity  # noqa: E402
+from optishear_moo.evop.blocks import remove_blocks_  # noqa: E402
+
+METHODS = ["sleb", "shortgpt", "last", "evop", "evop+sleb", "evop 1+λ", "evop+sleb 1+λ"]
+WARM_STARTS = {"evop": ("last", "shortgpt"), "evop+sleb": ("last", "shortgpt", "sleb"),
+               "evop 1+λ": ("last", "shortgpt"), "evop+sleb 1+λ": ("last", "shortgpt", "sleb")}
+
+
+def test_ppl(model, tokenizer, removed, segments) -> float:
+    pruned = remove_blocks_(copy.deepcopy(model), removed)
+    return perplexity(pruned, tokenizer, 1024, segments, progress=False).perplexity
+
+
+def summary(values: list[float], digits: int = 2) -> str:
+    """The value, or the median and [min, max] of several (integers as integers, large values in
+    three significant digits)."""
+    def number(value):
+        if float(value).is_integer() and all(float(v).is_integer() for v in values):
+            return f"{value:.0f}"
+        return f"{value:.3g}" if abs(value) >= 1e5 else f"{value:.{digits}f}"
+
+    if len(values) == 1:
+        return number(values[0])
+    return f"{number(statistics.median(values))} [{number(min(values))}, {number(max(values))}]"
+
+
+def write_table(payload: dict, name: str) -> str:
+    rows, samplings = payload["rows"], payload["settings"]["samplings"]
+    table = []
+    for n_remove in payload["settings"]["removals"]:
+        for method in METHODS:
+            for sampling in samplings:
+                match = [r for r in rows if r["method"] == method and r["n_removed"] == n_remove
+                         and r["sampling"] == sampling]
+                if not match:
+                    continue
+                table.append([n_remove, method, sampling if method != "last" else "–", len(match),
+                              summary([r["evaluations"] for r in match]),
+                              summary([r["calibration_kl"] for r in match], 3),
+                              summary([r["test_ppl"] for r in match])])
+    seeds = payload["settings"]["seeds"]
+    text = (f"SmolLM2-135M, dense WikiText-2 test ppl {payload['dense_ppl']:.2f}; "
+            f"{payload['settings']['n_samples']} x {payload['settings']['seq_len']} calibration tokens; "
+            f"median [min, max] over {seeds} seed{'s' if seeds > 1 else ''}\n\n"
+            + markdown_table(["removed", "method", "sampling", "seeds", "evaluations", "calibration KL",
+                              "test ppl"], table) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    return text
+
+
+def plot(payload: dict, name: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = ["tab:green", "tab:orange", "tab:gray", "tab:blue", "tab:purple", "tab:cyan", "tab:red"]
+    for method, color in zip(METHODS, colors):
+        for sampling, style in (("random", "-o"), ("cluster", "--s")):
+            points = {}
+            for row in payload["rows"]:
+                if row["method"] == method and row["sampling"] == sampling:
+                    points.setdefault(row["n_removed"], []).append(row["test_ppl"])
+            if points:
+                xs = sorted(points)
+                ax.plot(xs, [statistics.median(points[x]) for x in xs], style, color=color,
+                        label=f"{method} ({sampling})")
+    ax.axhline(payload["dense_ppl"], color="black", lw=0.8, label="dense")
+    ax.set(xlabel="blocks removed (of 30)", ylabel="WikiText-2 test perplexity (median)", yscale="log",
+           title="SmolLM2-135M block removal at equal budgets")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--removals", type=int, nargs="+", default=[3, 6, 9])
+    parser.add_argument("--samplings", nargs="+", default=["random", "cluster"],
+                        choices=["random", "cluster"])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (calibration draw and GA)")
+    parser.add_argument("--n-samples", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--n-clusters", type=int, default=8)
+    parser.add_argument("--pop", type=int, default=16, help="EvoP population (driver default: 16)")
+    parser.add_argument("--eval-segments", type=int, default=16)
+    parser.add_argument("--name", default="evop_budget", help="results/NAME.{json,md,png}")
+    args = parser.parse_args()
+    if args.seeds < 1 or args.pop < 2 or any(n < 1 for n in args.removals):
+        parser.error("--seeds and every removal must be at least 1, --pop at least 2")
+    settings = {key: value for key, value in vars(args).items() if key != "name"}
+
+    path = RESULTS / f"{args.name}.json"
+    previous = json.loads(path.read_text()) if path.is_file() else None
+    model, tokenizer = load_model("smollm2-135m")
+    n_blocks = model.config.num_hidden_layers
+    if previous is not None and previous.get("settings") == settings:
+        payload = previous
+        print(f"resuming {path.name}: {len(payload['rows'])} rows done")
+    else:
+        dense = perplexity(model, tokenizer, 1024, args.eval_segments, progress=False).perplexity
+        payload = {"environment": environment(), "settings": settings, "dense_ppl": dense, "rows": []}
+    done = {(r["seed"], r["sampling"], r["n_removed"], r["method"]) for r in payload["rows"]}
+    for seed in range(args.seeds):
+        for sampling in args.samplings:
+            calibration = None
+            for n_remove in args.removals:
+                sleb_count = sum(n_blocks - i for i in range(n_remove))
+                n_gen = math.ceil(sleb_count / args.pop)  # the search's own evaluations >= SLEB's
+                for method in METHODS:
+                    if method == "last" and (seed or sampling != args.samplings[0]):
+                        continue  # depends on neither the windows nor the seed
+                    if (seed, sampling, n_remove, method) in done:
+                        continue
+                    if calibration is None:
+                        calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed,
+                                                       sampling=sampling, n_clusters=args.n_clusters,
+                                                       model=model)
+                    started = time.perf_counter()
+                    if method in WARM_STARTS:
+                        config = EvoPConfig(n_remove, "evop", pop_size=args.pop, n_gen=n_gen,
+                                            warm_start=WARM_STARTS[method],
+                                            algorithm="1+lambda" if "1+λ" in method else "ga")
+                    else:
+                        config = EvoPConfig(n_remove, method)
+                    choice = search_evop(model, calibration, config, SearchRun(seed=seed))
+                    seconds = time.perf_counter() - started
+                    row = {"method": method, "sampling": sampling, "seed": seed, "n_removed": n_remove,
+                           "removed_blocks": choice.removed_blocks, "evaluations": choice.n_evaluations,
+                           "generations": n_gen if method in WARM_STARTS else None,
+                           "calibration_kl": choice.scores["kl"], "calibration_ppl": choice.scores["ppl"],
+                           "search_seconds": seconds,
+                           "test_ppl": test_ppl(model, tokenizer, choice.removed_blocks, args.eval_segments)}
+                    payload["rows"].append(row)
+                    save_json(args.name, payload)
+                    print(f"seed {seed} {sampling:7s} {n_remove:2d} {method:9s} {row['evaluations']:4d} "
+                          f"evals ({seconds:.0f} s) calib KL {row['calibration_kl']:.3f} test ppl "
+                          f"{row['test_ppl']:.2f} blocks {choice.removed_blocks}", flush=True)
+    payload["environment"] = environment()
+    save_json(args.name, payload)
+    print(write_table(payload, args.name))
+    plot(payload, args.name)
+
+
+if __name__ == "__main__":
+    main()

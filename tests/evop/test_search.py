@@ -1,0 +1,41 @@
+import pytest
+
+from optishear_moo import EvoPConfig, SearchRun, search_evop
+from optishear_moo.errors import SettingError
+from tests.evop.helpers import deep_model
+
+
+@pytest.mark.parametrize("objective", ["kl", "ppl"])
+def test_a_search_started_from_sleb_never_ends_worse_and_counts_every_evaluation(objective, calibration):
+    """SLEB's greedy choice joins the first population: the elitist search ends at least as good
+    on its own objective, after at least as many evaluations as SLEB spent, all counted."""
+    model = deep_model(n_layers=8, seed=3)
+    sleb = search_evop(model, calibration, EvoPConfig(3, "sleb", objective))
+    assert sleb.n_evaluations == 8 + 7 + 6  # one pass per candidate of each greedy step
+    shortgpt = search_evop(model, calibration, EvoPConfig(3, "shortgpt", objective))
+    assert shortgpt.n_evaluations == 1
+    assert search_evop(model, calibration, EvoPConfig(3, "last")).n_evaluations == 0
+    config = EvoPConfig(3, "evop", objective, pop_size=4, n_gen=2, warm_start=("sleb", "shortgpt"))
+    searched = search_evop(model, calibration, config, SearchRun(seed=0))
+    assert searched.scores[objective] <= sleb.scores[objective] + 1e-9
+    assert searched.scores[objective] <= shortgpt.scores[objective] + 1e-9
+    # the first population, then up to one more (offspring that duplicate a member are not scored)
+    warm = sleb.n_evaluations + shortgpt.n_evaluations
+    assert warm + 4 < searched.n_evaluations <= warm + 4 * 2
+    plain = search_evop(model, calibration, EvoPConfig(3, "evop", objective, pop_size=4, n_gen=2))
+    assert 1 + 4 < plain.n_evaluations <= 1 + 4 * 2  # ShortGPT's pass, then the search's
+
+
+def test_warm_start_names_the_heuristics(calibration):
+    assert EvoPConfig(warm_start="sleb, last").warm_start == ("sleb", "last")
+    assert EvoPConfig().to_dict()["warm_start"] == ["last", "shortgpt"]
+    with pytest.raises(SettingError, match="warm_start.*'owl'.*last, shortgpt, sleb"):
+        EvoPConfig(warm_start=("owl",))
+
+
+def test_a_one_plus_lambda_search_needs_one_count():
+    assert EvoPConfig(algorithm="1+lambda").algorithm == "1+lambda"
+    with pytest.raises(SettingError, match="algorithm 'cmaes' is not a block-removal search"):
+        EvoPConfig(algorithm="cmaes")
+    with pytest.raises(SettingError, match="n_remove range needs algorithm ga"):
+        EvoPConfig((2, 4), algorithm="1+lambda")
