@@ -1,7 +1,7 @@
 """EvoP against the block-removal heuristics at equal evaluation budgets, over seeds (SmolLM2-135M).
 
     python benchmarks/evop_budget.py                                # 3, 6, 9 blocks; both samplings; 3 seeds
-    python benchmarks/evop_budget.py --removals 6 --samplings random --seeds 1 --name evop_budget_6
+    python benchmarks/evop_budget.py --removals 3 6 --samplings random --seeds 1 --name evop_budget_seed0
 
 Every method runs through ``search_evop`` (what ``optishear-moo evop`` runs) and reports the passes
 over the calibration windows it spent choosing (``EvoPResult.n_evaluations``): SLEB's greedy
@@ -15,7 +15,8 @@ evaluations it then also spends), each with EvoP's GA and with the (1 + λ) sear
 For each seed the calibration windows are drawn again (random windows, or EvoP's cluster sampling
 at the same token count) and the GA is seeded with it. Reported: WikiText-2 test perplexity
 (held out, ``--eval-segments`` × 1024 tokens) and calibration KL, median and range over the seeds.
-Rows are saved as they come (results/NAME.json); a rerun with the same settings skips them.
+Rows are saved as they come (results/NAME.json); a rerun with the same settings skips the rows it
+has, and one with more removals, samplings or seeds adds theirs to the same table.
 Writes results/NAME.{json,md,png}.
 """
 
@@ -127,8 +128,14 @@ def main() -> None:
     previous = json.loads(path.read_text()) if path.is_file() else None
     model, tokenizer = load_model("smollm2-135m")
     n_blocks = model.config.num_hidden_layers
-    if previous is not None and previous.get("settings") == settings:
+    grid = ("removals", "samplings", "seeds")  # what rows are keyed by; the rest must match
+    if previous is not None and all(previous["settings"].get(key) == value
+                                    for key, value in settings.items() if key not in grid):
         payload = previous
+        old = payload["settings"]
+        old["removals"] = sorted(set(old["removals"]) | set(args.removals))
+        old["samplings"] = list(dict.fromkeys(old["samplings"] + args.samplings))
+        old["seeds"] = max(old["seeds"], args.seeds)
         print(f"resuming {path.name}: {len(payload['rows'])} rows done")
     else:
         dense = perplexity(model, tokenizer, 1024, args.eval_segments, progress=False).perplexity
