@@ -127,7 +127,6 @@ def main() -> None:
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
     model, tokenizer = load_model("smollm2-135m")
-    n_blocks = model.config.num_hidden_layers
     grid = ("removals", "samplings", "seeds")  # what rows are keyed by; the rest must match
     if previous is not None and all(previous["settings"].get(key) == value
                                     for key, value in settings.items() if key not in grid):
@@ -145,8 +144,6 @@ def main() -> None:
         for sampling in args.samplings:
             calibration = None
             for n_remove in args.removals:
-                sleb_count = sum(n_blocks - i for i in range(n_remove))
-                n_gen = math.ceil(sleb_count / args.pop)  # the search's own evaluations >= SLEB's
                 for method in METHODS:
                     if method == "last" and (seed or sampling != args.samplings[0]):
                         continue  # depends on neither the windows nor the seed
@@ -157,7 +154,11 @@ def main() -> None:
                                                        sampling=sampling, n_clusters=args.n_clusters,
                                                        model=model)
                     started = time.perf_counter()
-                    if method in WARM_STARTS:
+                    n_gen = None
+                    if method in WARM_STARTS:  # the search's own evaluations >= those SLEB spent here
+                        spent = next(r["evaluations"] for r in payload["rows"] if r["method"] == "sleb" and
+                                     (r["seed"], r["sampling"], r["n_removed"]) == (seed, sampling, n_remove))
+                        n_gen = math.ceil(spent / args.pop)
                         config = EvoPConfig(n_remove, "evop", pop_size=args.pop, n_gen=n_gen,
                                             warm_start=WARM_STARTS[method],
                                             algorithm="1+lambda" if "1+λ" in method else "ga")
@@ -167,7 +168,7 @@ def main() -> None:
                     seconds = time.perf_counter() - started
                     row = {"method": method, "sampling": sampling, "seed": seed, "n_removed": n_remove,
                            "removed_blocks": choice.removed_blocks, "evaluations": choice.n_evaluations,
-                           "generations": n_gen if method in WARM_STARTS else None,
+                           "generations": n_gen,
                            "calibration_kl": choice.scores["kl"], "calibration_ppl": choice.scores["ppl"],
                            "search_seconds": seconds,
                            "test_ppl": test_ppl(model, tokenizer, choice.removed_blocks, args.eval_segments)}

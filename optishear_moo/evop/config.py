@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import SettingError, at_least, param
 from .fitness import check_block_objective
-from .problem import BLOCK_ALGORITHMS
+from .problem import check_block_algorithm
 
 BLOCK_METHODS = ("evop", "shortgpt", "sleb", "last")
 WARM_STARTS = ("last", "shortgpt", "sleb")
@@ -64,9 +64,7 @@ class EvoPConfig:
         for count in counts:
             at_least("n_remove", count, 0)
         check_block_objective(self.objective)
-        if self.algorithm not in BLOCK_ALGORITHMS:
-            raise SettingError(f"{param('algorithm')} {self.algorithm!r} is not a block-removal search: "
-                               f"choose {' or '.join(BLOCK_ALGORITHMS)}")
+        check_block_algorithm(self.algorithm)
         starts = (self.warm_start.split(",") if isinstance(self.warm_start, str) else list(self.warm_start))
         starts = [start.strip() for start in starts if start.strip()]
         unknown = [start for start in starts if start not in WARM_STARTS]

@@ -40,11 +40,11 @@ class BlockRemovalEvaluator:
         self.walker = BlockwiseEvaluator(model, self.reference, device)
         self.n_blocks = self.walker.n_blocks
         self._influence = None
+        # passes over the calibration windows asked for since the dense one: a candidate's
+        # evaluation or the block influence's pass each count one (what methods are compared at)
         self.n_evaluations = 0
-        """Passes over the calibration windows asked for since the dense one: a candidate's
-        evaluation or the block influence's pass each count one (what the methods are compared at)."""
         self.dense_ppl = self.evaluate([])["ppl"]
-        self.n_evaluations = 0
+        self.n_evaluations = 0  # (the dense pass every method shares is not counted)
 
     @property
     def n_block_forwards(self) -> int:

@@ -223,6 +223,13 @@ class BlockCountRepair(Repair):
 BLOCK_ALGORITHMS = ("ga", "1+lambda")
 
 
+def check_block_algorithm(kind: str) -> str:
+    if kind not in BLOCK_ALGORITHMS:
+        raise SettingError(f"{param('algorithm')} {kind!r} is not a block-removal search: choose "
+                           f"{' or '.join(BLOCK_ALGORITHMS)}")
+    return kind
+
+
 def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_swaps: int = 1,
                             initial=None, seed: int = 0, kind: str = "ga"):
     """GA (one objective) or NSGA-II (count range) with the count-preserving operators above; or,
@@ -234,10 +241,7 @@ def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_
     the first population; random ones (seeded by ``seed``) fill the rest (for ``1+lambda``: one,
     when there is no ``initial``).
     """
-    if kind not in BLOCK_ALGORITHMS:
-        raise SettingError(f"{param('algorithm')} {kind!r} is not a block-removal search: choose "
-                           f"{' or '.join(BLOCK_ALGORITHMS)}")
-    local = kind == "1+lambda" and not problem.multi_objective
+    local = check_block_algorithm(kind) == "1+lambda" and not problem.multi_objective
     sampling = BlockRemovalSampling()
     filled = 0 if local and initial else 1 if local else pop_size
     if initial:
