@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -53,10 +54,25 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def summary(values: list[float], digits: int = 2) -> str:
+    """The value, or the median and [min, max] of several (integers as integers, large values in
+    three significant digits)."""
+    def number(value):
+        if float(value).is_integer() and all(float(v).is_integer() for v in values):
+            return f"{value:.0f}"
+        return f"{value:.3g}" if abs(value) >= 1e5 else f"{value:.{digits}f}"
+
+    if len(values) == 1:
+        return number(values[0])
+    return f"{number(statistics.median(values))} [{number(min(values))}, {number(max(values))}]"
+
+
 def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str,
-                 reference: tuple[str, float] | None = None, figsize=(8, 4)) -> None:
+                 reference: tuple[str, float] | None = None, figsize=(8, 4),
+                 ranges: dict[str, list[tuple[float, float]]] | None = None) -> None:
     """A log-scale bar chart: one bar per series in each group (NaN: no bar), an optional
-    horizontal ``(label, value)`` reference line; saved to ``path``."""
+    horizontal ``(label, value)`` reference line, optional ``(low, high)`` whiskers per bar (a
+    series' spread over seeds); saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +82,9 @@ def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], 
     fig, ax = plt.subplots(figsize=figsize)
     width = 0.8 / max(len(series), 1)
     for k, (label, values) in enumerate(series.items()):
-        ax.bar(np.arange(len(groups)) + k * width, values, width, label=label)
+        spread = (ranges or {}).get(label)
+        yerr = None if spread is None else np.abs(np.array(spread, float).T - np.array(values, float))
+        ax.bar(np.arange(len(groups)) + k * width, values, width, label=label, yerr=yerr, capsize=2)
     ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2, groups)
     ax.set(yscale="log", ylabel=ylabel, title=title)
     if reference is not None:

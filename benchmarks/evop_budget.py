@@ -33,7 +33,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
+from _common import RESULTS, environment, markdown_table, save_json, summary  # noqa: E402
 
 from optishear_moo import EvoPConfig, SearchRun, load_calibration, load_model, search_evop  # noqa: E402
 from optishear_moo.evaluation import perplexity  # noqa: E402
@@ -47,19 +47,6 @@ WARM_STARTS = {"evop": ("last", "shortgpt"), "evop+sleb": ("last", "shortgpt", "
 def test_ppl(model, tokenizer, removed, segments) -> float:
     pruned = remove_blocks_(copy.deepcopy(model), removed)
     return perplexity(pruned, tokenizer, 1024, segments, progress=False).perplexity
-
-
-def summary(values: list[float], digits: int = 2) -> str:
-    """The value, or the median and [min, max] of several (integers as integers, large values in
-    three significant digits)."""
-    def number(value):
-        if float(value).is_integer() and all(float(v).is_integer() for v in values):
-            return f"{value:.0f}"
-        return f"{value:.3g}" if abs(value) >= 1e5 else f"{value:.{digits}f}"
-
-    if len(values) == 1:
-        return number(values[0])
-    return f"{number(statistics.median(values))} [{number(min(values))}, {number(max(values))}]"
 
 
 def write_table(payload: dict, name: str) -> str:

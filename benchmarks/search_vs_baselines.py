@@ -5,6 +5,8 @@
         --name search_vs_baselines_qwen                             # Qwen2.5-0.5B (split wheels)
     python benchmarks/search_vs_baselines.py --resume               # continue, keeping finished rows
     python benchmarks/search_vs_baselines.py --resume --redo LABEL  # run one method's rows again
+    python benchmarks/search_vs_baselines.py --targets 0.5,0.6,0.7 --seeds 3 \
+        --name search_vs_baselines_seeds                            # median and range over 3 seeds
 
 Per target: uniform and OWL Wanda and SparseGPT (``prune_model``); OptiShear's searched metric and
 allocation without and with the OBS weight update (``search_optishear``); the EvoPress-style level
@@ -16,7 +18,10 @@ block by block; and the joint OptiShear space, metric + allocation + update
 (``search_optishear(search_update=True)``). Every method prunes from the same
 calibration windows (``--n-samples`` x ``--seq-len``); searches score candidates on a smaller
 set (``--search-samples`` x ``--search-seq-len``) and choose their plan on held-out
-WikiText-2 validation windows. Writes results/NAME.{json,md,png}.
+WikiText-2 validation windows. With ``--seeds N`` every row runs N times, seed s drawing all the
+windows again and seeding the searches with s; cells show the median and [min, max], and a second
+table each method's perplexity over uniform SparseGPT's in the same seed. A rerun with
+``--resume`` and more seeds adds them. Writes results/NAME.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import json
 import time
 
 import numpy as np
-from _common import RESULTS, environment, grouped_bars, markdown_table, save_json
+from _common import RESULTS, environment, grouped_bars, markdown_table, save_json, summary
 
 from optishear_moo import (
     CalibrationSet,
     EvoPressConfig,
     OptiShearConfig,
+    SearchRun,
     load_calibration,
     load_model,
     prune_model,
@@ -43,6 +49,7 @@ from optishear_moo.evopress.config import GENERATIONS
 from optishear_moo.pruning import DenseSnapshot
 
 BASELINES = [("wanda", "uniform"), ("wanda", "owl"), ("sparsegpt", "uniform"), ("sparsegpt", "owl")]
+REFERENCE = "sparsegpt (uniform)"  # the fixed recipe every row is divided by, seed by seed
 SEARCHES = ["OptiShear", "OptiShear + OBS update", "joint (metric + allocation + update)"]
 # (database inputs, pruned again block by block) -> label
 LEVELS = {("dense", False): "EvoPress levels, dense-input database",
@@ -83,6 +90,9 @@ def main() -> None:
     parser.add_argument("--eval-seq-len", type=int, default=1024)
     parser.add_argument("--skip", action="append", default=[], metavar="LABEL",
                         help="a method to leave out, by its table label (repeat for more)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run every row with seeds 0..N-1 (calibration, search and validation windows "
+                             "drawn again, searches seeded); tables show median [min, max]")
     parser.add_argument("--name", default="search_vs_baselines")
     parser.add_argument("--resume", action="store_true", help="keep the rows a previous run finished")
     parser.add_argument("--redo", action="append", default=[], metavar="LABEL",
@@ -100,6 +110,8 @@ def main() -> None:
         parser.error(f"--level-methods {args.level_methods!r}: use {', '.join(LEVEL_METHODS)}")
     if redo and not args.resume:
         parser.error("--redo runs rows of a previous run again: add --resume")
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: run at least one seed")
 
     path = RESULTS / f"{args.name}.json"
     payload = json.loads(path.read_text()) if args.resume and path.exists() else None
@@ -109,10 +121,16 @@ def main() -> None:
                            if not (row["method"] in redo and row["target"] in targets)]
         check_resumed_settings(parser, payload, args)
     model, tokenizer = load_model(args.model)
-    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed=0)
-    search_calibration = load_calibration(tokenizer, args.search_samples, args.search_seq_len, seed=0)
-    validation = load_calibration(tokenizer, args.search_samples, args.search_seq_len, seed=0,
-                                  source="wikitext2-valid")
+    windows = {}
+
+    def draw(seed: int) -> None:
+        """Every role's windows for ``seed`` (seed 0: the windows of a one-seed table)."""
+        windows.update(
+            seed=seed,
+            calibration=load_calibration(tokenizer, args.n_samples, args.seq_len, seed=seed),
+            search=load_calibration(tokenizer, args.search_samples, args.search_seq_len, seed=seed),
+            validation=load_calibration(tokenizer, args.search_samples, args.search_seq_len, seed=seed,
+                                        source="wikitext2-valid"))
 
     def evaluate() -> float:
         return perplexity(model, tokenizer, args.eval_seq_len, args.eval_segments).perplexity
@@ -120,11 +138,12 @@ def main() -> None:
     if payload is None:
         payload = {"benchmark": args.name, "model": args.model, "settings": vars(args),
                    "environment": environment(), "dense_ppl": evaluate(), "rows": []}
-    done = {(row["target"], row["method"]) for row in payload["rows"]}
+    done = {(row.get("seed", 0), row["target"], row["method"]) for row in payload["rows"]}
     snapshot = DenseSnapshot.of(model)
 
     def record(target: str, method: str, run) -> None:
-        if (target, method) in done or method in skip:
+        seed = windows["seed"]
+        if (seed, target, method) in done or method in skip:
             return
         started = time.perf_counter()
         try:
@@ -132,15 +151,16 @@ def main() -> None:
             ppl = evaluate()
         finally:
             snapshot.restore()
-        row = {"target": target, "method": method, "ppl": ppl, "seconds": time.perf_counter() - started,
-               **details}
+        row = {"target": target, "method": method, "seed": seed, "ppl": ppl,
+               "seconds": time.perf_counter() - started, **details}
         payload["rows"].append(row)
         save_json(args.name, payload)
-        print(f"{target:>4} {method:<40} ppl {ppl:10.2f}  {row['seconds']:7.0f} s  "
+        print(f"seed {seed} {target:>4} {method:<40} ppl {ppl:10.2f}  {row['seconds']:7.0f} s  "
               f"{row.get('evaluations', '')}", flush=True)
 
     def run_target(target: str) -> None:
         nm = target if ":" in target else None
+        calibration = windows["calibration"]
         sparsity = 0.5 if nm else float(target)
         for method, allocation in BASELINES:
             if nm and allocation == "owl":
@@ -155,8 +175,8 @@ def main() -> None:
         def optishear(update="none", search_update=False):
             config = OptiShearConfig(sparsity, nm=nm, pop_size=args.pop, n_gen=args.gens, update=update,
                                      search_update=search_update)
-            windows = CalibrationSet(search_calibration, prune=calibration, validation=validation)
-            result = search_optishear(model, windows, config)
+            sets = CalibrationSet(windows["search"], prune=calibration, validation=windows["validation"])
+            result = search_optishear(model, sets, config, SearchRun(seed=windows["seed"]))
             result.apply(model)  # pruned from the same windows as the baselines
             return {"evaluations": result.n_evaluations, "plan": result.chosen.to_dict(),
                     "search_seconds": result.seconds}
@@ -171,8 +191,8 @@ def main() -> None:
                 if not searched:  # one search serves both rows: they differ in how the weights are set
                     config = EvoPressConfig(sparsity, method=level_method, database_inputs=inputs,
                                             n_offsprings=args.level_offspring, n_gen=args.level_gens)
-                    windows = CalibrationSet(search_calibration, prune=calibration)
-                    searched["choice"] = search_evopress(model, windows, config)
+                    sets = CalibrationSet(windows["search"], prune=calibration)
+                    searched["choice"] = search_evopress(model, sets, config, SearchRun(seed=windows["seed"]))
                 choice = searched["choice"]
                 # pruned again: the allocation found, pruned block by block from the same windows as the
                 # baselines; database: its weights, exactly what the search scored
@@ -188,8 +208,10 @@ def main() -> None:
             record(target, level_label(level_method, inputs, True), lambda: levels(True))
         record(target, SEARCHES[2], lambda: optishear(search_update=True))
 
-    for target in args.targets.split(","):
-        run_target(target)
+    for seed in range(args.seeds):
+        draw(seed)
+        for target in args.targets.split(","):
+            run_target(target)
 
     write_table(payload, args.name)
 
@@ -200,7 +222,7 @@ def check_resumed_settings(parser, payload: dict, args) -> None:
     saved = payload["settings"]
     kept_levels = any(row["method"] in level_labels() for row in payload["rows"])
     for key, value in vars(args).items():
-        if key in ("targets", "skip", "redo", "resume", "name") or saved.get(key, value) == value:
+        if key in ("targets", "skip", "redo", "resume", "name", "seeds") or saved.get(key, value) == value:
             continue
         if key in ("level_gens", "level_offspring") and not kept_levels:
             continue
@@ -208,7 +230,8 @@ def check_resumed_settings(parser, payload: dict, args) -> None:
         parser.error(f"{flag} {value} differs from the resumed table's {saved[key]}: pass {flag} "
                      f"{saved[key]}" + (", or --redo every EvoPress row" if key.startswith("level") else ""))
     payload["settings"] = {**saved, **{key: value for key, value in vars(args).items()
-                                       if key not in ("targets", "skip", "redo", "resume")}}
+                                       if key not in ("targets", "skip", "redo", "resume")},
+                           "seeds": max(saved.get("seeds", 1), args.seeds)}
 
 
 def write_table(payload: dict, name: str) -> None:
@@ -218,23 +241,52 @@ def write_table(payload: dict, name: str) -> None:
         *level_labels(), SEARCHES[2]]
     found = list(dict.fromkeys(row["method"] for row in payload["rows"]))
     methods = [m for m in order if m in found] + [m for m in found if m not in order]
-    cell = {(row["target"], row["method"]): row for row in payload["rows"]}
+    cells: dict[tuple[str, str], dict[int, dict]] = {}  # (target, method) -> seed -> row
+    for row in payload["rows"]:
+        cells.setdefault((row["target"], row["method"]), {})[row.get("seed", 0)] = row
+    seeds = sorted({row.get("seed", 0) for row in payload["rows"]})
+
+    def column(method: str, value) -> list:
+        out = []
+        for target in targets:
+            runs = cells.get((target, method), {})
+            values = [v for v in (value(target, seed, row) for seed, row in sorted(runs.items()))
+                      if v is not None]
+            out.append(summary(values) if values else None)
+        return [method, *out]
+
     header = ["method", *targets]
-    rows = [[method, *[cell[t, method]["ppl"] if (t, method) in cell else None for t in targets]]
-            for method in methods]
-    seconds = [[method, *[round(cell[t, method]["seconds"]) if (t, method) in cell else None
-                          for t in targets]] for method in methods]
+    rows = [column(method, lambda t, s, row: row["ppl"]) for method in methods]
+    seconds = [column(method, lambda t, s, row: round(row["seconds"])) for method in methods]
+
+    def over_reference(target: str, seed: int, row: dict):
+        reference = cells.get((target, REFERENCE), {}).get(seed)
+        return None if reference is None else row["ppl"] / reference["ppl"]
+
+    ratios = [column(method, over_reference) for method in methods if method != REFERENCE]
     environment_ = payload["environment"]
     device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+    spread = (f"; median [min, max] over seeds {', '.join(map(str, seeds))} (windows drawn again and "
+              "searches seeded per seed)" if len(seeds) > 1 else "")
     text = (f"{payload['model']}, WikiText-2 test ppl; dense: {payload['dense_ppl']:.2f}; "
-            f"device: {device}\n\n"
-            f"{markdown_table(header, rows)}\n\nWall seconds per row (search + pruning + evaluation):\n\n"
-            f"{markdown_table(header, seconds)}\n")
+            f"device: {device}{spread}\n\n{markdown_table(header, rows)}\n\n")
+    if any(value is not None for row in ratios for value in row[1:]):
+        text += (f"Perplexity over {REFERENCE}'s with the same seed's windows (below 1: better than "
+                 f"the fixed recipe):\n\n{markdown_table(header, ratios)}\n\n")
+    text += f"Wall seconds per row (search + pruning + evaluation):\n\n{markdown_table(header, seconds)}\n"
     (RESULTS / f"{name}.md").write_text(text)
-    ppl = {method: [cell[t, method]["ppl"] if (t, method) in cell else np.nan for t in targets]
+
+    def by_seed(method: str, target: str) -> list[float]:
+        return [row["ppl"] for row in cells.get((target, method), {}).values()]
+
+    ppl = {method: [float(np.median(by_seed(method, t))) if by_seed(method, t) else np.nan for t in targets]
            for method in methods}
-    grouped_bars(RESULTS / f"{name}.png", targets, ppl, "WikiText-2 test perplexity", payload["model"],
-                 reference=("dense", payload["dense_ppl"]))
+    ranges = {method: [(min(by_seed(method, t)), max(by_seed(method, t))) if by_seed(method, t)
+                       else (np.nan, np.nan) for t in targets] for method in methods}
+    grouped_bars(RESULTS / f"{name}.png", targets, ppl,
+                 "WikiText-2 test perplexity" + (" (median, range over seeds)" if len(seeds) > 1 else ""),
+                 payload["model"], reference=("dense", payload["dense_ppl"]),
+                 ranges=ranges if len(seeds) > 1 else None)
     print(text)
 
 
