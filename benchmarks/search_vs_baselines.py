@@ -252,7 +252,8 @@ def write_table(payload: dict, name: str) -> None:
             runs = cells.get((target, method), {})
             values = [v for v in (value(target, seed, row) for seed, row in sorted(runs.items()))
                       if v is not None]
-            out.append(summary(values) if values else None)
+            partial = f" ({len(values)} of {len(seeds)} seeds)" if 0 < len(values) < len(seeds) else ""
+            out.append(summary(values) + partial if values else None)
         return [method, *out]
 
     header = ["method", *targets]
