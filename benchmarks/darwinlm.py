@@ -1,21 +1,32 @@
-"""DarwinLM on SmolLM2-135M: structured pruning at ~1.5x and ~2x block-weight compression.
+"""DarwinLM on SmolLM2-135M: structured pruning at ~1.5x and ~2x block-weight compression, over seeds.
 
-    python benchmarks/darwinlm.py                       # the budget recorded in results/darwinlm.json
-    python benchmarks/darwinlm.py --gens 10 --offspring 16 --finetune-tokens 1024 4096 16384
-    python benchmarks/darwinlm.py --targets 1.5 --gens 1 --offspring 2 --post-train-tokens 512   # a smoke run
+    python benchmarks/darwinlm.py                       # 1.5x and 2x, 3 seeds
+    python benchmarks/darwinlm.py --targets 2 --seeds 1 --name darwinlm_seed0
+    python benchmarks/darwinlm.py --gens 10 --offspring 16 --finetune-tokens 1024 4096 16384 \
+        --name darwinlm_large                                                   # a larger budget
+    python benchmarks/darwinlm.py --targets 1.5 --seeds 1 --gens 1 --offspring 2 --post-train-tokens 512 \
+        --eval-segments 1 --name darwinlm_smoke                                 # a smoke run
 
-For each target: uniform structured pruning (the most uniform level allocation), and
-``search_darwinlm`` (what ``optishear-moo darwinlm`` runs) with one-shot selection and with
-training-aware selection (same number of generations and offspring). Each result is then
-post-trained on the same number of tokens and evaluated on WikiText-2 test before and after;
-speed is measured against the dense model.
-Writes results/darwinlm.json, results/darwinlm.md and results/darwinlm.png.
+For each target and seed (the calibration and training windows drawn again, the searches seeded):
+uniform structured pruning (the most uniform level allocation), and ``search_darwinlm`` (what
+``optishear-moo darwinlm`` runs) with one-shot selection and with training-aware selection (same
+generations and offspring), and one-shot selection again given at least the compute that
+training-aware selection spent. Compute is counted in passes over the calibration windows: the
+tokens pushed through candidates to score them, plus ``TRAIN_PASS`` times the tokens of the stage
+fine-tunes (a training step is a forward and a backward pass, about three forwards), over the
+calibration windows' tokens. Each result is then post-trained on the same tokens and evaluated on
+WikiText-2 test before and after; speed is measured against the dense model. Tables show the median
+and [min, max] over the seeds. A rerun with the same settings keeps the rows it has and adds more
+targets or seeds. Writes results/NAME.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
+import statistics
 import time
 
 import matplotlib
@@ -23,7 +34,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
+from _common import RESULTS, environment, markdown_table, save_json, summary  # noqa: E402
 
 from optishear_moo import (  # noqa: E402
     CalibrationSet,
@@ -38,10 +49,20 @@ from optishear_moo.darwinlm import StructuredLevelDatabase, apply_levels_  # noq
 from optishear_moo.evaluation import measure_speed, perplexity  # noqa: E402
 from optishear_moo.finetuning import post_train  # noqa: E402
 
+TRAIN_PASS = 3  # a training token costs about three forward tokens (forward + backward)
+METHODS = ["uniform", "search one-shot", "search training-aware", "search one-shot, equal compute"]
+
+
+def passes(row: dict, calibration_tokens: int) -> float:
+    """A row's compute in forward passes over the calibration windows."""
+    return (row["scored_tokens"] + TRAIN_PASS * row["finetune_tokens"]) / calibration_tokens
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0])
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds 0..N-1 (windows drawn again, searches seeded)")
     parser.add_argument("--n-samples", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--gens", type=int, default=6)
@@ -51,71 +72,146 @@ def main() -> None:
     parser.add_argument("--post-train-tokens", type=int, default=8192)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--eval-segments", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="darwinlm", help="results/NAME.{json,md,png}")
     args = parser.parse_args()
+    if args.seeds < 1 or args.gens < 1 or args.offspring < 1 or any(t <= 1 for t in args.targets):
+        parser.error("--seeds, --gens and --offspring must be at least 1, every target above 1")
+    settings = {key: value for key, value in vars(args).items() if key != "name"}
 
+    path = RESULTS / f"{args.name}.json"
+    previous = json.loads(path.read_text()) if path.is_file() else None
     model, tokenizer = load_model("smollm2-135m")
-    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, args.seed)
-    n_train = max(args.finetune_tokens + [args.post_train_tokens]) // args.seq_len
-    training = load_calibration(tokenizer, n_train, args.seq_len, args.seed + 1, source="wikitext2-valid")
-    dense_ppl = perplexity(model, tokenizer, 1024, args.eval_segments, progress=False).perplexity
-    dense_speed = measure_speed(model, seq_len=256, new_tokens=32, repeats=3)
-    started = time.perf_counter()
-    database = StructuredLevelDatabase.build(model, calibration, progress=True)  # the uniform rows'
-    # (each search builds the same database again from the same windows)
-    payload = {"environment": environment(), "settings": vars(args), "dense_ppl": dense_ppl,
-               "dense_speed": dense_speed.to_dict(), "database_seconds": time.perf_counter() - started,
-               "rows": []}
-    print(f"dense ppl {dense_ppl:.2f}; level database in {payload['database_seconds']:.0f} s")
-    for target in args.targets:
-        problem = StructuredPruningProblem(model, calibration, target, database=database, training=training,
-                                           finetune_learning_rate=args.learning_rate)
-        uniform = problem.levels(problem.uniform_levels(target))
-        candidates = {"uniform": (uniform, problem.evaluator.evaluate(uniform), 0.0, 0)}
-        problem.restore_dense()
-        for selection in ("one-shot", "training-aware"):
-            label = f"search {selection}"
-            started = time.perf_counter()  # what optishear-moo darwinlm runs
-            config = DarwinLMConfig(target, selection, tuple(args.finetune_tokens), args.learning_rate,
-                                    n_offsprings=args.offspring, n_gen=args.gens)
-            choice = search_darwinlm(model, CalibrationSet(calibration, training=training), config,
-                                     SearchRun(seed=args.seed))
-            candidates[label] = (np.array(choice.levels), choice.calibration_kl,
-                                 time.perf_counter() - started, choice.n_evaluations)
-        for label, (levels, kl, seconds, n_eval) in candidates.items():
-            pruned = apply_levels_(copy.deepcopy(model), database, levels)
-            before = perplexity(pruned, tokenizer, 1024, args.eval_segments, progress=False).perplexity
-            post_train(pruned, training[: args.post_train_tokens // args.seq_len], args.learning_rate)
-            after = perplexity(pruned, tokenizer, 1024, args.eval_segments, progress=False).perplexity
-            speed = measure_speed(pruned, seq_len=256, new_tokens=32, repeats=3)
-            row = {"target": target, "method": label, "levels": levels.tolist(),
-                   "compression": 1 / problem.kept_share(levels), "calibration_kl": kl, "ppl_before": before,
-                   "ppl_after": after, "search_seconds": seconds, "evaluations": n_eval,
-                   "parameters": speed.parameters,
-                   "prefill_speedup": dense_speed.prefill_seconds / speed.prefill_seconds,
-                   "decode_speedup": speed.decode_tokens_per_second / dense_speed.decode_tokens_per_second}
-            payload["rows"].append(row)
-            save_json("darwinlm", payload)
-            print(f"{target}x {label:22s} KL {kl:.3f} ppl {before:9.2f} -> {after:9.2f} "
-                  f"prefill x{row['prefill_speedup']:.2f} decode x{row['decode_speedup']:.2f}")
+    grid = ("targets", "seeds")  # what rows are keyed by; the rest must match to add to a table
+    if previous is not None and "seeds" in previous["settings"] and all(
+            previous["settings"].get(key) == value for key, value in settings.items() if key not in grid):
+        payload = previous
+        old = payload["settings"]
+        old["targets"] = sorted(set(old["targets"]) | set(args.targets))
+        old["seeds"] = max(old["seeds"], args.seeds)
+        print(f"adding to {path.name}: {len(payload['rows'])} rows done")
+    else:
+        dense_ppl = perplexity(model, tokenizer, 1024, args.eval_segments, progress=False).perplexity
+        dense_speed = measure_speed(model, seq_len=256, new_tokens=32, repeats=3)
+        payload = {"environment": environment(), "settings": settings, "dense_ppl": dense_ppl,
+                   "dense_speed": dense_speed.to_dict(), "rows": []}
+    dense_speed = payload["dense_speed"]
+    done = {(r["seed"], r["target"], r["method"]) for r in payload["rows"]}
+    calibration_tokens = args.n_samples * args.seq_len
+    for seed in range(args.seeds):
+        if all((seed, target, method) in done for target in args.targets for method in METHODS):
+            continue
+        calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed)
+        n_train = max(args.finetune_tokens + [args.post_train_tokens]) // args.seq_len
+        training = load_calibration(tokenizer, n_train, args.seq_len, seed + 1, source="wikitext2-valid")
+        database = StructuredLevelDatabase.build(model, calibration)  # the uniform rows'
+        # (each search builds the same database again from the same windows)
+        for target in args.targets:
+            problem = StructuredPruningProblem(model, calibration, target, database=database,
+                                               training=training, finetune_learning_rate=args.learning_rate)
+            for method in METHODS:
+                if (seed, target, method) in done:
+                    continue
+                started = time.perf_counter()
+                n_gen = args.gens
+                if method == "uniform":
+                    levels = problem.levels(problem.uniform_levels(target))
+                    spent = {"calibration_kl": problem.evaluator.evaluate(levels), "evaluations": 0,
+                             "scored_tokens": 0, "finetune_tokens": 0}
+                    problem.restore_dense()
+                else:
+                    selection = "training-aware" if "training-aware" in method else "one-shot"
+                    if method.endswith("equal compute"):  # at least training-aware's passes
+                        aware = next(r for r in payload["rows"] if (r["seed"], r["target"], r["method"]) ==
+                                     (seed, target, "search training-aware"))
+                        n_gen = 1 + math.ceil((passes(aware, calibration_tokens) - 1) / args.offspring)
+                    config = DarwinLMConfig(target, selection, tuple(args.finetune_tokens),
+                                            args.learning_rate, n_offsprings=args.offspring, n_gen=n_gen)
+                    choice = search_darwinlm(model, CalibrationSet(calibration, training=training), config,
+                                             SearchRun(seed=seed))
+                    levels = np.array(choice.levels)
+                    spent = {"calibration_kl": choice.calibration_kl, "evaluations": choice.n_evaluations,
+                             "scored_tokens": choice.scored_tokens, "finetune_tokens": choice.finetune_tokens}
+                seconds = time.perf_counter() - started
+                pruned = apply_levels_(copy.deepcopy(model), database, levels)
+                before = perplexity(pruned, tokenizer, 1024, args.eval_segments, progress=False).perplexity
+                post_train(pruned, training[: args.post_train_tokens // args.seq_len], args.learning_rate)
+                after = perplexity(pruned, tokenizer, 1024, args.eval_segments, progress=False).perplexity
+                speed = measure_speed(pruned, seq_len=256, new_tokens=32, repeats=3)
+                row = {"seed": seed, "target": target, "method": method, "levels": levels.tolist(),
+                       "compression": 1 / problem.kept_share(levels), **spent, "generations": n_gen,
+                       "ppl_before": before, "ppl_after": after, "search_seconds": seconds,
+                       "parameters": speed.parameters,
+                       "prefill_speedup": dense_speed["prefill_seconds"] / speed.prefill_seconds,
+                       "decode_speedup": (speed.decode_tokens_per_second
+                                          / dense_speed["decode_tokens_per_second"])}
+                row["passes"] = passes(row, calibration_tokens)
+                payload["rows"].append(row)
+                save_json(args.name, payload)
+                print(f"seed {seed} {target}x {method:32s} {row['passes']:6.0f} passes KL "
+                      f"{row['calibration_kl']:.3f} ppl {before:9.2f} -> {after:9.2f} ({seconds:.0f} s)",
+                      flush=True)
+    payload["environment"] = environment()
+    save_json(args.name, payload)
+    print(write_table(payload, args.name))
+    plot(payload, args.name)
 
-    table = markdown_table(
-        ["target", "method", "compression", "calib. KL", "ppl one-shot", "ppl post-trained",
-         "params (M)", "prefill speed-up", "decode speed-up"],
-        [[f"{r['target']}x", r["method"], r["compression"], r["calibration_kl"], r["ppl_before"],
-          r["ppl_after"], r["parameters"] / 1e6, r["prefill_speedup"], r["decode_speedup"]]
-         for r in payload["rows"]])
-    (RESULTS / "darwinlm.md").write_text(f"Dense WikiText-2 test ppl {dense_ppl:.2f}\n\n{table}\n")
+
+def write_table(payload: dict, name: str) -> str:
+    rows, seeds = payload["rows"], payload["settings"]["seeds"]
+    table, verdicts = [], []
+    for target in payload["settings"]["targets"]:
+        for method in METHODS:
+            match = [r for r in rows if r["target"] == target and r["method"] == method]
+            if not match:
+                continue
+            table.append([f"{target}x", method, len(match)] + [
+                summary([r[key] for r in match], digits) for key, digits in
+                (("compression", 2), ("passes", 0), ("calibration_kl", 3), ("ppl_before", 2),
+                 ("ppl_after", 2), ("prefill_speedup", 2), ("decode_speedup", 2))])
+        pairs = [(a["ppl_after"], b["ppl_after"]) for a in rows for b in rows
+                 if a["target"] == b["target"] == target and a["seed"] == b["seed"]
+                 and a["method"] == "search training-aware" and b["method"] == "search one-shot"]
+        if pairs:
+            wins = sum(aware <= one_shot for aware, one_shot in pairs)
+            ratio = statistics.median(aware / one_shot for aware, one_shot in pairs)
+            verdicts.append(f"- {target}x: training-aware post-trained ppl <= one-shot's in {wins} of "
+                            f"{len(pairs)} seeds; median ratio {ratio:.3f}")
+    settings = payload["settings"]
+    text = (f"Dense WikiText-2 test ppl {payload['dense_ppl']:.2f} ({settings['eval_segments']} x 1024 "
+            f"tokens); median [min, max] over {seeds} seed{'s' if seeds > 1 else ''}; {settings['gens']} "
+            f"generations x {settings['offspring']} offspring, stage fine-tunes "
+            f"{settings['finetune_tokens']} tokens, post-training {settings['post_train_tokens']} tokens "
+            f"for every row; passes: forward passes over the {settings['n_samples']} x "
+            f"{settings['seq_len']} calibration windows, a fine-tuning token counted as {TRAIN_PASS}\n\n"
+            + markdown_table(["target", "method", "seeds", "compression", "passes", "calib. KL",
+                              "ppl one-shot", "ppl post-trained", "prefill speed-up", "decode speed-up"],
+                             table)
+            + ("\n\n" + "\n".join(verdicts) if verdicts else "") + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    return text
+
+
+def plot(payload: dict, name: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, marker in (("uniform", "s"), ("search one-shot", "o"), ("search training-aware", "^")):
-        rows = [r for r in payload["rows"] if r["method"] == method]
-        ax.plot([r["compression"] for r in rows], [r["ppl_after"] for r in rows], marker=marker, label=method)
-    ax.set(xlabel="block-weight compression", ylabel="WikiText-2 ppl after post-training", yscale="log",
-           title="SmolLM2-135M structured pruning")
+    for method, marker in zip(METHODS, "so^D"):
+        points = {}
+        for r in payload["rows"]:
+            if r["method"] == method:
+                points.setdefault(r["target"], []).append((r["compression"], r["ppl_after"]))
+        if not points:
+            continue
+        xs = sorted(points)
+        x = [statistics.median(c for c, _ in points[t]) for t in xs]
+        y = [statistics.median(p for _, p in points[t]) for t in xs]
+        low = [y_ - min(p for _, p in points[t]) for t, y_ in zip(xs, y)]
+        high = [max(p for _, p in points[t]) - y_ for t, y_ in zip(xs, y)]
+        ax.errorbar(x, y, yerr=[low, high], marker=marker, capsize=3, label=method)
+    ax.set(xlabel="block-weight compression", ylabel="WikiText-2 ppl after post-training (median)",
+           yscale="log", title="SmolLM2-135M structured pruning")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "darwinlm.png", dpi=120)
-    print(table)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ from .slicing import apply_levels_, dense_units
 class StructuredEvaluator:
     """KL(dense ‖ candidate) per token on calibration samples, for level matrices
     ``(n_blocks, 2)`` (attention, mlp). ``model`` becomes the working model: it is sliced in
-    place (call :meth:`restore_dense` to get the dense model back)."""
+    place (call :meth:`restore_dense` to get the dense model back).
+
+    It counts what it spends: ``scored_tokens`` (calibration tokens pushed through candidates to
+    score them) and ``finetune_tokens`` (tokens the stage fine-tunes trained on)."""
 
     def __init__(self, model: nn.Module, database: StructuredLevelDatabase, calibration: torch.Tensor,
                  batch_size: int = 8, progress: bool = False):
@@ -29,6 +32,8 @@ class StructuredEvaluator:
         self.originals = dense_units(model)
         self.levels: torch.Tensor | None = None  # what the working model holds now
         self.n_finetune_steps = 0
+        self.scored_tokens = 0
+        self.finetune_tokens = 0
 
     def stitch(self, levels) -> None:
         """Slice the working model to ``levels``, rebuilding only the blocks that changed."""
@@ -45,8 +50,11 @@ class StructuredEvaluator:
 
     def kl(self, n_samples: int | None = None) -> float:
         """Mean KL per token over the first ``n_samples`` calibration samples (all by default)."""
-        n_total = len(self.reference.calibration)
-        return kl_to_dense(self.model, self.reference, min(n_samples or n_total, n_total) / n_total)
+        calibration = self.reference.calibration
+        n_total = len(calibration)
+        fidelity = min(n_samples or n_total, n_total) / n_total
+        self.scored_tokens += self.reference.n_samples(fidelity) * calibration.shape[1]
+        return kl_to_dense(self.model, self.reference, fidelity)
 
     def evaluate(self, levels, n_samples: int | None = None) -> float:
         self.stitch(levels)
@@ -60,6 +68,7 @@ class StructuredEvaluator:
         parameters = [p for modules in self.originals for module in modules for p in module.parameters()]
         post_train(self.model, training, learning_rate, batch_size, parameters=parameters)
         self.n_finetune_steps += -(-len(training) // batch_size)
+        self.finetune_tokens += training.numel()
         try:
             return self.kl(n_samples)
         finally:

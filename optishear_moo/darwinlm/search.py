@@ -32,6 +32,9 @@ class DarwinLMResult(SearchResult):
             ``kept_share``, ``kl``); the chosen point alone with one target.
         seconds: Wall time of the whole pipeline.
         database: The structured level database (not serialised).
+        scored_tokens: Calibration tokens the search pushed through candidates to score them
+            (one-shot scores and stage scores; in this process, not on Ray workers).
+        finetune_tokens: Tokens the stage fine-tunes of training-aware selection trained on.
     """
 
     structural = True
@@ -46,6 +49,8 @@ class DarwinLMResult(SearchResult):
     front: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     database: StructuredLevelDatabase | None = field(default=None, repr=False)
+    scored_tokens: int = 0
+    finetune_tokens: int = 0
 
     def chosen_point(self) -> dict:
         return {"levels": self.levels, "compression": self.compression, "kept_share": 1 / self.compression,
@@ -65,7 +70,8 @@ class DarwinLMResult(SearchResult):
     def report(self) -> dict:
         return {"levels": self.levels, "compression": self.compression, "calibration_kl": self.calibration_kl,
                 "n_evaluations": self.n_evaluations, "finetuned_kl": self.finetuned_kl, "front": self.front,
-                "search_seconds": self.seconds}
+                "search_seconds": self.seconds, "scored_tokens": self.scored_tokens,
+                "finetune_tokens": self.finetune_tokens}
 
 
 def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None = None,
@@ -104,6 +110,8 @@ def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None
                             driver="darwinlm")
         X, F = front_arrays(result)
         n_eval = int(result.algorithm.evaluator.n_eval)
+        spent = {"scored_tokens": problem.evaluator.scored_tokens,
+                 "finetune_tokens": problem.evaluator.finetune_tokens}
         if problem.multi_objective:
             order = np.argsort(F[:, 1], kind="stable")
             front = unique_points([{"levels": problem.levels(X[k]).tolist(), "compression": 1 / F[k, 1],
@@ -111,7 +119,7 @@ def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None
                                   "levels")
             best = front[0]
             return DarwinLMResult(best["levels"], best["compression"], best["kl"], n_eval, front=front,
-                                  seconds=time.perf_counter() - started, database=database)
+                                  seconds=time.perf_counter() - started, database=database, **spent)
         if stages:  # the survival ranked the population by the score after fine-tuning
             best = result.algorithm.pop[0]
             x, kl, finetuned = best.X, float(best.F[0]), best.data.get("finetuned_kl")
@@ -120,6 +128,6 @@ def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None
         levels, compression = problem.levels(x).tolist(), 1 / problem.kept_share(x)
         point = {"levels": levels, "compression": compression, "kept_share": 1 / compression, "kl": kl}
         return DarwinLMResult(levels, compression, kl, n_eval, finetuned, [point],
-                              time.perf_counter() - started, database)
+                              time.perf_counter() - started, database, **spent)
     finally:
         problem.restore_dense()

@@ -64,6 +64,13 @@ def test_training_aware_selection_keeps_the_scheduled_survivors(calibration, tmp
     # generation 2: 1 parent + 6 offspring enter; 7 are fine-tuned on 32, 4 on 64, 2 on 96 tokens
     assert problem.stage_calls[-13:] == [32] * 7 + [64] * 4 + [96] * 2
     assert "finetuned_kl" in result.pop[0].data and len(result.pop) == 1
+    # what the search spent: every one-shot score and every stage score over all the windows, and
+    # each stage's fine-tune on its tokens in whole training windows
+    seq_len = calibration.shape[1]
+    assert problem.evaluator.finetune_tokens == sum(max(1, round(t / seq_len)) * seq_len
+                                                    for t in problem.stage_calls)
+    assert problem.evaluator.scored_tokens == calibration.numel() * (
+        result.algorithm.evaluator.n_eval + len(problem.stage_calls))
     # a fine-tune only judges: the database still rebuilds the untrained candidate
     assert problem.evaluator.evaluate(problem.levels(result.X)) == pytest.approx(float(result.F[0]), rel=1e-5)
     assert all(torch.equal(p, problem.database.dense[0][n.split("_")[0]])
