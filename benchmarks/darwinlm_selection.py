@@ -1,0 +1,166 @@
+"""Does a short fine-tune tell which structured candidate recovers best? DarwinLM's selection premise.
+
+    python benchmarks/darwinlm_selection.py                  # 2x, 8 candidates, 3 seeds
+    python benchmarks/darwinlm_selection.py --seeds 1 --name darwinlm_selection_seed0
+
+Training-aware selection ranks offspring by their KL after a short fine-tune, betting that it
+predicts how well a candidate recovers after the final post-training better than the one-shot KL
+does. For ``--candidates`` allocations at the target, drawn as the search's first population is
+(the most uniform allocation and copies moved by random level switches, ``BudgetSampling``), on
+SmolLM2-135M, this measures every candidate's one-shot KL on the calibration windows, its KL after
+a fine-tune of each of ``--finetune-tokens`` (what a training-aware stage scores, through
+``StructuredPruningProblem.finetuned_kl``), and its WikiText-2 test perplexity after the
+post-training every row of ``benchmarks/darwinlm.py`` gets (``--post-train-tokens``, the same
+windows and learning rate). Reported per score: the Spearman rank correlation with the
+post-trained perplexity, and the post-trained perplexity of the candidate that score would pick
+over the best candidate's (1.00: it picks the best). Training-aware selection can only beat
+one-shot selection from the fine-tune budget at which its scores rank the candidates better than
+the one-shot KL does. A rerun with the same settings keeps the candidates it has measured.
+Writes results/NAME.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+from collections.abc import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from _common import RESULTS, environment, markdown_table, save_json, summary  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from optishear_moo import StructuredPruningProblem, load_calibration, load_model  # noqa: E402
+from optishear_moo.darwinlm import apply_levels_  # noqa: E402
+from optishear_moo.evaluation import perplexity  # noqa: E402
+from optishear_moo.finetuning import post_train  # noqa: E402
+from optishear_moo.search.levels import BudgetSampling  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=float, default=2.0, help="block-weight compression")
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds 0..N-1 (windows and candidates drawn again)")
+    parser.add_argument("--n-samples", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--finetune-tokens", type=int, nargs="+", default=[512, 1024, 2048, 4096],
+                        help="stage fine-tune budgets scored (tokens)")
+    parser.add_argument("--post-train-tokens", type=int, default=8192)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--eval-segments", type=int, default=8)
+    parser.add_argument("--name", default="darwinlm_selection", help="results/NAME.{json,md,png}")
+    args = parser.parse_args()
+    if args.candidates < 3 or args.seeds < 1 or not args.target > 1:
+        parser.error("--candidates must be at least 3 (a rank correlation), --seeds at least 1, "
+                     "--target above 1")
+    if min(args.finetune_tokens) < args.seq_len:
+        parser.error(f"every --finetune-tokens must be at least one window (--seq-len {args.seq_len})")
+    settings = {key: value for key, value in vars(args).items() if key not in ("name", "seeds")}
+
+    path = RESULTS / f"{args.name}.json"
+    previous = json.loads(path.read_text()) if path.is_file() else None
+    model, tokenizer = load_model("smollm2-135m")
+    if previous is not None and previous["settings"] == settings:
+        payload = previous
+        print(f"adding to {path.name}: {len(payload['rows'])} candidates measured")
+    else:
+        payload = {"environment": environment(), "settings": settings, "rows": []}
+    done = {(row["seed"], row["candidate"]) for row in payload["rows"]}
+    n_train = max(args.finetune_tokens + [args.post_train_tokens]) // args.seq_len
+    for seed in range(args.seeds):
+        if all((seed, k) in done for k in range(args.candidates)):
+            continue
+        calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed)
+        training = load_calibration(tokenizer, n_train, args.seq_len, seed + 1, source="wikitext2-valid")
+        problem = StructuredPruningProblem(model, calibration, args.target, training=training,
+                                           finetune_learning_rate=args.learning_rate)
+        X = BudgetSampling().do(problem, args.candidates, random_state=np.random.default_rng(seed)).get("X")
+        for k, x in enumerate(X):
+            if (seed, k) in done:
+                continue
+            levels = problem.levels(x)
+            one_shot = problem.evaluator.evaluate(levels)
+            staged = {str(tokens): problem.finetuned_kl(x, tokens) for tokens in args.finetune_tokens}
+            problem.restore_dense()
+            pruned = apply_levels_(copy.deepcopy(model), problem.database, levels)
+            post_train(pruned, training[: args.post_train_tokens // args.seq_len], args.learning_rate)
+            after = perplexity(pruned, tokenizer, 1024, args.eval_segments, progress=False).perplexity
+            del pruned
+            row = {"seed": seed, "candidate": k, "levels": levels.tolist(), "one_shot_kl": one_shot,
+                   "finetuned_kl": staged, "ppl_after": after}
+            payload["rows"].append(row)
+            save_json(args.name, payload)
+            print(f"seed {seed} candidate {k}: one-shot KL {one_shot:.3f}, after fine-tunes "
+                  + ", ".join(f"{t}: {v:.3f}" for t, v in staged.items()) + f"; post-trained ppl {after:.2f}",
+                  flush=True)
+        problem.restore_dense()
+    payload["environment"] = environment()
+    save_json(args.name, payload)
+    print(write_table(payload, args.name))
+
+
+def scores(payload: dict) -> dict[str, Callable[[dict], float]]:
+    """``{label: getter}`` of every score a selection could rank candidates by."""
+    out = {"one-shot KL": lambda row: row["one_shot_kl"]}
+    for tokens in payload["settings"]["finetune_tokens"]:
+        out[f"KL after {tokens}-token fine-tune"] = lambda row, t=str(tokens): row["finetuned_kl"][t]
+    return out
+
+
+def per_seed(payload: dict) -> dict[str, dict[str, list[float]]]:
+    """For every score: its Spearman correlation with the post-trained ppl and the post-trained ppl
+    of the candidate it picks over the best one's, one value per seed with every candidate."""
+    n = payload["settings"]["candidates"]
+    by_seed: dict[int, list[dict]] = {}
+    for row in payload["rows"]:
+        by_seed.setdefault(row["seed"], []).append(row)
+    out = {label: {"rho": [], "regret": []} for label in scores(payload)}
+    for rows in (rows for _, rows in sorted(by_seed.items()) if len(rows) == n):
+        final = np.array([row["ppl_after"] for row in rows])
+        for label, get in scores(payload).items():
+            values = np.array([get(row) for row in rows])
+            out[label]["rho"].append(float(spearmanr(values, final).statistic))
+            out[label]["regret"].append(float(final[np.argmin(values)] / final.min()))
+    return out
+
+
+def write_table(payload: dict, name: str) -> str:
+    settings, stats = payload["settings"], per_seed(payload)
+    seeds = len(next(iter(stats.values()))["rho"])
+    table = [[label, *(summary(s[key], 3) if s[key] else None for key in ("rho", "regret"))]
+             for label, s in stats.items()]
+    text = (f"SmolLM2-135M at {settings['target']}x block-weight compression: {settings['candidates']} "
+            f"candidates per seed drawn as the search's first population; post-training "
+            f"{settings['post_train_tokens']} tokens (lr {settings['learning_rate']}), WikiText-2 test ppl "
+            f"over {settings['eval_segments']} x 1024 tokens; median [min, max] over {seeds} "
+            f"seed{'s' if seeds != 1 else ''}\n\n"
+            + markdown_table(["score", "Spearman with post-trained ppl", "picked / best post-trained ppl"],
+                             table) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    if seeds:
+        labels = list(stats)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        tokens = settings["finetune_tokens"]
+        rho = [statistics.median(stats[label]["rho"]) for label in labels[1:]]
+        ax.plot(tokens, rho, "o-", label="KL after a stage fine-tune")
+        ax.axhline(statistics.median(stats[labels[0]]["rho"]), color="k", ls="--", lw=0.8,
+                   label="one-shot KL")
+        ax.set(xscale="log", xlabel="stage fine-tune tokens",
+               ylabel="Spearman with post-trained ppl (median)",
+               title=f"SmolLM2-135M, {settings['target']}x, {settings['candidates']} candidates")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(RESULTS / f"{name}.png", dpi=120)
+        plt.close(fig)
+    return text
+
+
+if __name__ == "__main__":
+    main()
