@@ -55,10 +55,10 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def summary(values: list[float], digits: int = 2) -> str:
-    """The value, or the median and [min, max] of several (integers as integers, large values in
-    three significant digits)."""
+    """The value, or the median and [min, max] of several (ints as integers, floats with ``digits``
+    decimals, large values in three significant digits)."""
     def number(value):
-        if float(value).is_integer() and all(float(v).is_integer() for v in values):
+        if all(isinstance(v, int) for v in values):
             return f"{value:.0f}"
         return f"{value:.3g}" if abs(value) >= 1e5 else f"{value:.{digits}f}"
 
