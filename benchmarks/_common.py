@@ -95,6 +95,26 @@ def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], 
     plt.close(fig)
 
 
+def darwinlm_arguments(parser, finetune_tokens: list[int], finetune_help: str) -> None:
+    """The DarwinLM protocol's flags (windows, stage fine-tunes, the post-training every row gets)."""
+    parser.add_argument("--n-samples", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--finetune-tokens", type=int, nargs="+", default=finetune_tokens, help=finetune_help)
+    parser.add_argument("--post-train-tokens", type=int, default=8192)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--eval-segments", type=int, default=8)
+
+
+def darwinlm_windows(tokenizer, args, seed: int):
+    """Seed ``seed``'s calibration windows (shipped text) and training windows (WikiText-2
+    validation, seed + 1), enough for the largest stage fine-tune and the post-training."""
+    from optishear_moo import load_calibration
+
+    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed)
+    n_train = max(args.finetune_tokens + [args.post_train_tokens]) // args.seq_len
+    return calibration, load_calibration(tokenizer, n_train, args.seq_len, seed + 1, source="wikitext2-valid")
+
+
 def speed_arguments(parser, candidates: int) -> None:
     """The flags the fitness-speed benchmarks share."""
     parser.add_argument("--candidates", type=int, default=candidates)

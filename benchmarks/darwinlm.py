@@ -34,14 +34,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json, summary  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    darwinlm_arguments,
+    darwinlm_windows,
+    environment,
+    markdown_table,
+    save_json,
+    summary,
+)
 
 from optishear_moo import (  # noqa: E402
     CalibrationSet,
     DarwinLMConfig,
     SearchRun,
     StructuredPruningProblem,
-    load_calibration,
     load_model,
     search_darwinlm,
 )
@@ -63,15 +70,9 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0])
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds 0..N-1 (windows drawn again, searches seeded)")
-    parser.add_argument("--n-samples", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--gens", type=int, default=6)
     parser.add_argument("--offspring", type=int, default=8)
-    parser.add_argument("--finetune-tokens", type=int, nargs="+", default=[512, 1024],
-                        help="tokens per selection stage; survivors halve per stage down to 1")
-    parser.add_argument("--post-train-tokens", type=int, default=8192)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--eval-segments", type=int, default=8)
+    darwinlm_arguments(parser, [512, 1024], "tokens per selection stage; survivors halve per stage down to 1")
     parser.add_argument("--name", default="darwinlm", help="results/NAME.{json,md,png}")
     args = parser.parse_args()
     if args.seeds < 1 or args.gens < 1 or args.offspring < 1 or any(t <= 1 for t in args.targets):
@@ -100,9 +101,7 @@ def main() -> None:
     for seed in range(args.seeds):
         if all((seed, target, method) in done for target in args.targets for method in METHODS):
             continue
-        calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed)
-        n_train = max(args.finetune_tokens + [args.post_train_tokens]) // args.seq_len
-        training = load_calibration(tokenizer, n_train, args.seq_len, seed + 1, source="wikitext2-valid")
+        calibration, training = darwinlm_windows(tokenizer, args, seed)
         database = StructuredLevelDatabase.build(model, calibration)  # the uniform rows'
         # (each search builds the same database again from the same windows)
         for target in args.targets:

@@ -32,10 +32,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json, summary  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    darwinlm_arguments,
+    darwinlm_windows,
+    environment,
+    markdown_table,
+    save_json,
+    summary,
+)
 from scipy.stats import spearmanr  # noqa: E402
 
-from optishear_moo import StructuredPruningProblem, load_calibration, load_model  # noqa: E402
+from optishear_moo import StructuredPruningProblem, load_model  # noqa: E402
 from optishear_moo.darwinlm import apply_levels_  # noqa: E402
 from optishear_moo.evaluation import perplexity  # noqa: E402
 from optishear_moo.finetuning import post_train  # noqa: E402
@@ -48,13 +56,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds 0..N-1 (windows and candidates drawn again)")
-    parser.add_argument("--n-samples", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--finetune-tokens", type=int, nargs="+", default=[512, 1024, 2048, 4096],
-                        help="stage fine-tune budgets scored (tokens)")
-    parser.add_argument("--post-train-tokens", type=int, default=8192)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--eval-segments", type=int, default=8)
+    darwinlm_arguments(parser, [512, 1024, 2048, 4096], "stage fine-tune budgets scored (tokens)")
     parser.add_argument("--name", default="darwinlm_selection", help="results/NAME.{json,md,png}")
     args = parser.parse_args()
     if args.candidates < 3 or args.seeds < 1 or not args.target > 1:
@@ -73,12 +75,10 @@ def main() -> None:
     else:
         payload = {"environment": environment(), "settings": settings, "rows": []}
     done = {(row["seed"], row["candidate"]) for row in payload["rows"]}
-    n_train = max(args.finetune_tokens + [args.post_train_tokens]) // args.seq_len
     for seed in range(args.seeds):
         if all((seed, k) in done for k in range(args.candidates)):
             continue
-        calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed)
-        training = load_calibration(tokenizer, n_train, args.seq_len, seed + 1, source="wikitext2-valid")
+        calibration, training = darwinlm_windows(tokenizer, args, seed)
         problem = StructuredPruningProblem(model, calibration, args.target, training=training,
                                            finetune_learning_rate=args.learning_rate)
         X = BudgetSampling().do(problem, args.candidates, random_state=np.random.default_rng(seed)).get("X")
