@@ -41,9 +41,13 @@ class Job:
         self.resume, self.started = getattr(args, "resume", False), time.perf_counter()
         resolve_device(args.device)
         self.offload = check_offload(args.model, getattr(args, "offload", "none"))
-        if self.offload == "disk" and command in ("darwinlm", "finetune"):
-            raise SettingError(f"--offload disk is not supported by {command} yet (it changes weights in "
-                               "place through full forwards): use --offload host")
+        if self.offload == "disk" and command == "finetune":
+            raise SettingError("--offload disk is not supported by finetune (it trains the weights in "
+                               "memory): use --offload host")
+        if self.offload == "disk" and getattr(config, "selection", None) == "training-aware":
+            raise SettingError("--offload disk scores candidates block by block, which training-aware "
+                               "selection's fine-tunes cannot do: use --selection one-shot, or --offload "
+                               "host")
         self.segments = eval_segments(args.eval_segments)
         calibration.check_sources()
         if args.zero_shot:

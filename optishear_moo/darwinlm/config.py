@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import SettingError, at_least, param
 from ..search.levels import halving_stages
+from .fitness import check_scoring_name
 from .problem import check_compression_target
 
 SELECTIONS = ("training-aware", "one-shot")
@@ -29,6 +30,9 @@ class DarwinLMConfig:
         n_offsprings: Offspring per generation.
         n_gen: Generations.
         batch_size: Calibration windows per forward pass.
+        scoring: How one-shot scores are computed: ``walk`` (the population in one walk over the
+            blocks, dense-shaped; what a model loaded with ``offload`` needs), ``slice`` (one
+            sliced forward per candidate) or ``auto`` (walk for an offloaded model).
     """
 
     target_compression: float | tuple[float, float] = 1.5
@@ -40,6 +44,7 @@ class DarwinLMConfig:
     n_offsprings: int = 16
     n_gen: int = 10
     batch_size: int = 8
+    scoring: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "target_compression", check_compression_target(self.target_compression))
@@ -60,6 +65,7 @@ class DarwinLMConfig:
             at_least("mlp_levels", self.mlp_levels, 1)
         for name in ("pop_size", "n_offsprings", "n_gen", "batch_size"):
             at_least(name, getattr(self, name), 1)
+        check_scoring_name(self.scoring)
 
     def stages(self):
         """The training-aware selection stages (None for one-shot selection)."""

@@ -18,6 +18,7 @@ are simply sliced.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..activations import collect_input_statistics
+from ..activations import collect_input_statistics, on_device
 from ..errors import SettingError, param
 from ..models.adapters import get_adapter
 from ..models.sliced import (
@@ -38,7 +39,7 @@ from ..models.sliced import (
     output_projection_role,
     unit_of,
 )
-from ..models.streaming import is_streamed
+from ..models.streaming import is_streamed, record
 
 
 def default_mlp_levels(intermediate_size: int, about: int = 10) -> int:
@@ -114,14 +115,16 @@ class StructuredLevelDatabase:
     """Precomputed :class:`LevelEntry` per block, unit and level (built once, then only read).
 
     With ``directory`` the entries live on disk (one safetensors file per block and unit, read
-    when needed) instead of in memory. The dense weights the slicing starts from are kept too.
+    when needed) instead of in memory. The dense weights the slicing starts from are kept too
+    (``dense``, one dict per block), except for a model streamed from disk, whose blocks are read
+    again from its checkpoint when they are sliced (``dense`` is None).
     """
 
     def __init__(self, layout: BlockLayout, n_blocks: int, mlp_levels: int, directory=None):
         self.layout, self.n_blocks, self.mlp_levels = layout, n_blocks, mlp_levels
         self.directory = Path(directory) if directory is not None else None
         self._entries: dict[tuple[int, str], list[LevelEntry]] = {}
-        self.dense: list[dict[str, torch.Tensor]] = []
+        self.dense: list[dict[str, torch.Tensor]] | None = []
 
     @property
     def n_levels(self) -> dict[str, int]:
@@ -141,10 +144,6 @@ class StructuredLevelDatabase:
               progress: bool = False) -> StructuredLevelDatabase:
         """Statistics of the output projections' inputs in one dense pass, then the removal
         path of every unit. ``mlp_levels`` defaults to :func:`default_mlp_levels`."""
-        if is_streamed(model):
-            raise SettingError(f"DarwinLM reads and slices the weights in place, which a model loaded with "
-                               f"{param('offload')} disk does not allow yet: load it with "
-                               f"{param('offload')} host")
         layout = block_layout(model)
         mlp_levels = mlp_levels or default_mlp_levels(layout.intermediate_size)
         if layout.intermediate_size % mlp_levels:
@@ -160,15 +159,22 @@ class StructuredLevelDatabase:
         grams = {(layer.block_index, roles[layer.role]): statistics[layer.name].gram for layer in outputs}
         group = layout.heads_per_group * layout.head_dim
         mlp_chunk = max(1, layout.intermediate_size // mlp_levels // 8)
+        streamed = is_streamed(model)
+        if streamed:  # the dense projections are read again from the checkpoint when slicing
+            database.dense = None
         for index, block in enumerate(tqdm(blocks, desc="level database", disable=not progress, leave=False)):
-            database.dense.append(dense_input_projections(block))
-            for unit, group_size, chunk in (("attention", group, 1), ("mlp", 1, mlp_chunk)):
-                layer = output_projection(unit_of(block, unit), unit)
-                counts = [database.removed_count(unit, level)
-                          for level in range(database.n_levels[unit] + 1)]
-                path = removal_path(layer.weight.detach(), grams[index, unit], group_size, counts,
-                                    damping, chunk)
-                database._store(index, unit, [path[count] for count in counts])
+            # a block streamed from disk is read into host memory for its turn (and dropped)
+            with on_device(block, torch.device("cpu"), torch.device("cpu"), keep=False) \
+                    if record(block) is not None else contextlib.nullcontext():
+                if not streamed:
+                    database.dense.append(dense_input_projections(block))
+                for unit, group_size, chunk in (("attention", group, 1), ("mlp", 1, mlp_chunk)):
+                    layer = output_projection(unit_of(block, unit), unit)
+                    counts = [database.removed_count(unit, level)
+                              for level in range(database.n_levels[unit] + 1)]
+                    path = removal_path(layer.weight.detach(), grams[index, unit], group_size, counts,
+                                        damping, chunk)
+                    database._store(index, unit, [path[count] for count in counts])
         return database
 
     def _store(self, block: int, unit: str, entries: list[LevelEntry]) -> None:

@@ -24,7 +24,7 @@ from ..models.sliced import UNITS
 from ..search.levels import StagedSurvival, check_stages, level_algorithm
 from ..search.problem import ModelProblem, problem_fingerprint
 from .database import StructuredLevelDatabase, kept_parameters, uniform_levels
-from .fitness import StructuredEvaluator
+from .fitness import StructuredEvaluator, check_scoring, refuse_finetunes_when_streamed
 
 
 def check_compression(value, name: str = "target_compression") -> float:
@@ -59,6 +59,10 @@ class StructuredPruningProblem(ModelProblem):
         batch_size: Calibration windows per forward pass.
         finetune_learning_rate: Learning rate of the stage fine-tunes.
         progress: Show progress while the dense references (and database) are computed.
+        scoring: How one-shot scores are computed: ``walk`` (the population in one walk over the
+            blocks, dense-shaped), ``slice`` (a sliced forward per candidate), or ``auto`` (walk
+            for a model loaded with ``offload``); see :mod:`.fitness`.
+        device: Where a walk runs the blocks (default: the model's compute device).
         workers: Evaluate on this many Ray workers, or on a ``RayPool``.
         ray_address: The Ray cluster to join.
         **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
@@ -67,20 +71,24 @@ class StructuredPruningProblem(ModelProblem):
     def __init__(self, model, calibration: torch.Tensor, target_compression,
                  database: StructuredLevelDatabase | None = None, training: torch.Tensor | None = None,
                  mlp_levels: int | None = None, batch_size: int = 8,
-                 finetune_learning_rate: float = 1e-4, progress: bool = False, workers=None,
+                 finetune_learning_rate: float = 1e-4, progress: bool = False, scoring: str = "auto",
+                 device: str | torch.device | None = None, workers=None,
                  ray_address: str | None = None, **problem_kwargs):
         target_compression = check_compression_target(target_compression)
+        check_scoring(scoring, model)  # before the database
         database = database or StructuredLevelDatabase.build(model, calibration, mlp_levels,
                                                              batch_size=batch_size, progress=progress)
         replica = dict(model=model, calibration=calibration, target_compression=target_compression,
                        database=database, training=training, batch_size=batch_size,
-                       finetune_learning_rate=finetune_learning_rate, **problem_kwargs)
+                       finetune_learning_rate=finetune_learning_rate, scoring=scoring, device=device,
+                       **problem_kwargs)
         self.multi_objective = isinstance(target_compression, (tuple, list))
         targets = target_compression if self.multi_objective else (target_compression, target_compression)
         self.compression_range = (targets[0], targets[-1])
         self.model = model
         self.database = database
-        self.evaluator = StructuredEvaluator(model, self.database, calibration, batch_size, progress)
+        self.evaluator = StructuredEvaluator(model, self.database, calibration, batch_size, progress, scoring,
+                                             device)
         self.training = calibration if training is None else training
         self.finetune_learning_rate = finetune_learning_rate
         self.dense_parameters = kept_parameters(self.database, np.zeros((self.database.n_blocks, 2), int))
@@ -140,9 +148,8 @@ class StructuredPruningProblem(ModelProblem):
         X = np.rint(np.asarray(X, dtype=float)).astype(int)  # real-valued algorithms give reals
         F = np.empty((len(X), self.n_obj))
         shares = np.array([self.kept_share(x) for x in X])
-        for row, x in enumerate(X):
-            F[row, 0] = self.evaluator.evaluate(self.levels(x), self.eval_samples)
-            self.candidate_done()
+        F[:, 0] = self.evaluator.evaluate_many([self.levels(x) for x in X], self.eval_samples,
+                                               self.candidate_done, self.block_done)
         if self.multi_objective:
             F[:, 1] = shares
             low, high = 1 / self.compression_range[1], 1 / self.compression_range[0]
@@ -175,5 +182,8 @@ def darwinlm_algorithm(problem: StructuredPruningProblem, pop_size: int = 1, n_o
     ``F`` stays the one-shot KL."""
     if problem.multi_objective and stages:
         raise SettingError("training-aware selection needs one target compression (one objective)")
-    survival = StagedSurvival(check_stages(stages, pop_size), score_name="finetuned_kl") if stages else None
+    stages = check_stages(stages, pop_size) if stages else None
+    if stages and any(stage.finetune_tokens for stage in stages):
+        refuse_finetunes_when_streamed(problem.model)
+    survival = StagedSurvival(stages, score_name="finetuned_kl") if stages else None
     return level_algorithm(problem, pop_size, n_offsprings, survival)

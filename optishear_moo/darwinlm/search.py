@@ -14,6 +14,7 @@ from ..data.config import CalibrationSet
 from ..search import SearchResult, SearchRun, front_arrays, run_search, unique_points
 from .config import DarwinLMConfig
 from .database import StructuredLevelDatabase
+from .fitness import check_scoring, refuse_finetunes_when_streamed
 from .problem import StructuredPruningProblem, darwinlm_algorithm
 from .slicing import apply_levels_
 
@@ -84,6 +85,10 @@ def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None
     offspring still in the race on the training windows before scoring them (survivors halve as
     the fine-tunes grow). The model is left dense; ``result.apply(model)`` slices it.
 
+    A model loaded with ``offload`` is scored one block at a time (``config.scoring`` ``auto``):
+    with ``offload="disk"``, one-shot selection runs within the memory of a block, and the level
+    database keeps only the re-fitted output projections.
+
     Args:
         model: The dense model (Llama-family attention and gated MLP).
         calibration: A :class:`~optishear_moo.data.CalibrationSet` (search windows score
@@ -96,6 +101,9 @@ def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None
     run = run or SearchRun()
     calibration = CalibrationSet.of(calibration)
     config.check_model(model.config)
+    check_scoring(config.scoring, model)
+    if config.selection == "training-aware":
+        refuse_finetunes_when_streamed(model)
     started = time.perf_counter()
     database = StructuredLevelDatabase.build(model, calibration.pruning, config.mlp_levels,
                                              batch_size=config.batch_size, progress=run.progress)
@@ -103,7 +111,8 @@ def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None
     problem = StructuredPruningProblem(model, calibration.search, config.target_compression, database,
                                        calibration.training, batch_size=config.batch_size,
                                        finetune_learning_rate=config.learning_rate, progress=run.progress,
-                                       workers=run.workers, ray_address=run.ray_address)
+                                       scoring=config.scoring, workers=run.workers,
+                                       ray_address=run.ray_address)
     algorithm = darwinlm_algorithm(problem, config.pop_size, config.n_offsprings, stages)
     try:
         result = run_search(problem, algorithm, ("n_gen", config.n_gen), run, settings=config.to_dict(),

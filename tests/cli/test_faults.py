@@ -63,7 +63,7 @@ CASES = [
     (["prune", "--model", "{root}/cut.gguf", "--output", "{out}", "--offload", "disk"],
      "--offload disk reads a safetensors directory"),
     (["darwinlm", "--model", "{m}", "--output", "{out}", "--offload", "disk"],
-     "--offload disk is not supported by darwinlm"),
+     "--offload disk scores candidates block by block"),
     (["darwinlm", "--model", "{m}", "--output", "{out}", "--compression", "100"], "--compression"),
     (["darwinlm", "--model", "{m}", "--output", "{out}", "--selection", "one-shot", "--offspring", "0"],
      "--offspring must be an integer of at least 1"),
