@@ -57,6 +57,21 @@ def test_problems_on_an_offloaded_model_score_as_on_an_ordinary_one(device, cali
                                plain.evaluate(Y, return_values_of=["F"]), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_darwinlm_on_an_offloaded_model_walks_and_scores_as_on_an_ordinary_one(device, calibration):
+    from optishear_moo.darwinlm.problem import StructuredPruningProblem
+
+    settings = dict(target_compression=2.0, mlp_levels=8, batch_size=3)
+    on_host = StructuredPruningProblem(_offloaded(device), calibration, **settings)
+    ordinary = StructuredPruningProblem(make_tiny_model("llama"), calibration, **settings)
+    assert on_host.evaluator.walks and not ordinary.evaluator.walks  # auto: the walk for an offloaded model
+    X = np.array([on_host.uniform_x(2.0), [2, 8, 0, 0, 1, 4]])
+    np.testing.assert_allclose(on_host.evaluate(X, return_values_of=["F"]),
+                               ordinary.evaluate(X, return_values_of=["F"]), rtol=1e-4, atol=1e-7)
+    assert all(p.device.type == "cpu" for p in on_host.model.parameters())
+    assert_same_weights(on_host.model, make_tiny_model("llama"))
+
+
 def test_offload_on_the_cpu_changes_nothing(tiny_model_dir):
     model, _ = load_model(str(tiny_model_dir), device="cpu", offload=True)
     assert not is_offloaded(model)
