@@ -157,8 +157,8 @@ class StructuredEvaluator:
             self.levels, self._dense = None, False  # weights were trained: rebuild every block next time
 
 
-
 def check_scoring_name(scoring: str) -> str:
+    """``scoring``, or a one-line error naming the choices."""
     if scoring not in SCORING:
         raise SettingError(f"{param('scoring')} {scoring!r} is unknown: use one of {', '.join(SCORING)}")
     return scoring
