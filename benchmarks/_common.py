@@ -103,14 +103,26 @@ def darwinlm_arguments(parser, finetune_tokens: list[int], finetune_help: str) -
     parser.add_argument("--post-train-tokens", type=int, default=8192)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--eval-segments", type=int, default=8)
+    parser.add_argument("--calibration-source", default=None,
+                        help="text of the windows that score candidates (default: the shipped text; "
+                             "wikitext2-valid: the stage fine-tunes' own distribution)")
+
+
+def darwinlm_settings(args, leave_out=("name",)) -> dict:
+    """The flags a rerun must share to add to saved rows (``--calibration-source`` only when given,
+    so results saved before the flag existed still match)."""
+    return {key: value for key, value in vars(args).items()
+            if key not in leave_out and not (key == "calibration_source" and value is None)}
 
 
 def darwinlm_windows(tokenizer, args, seed: int):
-    """Seed ``seed``'s calibration windows (shipped text) and training windows (WikiText-2
-    validation, seed + 1), enough for the largest stage fine-tune and the post-training."""
+    """Seed ``seed``'s calibration windows (the shipped text, or ``--calibration-source``) and
+    training windows (WikiText-2 validation, seed + 1), enough for the largest stage fine-tune and
+    the post-training."""
     from optishear_moo import load_calibration
 
-    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed)
+    source = {"source": args.calibration_source} if args.calibration_source else {}
+    calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed, **source)
     n_train = max(args.finetune_tokens + [args.post_train_tokens]) // args.seq_len
     return calibration, load_calibration(tokenizer, n_train, args.seq_len, seed + 1, source="wikitext2-valid")
 

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS,
     darwinlm_arguments,
+    darwinlm_settings,
     darwinlm_windows,
     environment,
     markdown_table,
@@ -77,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds < 1 or args.gens < 1 or args.offspring < 1 or any(t <= 1 for t in args.targets):
         parser.error("--seeds, --gens and --offspring must be at least 1, every target above 1")
-    settings = {key: value for key, value in vars(args).items() if key != "name"}
+    settings = darwinlm_settings(args)
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None

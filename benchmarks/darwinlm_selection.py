@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS,
     darwinlm_arguments,
+    darwinlm_settings,
     darwinlm_windows,
     environment,
     markdown_table,
@@ -64,7 +65,7 @@ def main() -> None:
                      "--target above 1")
     if min(args.finetune_tokens) < args.seq_len:
         parser.error(f"every --finetune-tokens must be at least one window (--seq-len {args.seq_len})")
-    settings = {key: value for key, value in vars(args).items() if key not in ("name", "seeds")}
+    settings = darwinlm_settings(args, ("name", "seeds"))
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
@@ -137,7 +138,8 @@ def write_table(payload: dict, name: str) -> str:
     table = [[label, *(summary(s[key], 3) if s[key] else None for key in ("rho", "regret"))]
              for label, s in stats.items()]
     text = (f"SmolLM2-135M at {settings['target']}x block-weight compression: {settings['candidates']} "
-            f"candidates per seed drawn as the search's first population; post-training "
+            f"candidates per seed drawn as the search's first population, KLs on "
+            f"{settings.get('calibration_source') or 'shipped-text (Gutenberg)'} windows; post-training "
             f"{settings['post_train_tokens']} tokens (lr {settings['learning_rate']}), WikiText-2 test ppl "
             f"over {settings['eval_segments']} x 1024 tokens; median [min, max] over {seeds} "
             f"seed{'s' if seeds != 1 else ''}\n\n"
