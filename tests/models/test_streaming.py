@@ -139,15 +139,22 @@ def test_streaming_needs_a_safetensors_directory(tmp_path, tiny_model_dir):
         load_model(str(tiny_model_dir), offload="disk")
 
 
-def test_training_and_slicing_are_refused_on_a_streamed_model(tiny_model_dir, calibration):
+def test_training_is_refused_and_the_structured_database_reads_blocks_as_used(tiny_model_dir, calibration):
     from optishear_moo.darwinlm import StructuredLevelDatabase
     from optishear_moo.finetuning import post_train
 
     model, _ = load_model(str(tiny_model_dir), device="cpu", offload="disk")
     with pytest.raises(SettingError, match="offload disk does not hold"):
         post_train(model, calibration)
-    with pytest.raises(SettingError, match="offload disk does not allow yet"):
-        StructuredLevelDatabase.build(model, calibration)
+    streamed = StructuredLevelDatabase.build(model, calibration, mlp_levels=8)
+    assert streamed.dense is None and _streamed_empty(model)  # nothing copied, nothing kept
+    ordinary = StructuredLevelDatabase.build(load_model(str(tiny_model_dir), device="cpu")[0], calibration,
+                                             mlp_levels=8)
+    for block in range(ordinary.n_blocks):
+        for unit in ("attention", "mlp"):
+            for level in range(ordinary.n_levels[unit] + 1):
+                torch.testing.assert_close(streamed.get(block, unit, level).weight,
+                                           ordinary.get(block, unit, level).weight, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda
