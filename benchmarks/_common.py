@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 from pathlib import Path
@@ -125,6 +126,11 @@ def darwinlm_windows(tokenizer, args, seed: int):
     calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed, **source)
     n_train = max(args.finetune_tokens + [args.post_train_tokens]) // args.seq_len
     return calibration, load_calibration(tokenizer, n_train, args.seq_len, seed + 1, source="wikitext2-valid")
+
+
+def peak_host_gib() -> float:
+    """This process's peak resident memory so far (GiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def speed_arguments(parser, candidates: int) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import matplotlib
@@ -26,7 +25,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json, speed_arguments, speed_setup  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    environment,
+    markdown_table,
+    peak_host_gib,
+    save_json,
+    speed_arguments,
+    speed_setup,
+)
 
 from optishear_moo import LevelSearchProblem  # noqa: E402
 from optishear_moo.evaluation import kl_to_dense  # noqa: E402
@@ -104,7 +111,7 @@ def main() -> None:
                "calibration": {"n_samples": args.n_samples, "seq_len": args.seq_len},
                "candidates": args.candidates, "n_blocks": problem.evaluator.n_blocks,
                "dense_forward_seconds": floor, "populations": rows, "max_relative_kl_difference": agreement,
-               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+               "peak_rss_gib": peak_host_gib(),
                "environment": environment()}
     save_json("level_fitness_speed", payload)
     write_table(payload)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
+from _common import RESULTS, environment, markdown_table, peak_host_gib, save_json  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from optishear_moo import OptiShearProblem, load_model  # noqa: E402
@@ -107,10 +106,6 @@ def saved_random_model(shape: str, dtype: torch.dtype, directory: Path) -> Path:
     subprocess.run([sys.executable, __file__, "--write", shape, "--dtype", str(dtype).split(".")[1],
                     "--into", str(directory / shape)], check=True)
     return directory / shape
-
-
-def peak_host_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def peak_device_gib(device: torch.device) -> float | None:

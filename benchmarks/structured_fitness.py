@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json, speed_arguments, speed_setup  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    environment,
+    markdown_table,
+    peak_host_gib,
+    save_json,
+    speed_arguments,
+    speed_setup,
+)
 
 from optishear_moo.darwinlm import DarwinLMConfig, StructuredLevelDatabase, search_darwinlm  # noqa: E402
 from optishear_moo.darwinlm.problem import StructuredPruningProblem  # noqa: E402
@@ -76,10 +83,6 @@ def speed(args) -> dict:
         walked, sliced = scores["walk", row["population"]], scores["slice", row["population"]]
         row["max_relative_kl_difference"] = float(np.max(np.abs(walked - sliced) / np.abs(sliced)))
     return {"dense_forward_seconds": floor, "database_seconds": database_seconds, "rows": rows}
-
-
-def peak_host_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def child(args) -> None:
