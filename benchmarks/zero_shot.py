@@ -169,8 +169,8 @@ def row_average(row: dict) -> dict:
     average = dict(row["average"])
     for metric in ("acc", "acc_norm"):
         errors = [task.get(f"{metric}_stderr") for task in tasks]
-        average[f"{metric}_stderr"] = (math.sqrt(sum(e * e for e in errors)) / len(errors)
-                                       if errors and None not in errors else None)
+        known = errors and all(isinstance(e, (int, float)) for e in errors)  # lm-eval: "N/A" for 1 example
+        average[f"{metric}_stderr"] = math.sqrt(sum(e * e for e in errors)) / len(errors) if known else None
     return average
 
 
@@ -185,8 +185,9 @@ def comparisons(rows: dict) -> list[str]:
         a, b = row_average(rows[uniform]), row_average(rows[searched])
         parts = []
         for metric in ("acc", "acc_norm"):
-            error = math.hypot(a[f"{metric}_stderr"], b[f"{metric}_stderr"])
-            parts.append(f"{metric} {b[metric] - a[metric]:+.3f} ± {error:.3f}")
+            errors = (a[f"{metric}_stderr"], b[f"{metric}_stderr"])
+            spread = f" ± {math.hypot(*errors):.3f}" if None not in errors else ""
+            parts.append(f"{metric} {b[metric] - a[metric]:+.3f}{spread}")
         lines.append(f"- {sparsity}: {searched} minus {uniform}, average over the tasks: {'; '.join(parts)} "
                      f"(ppl {rows[searched]['ppl']:.2f} against {rows[uniform]['ppl']:.2f})")
     return lines
@@ -200,7 +201,9 @@ def write_table(payload: dict, name: str) -> None:
         cells = []
         for task in tasks:
             result = row["tasks"][task]
-            cells.append(f"{result['acc']:.3f} / {result['acc_norm']:.3f} ±{result['acc_norm_stderr']:.3f}")
+            error = result["acc_norm_stderr"]
+            spread = f" ±{error:.3f}" if isinstance(error, (int, float)) else ""
+            cells.append(f"{result['acc']:.3f} / {result['acc_norm']:.3f}{spread}")
         average = row_average(row)
         spread = f" ±{average['acc_norm_stderr']:.3f}" if average["acc_norm_stderr"] is not None else ""
         size = row["parameters"] / 1e6 if "parameters" in row else None
