@@ -34,6 +34,11 @@ def environment() -> dict:
     }
 
 
+def device_label(environment_: dict) -> str:
+    """The device a result was measured on, as the tables name it: the GPU, or the CPU's cores."""
+    return environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+
+
 def save_json(name: str, payload: dict) -> Path:
     """Write atomically so an interrupted run never leaves a truncated file."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json, speed_arguments, speed_setup  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    device_label,
+    environment,
+    markdown_table,
+    save_json,
+    speed_arguments,
+    speed_setup,
+)
 
 from optishear_moo import OptiShearProblem  # noqa: E402
 from optishear_moo.activations import collect_input_statistics  # noqa: E402
@@ -67,8 +75,7 @@ def write_table(payload: dict) -> None:
             for key, value in payload["problem"].items()]
     rows.append(["naive loop (deep copy, statistics, prune, forward)", payload["naive_seconds_per_candidate"],
                  payload["naive_seconds_per_candidate"] / floor, None])
-    environment_ = payload["environment"]
-    device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+    device = device_label(payload["environment"])
     text = (f"SmolLM2-135M, {payload['calibration']['n_samples']} x {payload['calibration']['seq_len']} "
             f"calibration tokens, {device}; one dense forward: {floor:.2f} s\n\n"
             + markdown_table(["evaluation (population)", "s / candidate (one block walk)", "vs dense forward",

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS,
+    device_label,
     environment,
     markdown_table,
     peak_host_gib,
@@ -55,8 +56,7 @@ def write_table(payload: dict) -> None:
         walked, alone = row["block_major_seconds_per_candidate"], row["one_at_a_time_seconds_per_candidate"]
         rows.append([name, walked, walked / floor, alone, alone / floor, alone / walked,
                      f"{row['block_passes']} / {row['candidates'] * payload['n_blocks']}"])
-    env = payload["environment"]
-    device = env["cuda"] or f"CPU ({env['cpu_count']} cores)"
+    device = device_label(payload["environment"])
     text = (f"SmolLM2-135M, EvoPress levels at 50 % ({payload['database_method']} database), "
             f"{payload['calibration']['n_samples']} x {payload['calibration']['seq_len']} calibration "
             f"tokens, {payload['candidates']} candidates per population, {device}; one dense forward: "

@@ -23,7 +23,7 @@ import argparse
 import json
 import time
 
-from _common import RESULTS, environment, grouped_bars, markdown_table, save_json
+from _common import RESULTS, device_label, environment, grouped_bars, markdown_table, save_json
 
 from optishear_moo import load_calibration, load_model
 from optishear_moo.evopress import choose_level_method
@@ -114,8 +114,7 @@ def write_table(payload: dict, name: str) -> None:
     rows = [[row["target"], *[f"{row['kl'][m]:.4f}" for m in methods], row["chosen"],
              *[row["uniform_ppl"][m] for m in methods], *[row["level_search_ppl"][m] for m in methods],
              "yes" if row["right"] else "no", round(row["seconds"])] for row in payload["rows"]]
-    environment_ = payload["environment"]
-    device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+    device = device_label(payload["environment"])
     calibration = payload["calibration"]
     text = (f"{payload['model']}; KL to dense on {payload['settings']['validation_samples']} x "
             f"{payload['settings']['validation_seq_len']} WikiText-2 validation tokens after uniform "

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
+from _common import RESULTS, device_label, environment, markdown_table, save_json  # noqa: E402
 
 from optishear_moo import OptiShearProblem, load_calibration, load_model  # noqa: E402
 
@@ -78,8 +78,7 @@ def main() -> None:
     payload = {"benchmark": "parallel", "model": args.model, "settings": vars(args), "rows": rows,
                "environment": environment()}
     save_json("parallel", payload)
-    environment_ = payload["environment"]
-    device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+    device = device_label(payload["environment"])
     table = markdown_table(["evaluation", "candidates / s", "speed-up vs 1 worker", "max rel. difference"],
                            [[r["label"], r["candidates_per_second"], r["speedup_vs_one_worker"],
                              f"{r['max_relative_difference']:.1e}"] for r in rows])

@@ -38,7 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS, environment, markdown_table, peak_host_gib, save_json  # noqa: E402
+from _common import RESULTS, device_label, environment, markdown_table, peak_host_gib, save_json  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from optishear_moo import OptiShearProblem, load_model  # noqa: E402
@@ -197,8 +197,7 @@ def write_table(payload: dict) -> None:
         row["optishear"]["seconds_per_candidate"], row["optishear"]["ratio_to_dense_pass"],
         row["block_removal"]["seconds_per_candidate"], row["block_removal"]["ratio_to_dense_pass"],
         row["weights_gib"], row["peak_host_gib"], row["peak_device_gib"]] for row in payload["rows"]]
-    env = payload["environment"]
-    machine = env["cuda"] or f"CPU ({env['cpu_count']} cores)"
+    machine = device_label(payload["environment"])
     text = (f"Random-init Llama shapes, random calibration tokens; {machine}\n\n"
             + markdown_table(["shape", "parameters", "dtype", "compute device", "tokens", "candidates",
                               "dense pass s",

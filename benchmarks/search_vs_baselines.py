@@ -31,7 +31,7 @@ import json
 import time
 
 import numpy as np
-from _common import RESULTS, environment, grouped_bars, markdown_table, save_json, summary
+from _common import RESULTS, device_label, environment, grouped_bars, markdown_table, save_json, summary
 
 from optishear_moo import (
     CalibrationSet,
@@ -265,8 +265,7 @@ def write_table(payload: dict, name: str) -> None:
         return None if reference is None else row["ppl"] / reference["ppl"]
 
     ratios = [column(method, over_reference) for method in methods if method != REFERENCE]
-    environment_ = payload["environment"]
-    device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+    device = device_label(payload["environment"])
     spread = (f"; median [min, max] over seeds {', '.join(map(str, seeds))} (windows drawn again and "
               "searches seeded per seed)" if len(seeds) > 1 else "")
     text = (f"{payload['model']}, WikiText-2 test ppl; dense: {payload['dense_ppl']:.2f}; "

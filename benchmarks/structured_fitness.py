@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS,
+    device_label,
     environment,
     markdown_table,
     peak_host_gib,
@@ -124,8 +125,7 @@ def memory(args) -> list[dict]:
 
 def write_table(payload: dict) -> None:
     speed_part, runs = payload["speed"], payload["memory"]
-    env = payload["environment"]
-    device = env["cuda"] or f"CPU ({env['cpu_count']} cores)"
+    device = device_label(payload["environment"])
     text = (f"SmolLM2-135M at {payload['compression']}x, {payload['calibration']['n_samples']} x "
             f"{payload['calibration']['seq_len']} calibration tokens, {payload['candidates']} candidates, "
             f"{device}; one dense forward: {speed_part['dense_forward_seconds']:.2f} s\n\n"

@@ -28,7 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json  # noqa: E402
+from _common import RESULTS, device_label, environment, markdown_table, save_json  # noqa: E402
 
 from optishear_moo import (  # noqa: E402
     CalibrationSet,
@@ -210,8 +210,7 @@ def write_table(payload: dict, name: str) -> None:
         rows.append([row["model"], size, row["ppl"], *cells,
                      f"{average['acc']:.3f} / {average['acc_norm']:.3f}{spread}"])
     limit = payload["settings"]["limit"]
-    environment_ = payload["environment"]
-    device = environment_["cuda"] or f"CPU ({environment_['cpu_count']} cores)"
+    device = device_label(payload["environment"])
     counts = ", ".join(f"{t} {payload['rows'][0]['tasks'][t]['n']}" for t in tasks)
     lines = comparisons({row["model"]: row for row in payload["rows"]})
     text = (f"SmolLM2-135M, 0-shot, acc / acc_norm ± acc_norm's standard error; examples per task: {counts}"
