@@ -1,7 +1,8 @@
 """EvoP against the block-removal heuristics at equal evaluation budgets, over seeds (SmolLM2-135M).
 
     python benchmarks/evop_budget.py                                # 3, 6, 9 blocks; both samplings; 3 seeds
-    python benchmarks/evop_budget.py --removals 3 6 --samplings random --seeds 1 --name evop_budget_seed0
+    python benchmarks/evop_budget.py --removals 3 6 --samplings random --seeds 1        # seed 0, every method
+    python benchmarks/evop_budget.py --removals 6 --methods sleb shortgpt last evop "evop 1+λ" "evop+sleb 1+λ"
 
 Every method runs through ``search_evop`` (what ``optishear-moo evop`` runs) and reports the passes
 over the calibration windows it spent choosing (``EvoPResult.n_evaluations``): SLEB's greedy
@@ -64,13 +65,49 @@ def write_table(payload: dict, name: str) -> str:
                               summary([r["calibration_kl"] for r in match], 3),
                               summary([r["test_ppl"] for r in match])])
     seeds = payload["settings"]["seeds"]
+    lines = comparisons(rows)
     text = (f"SmolLM2-135M, dense WikiText-2 test ppl {payload['dense_ppl']:.2f}; "
             f"{payload['settings']['n_samples']} x {payload['settings']['seq_len']} calibration tokens; "
             f"median [min, max] over {seeds} seed{'s' if seeds > 1 else ''}\n\n"
             + markdown_table(["removed", "method", "sampling", "seeds", "evaluations", "calibration KL",
-                              "test ppl"], table) + "\n")
+                              "test ppl"], table) + "\n"
+            + ("\n" + "\n".join(f"- {line}" for line in lines) + "\n" if lines else ""))
     (RESULTS / f"{name}.md").write_text(text)
     return text
+
+
+def comparisons(rows: list[dict]) -> list[str]:
+    """Per removal count: in how many (seed, sampling) draws each search's test ppl is at most the
+    better heuristic's (SLEB or ShortGPT on the same windows), and what cluster sampling does to each
+    method's test ppl against random windows of the same seed."""
+    by_key = {(r["n_removed"], r["method"], r["sampling"], r["seed"]): r["test_ppl"] for r in rows}
+    lines = []
+    for n_remove in sorted({r["n_removed"] for r in rows}):
+        for method in METHODS:
+            if method not in WARM_STARTS:
+                continue
+            wins, draws, ratios = 0, 0, []
+            for (n, m, sampling, seed), ppl in by_key.items():
+                best = [by_key.get((n, h, sampling, seed)) for h in ("sleb", "shortgpt")]
+                if n != n_remove or m != method or None in best:
+                    continue
+                draws += 1
+                wins += ppl <= min(best)
+                ratios.append(ppl / min(best))
+            if draws:
+                lines.append(f"{n_remove} blocks, {method}: test ppl <= the better of SLEB and ShortGPT in "
+                             f"{wins} of {draws} draws; median ratio {statistics.median(ratios):.3f}")
+        for method in METHODS:
+            pairs = [(by_key[(n_remove, method, "cluster", seed)], ppl)
+                     for (n, m, sampling, seed), ppl in by_key.items()
+                     if n == n_remove and m == method and sampling == "random"
+                     and (n_remove, method, "cluster", seed) in by_key]
+            if pairs:
+                better = sum(cluster < random for cluster, random in pairs)
+                ratio = statistics.median(cluster / random for cluster, random in pairs)
+                lines.append(f"{n_remove} blocks, {method}: cluster sampling lowers test ppl against random "
+                             f"windows in {better} of {len(pairs)} seeds; median ratio {ratio:.3f}")
+    return lines
 
 
 def plot(payload: dict, name: str) -> None:
@@ -105,16 +142,21 @@ def main() -> None:
     parser.add_argument("--n-clusters", type=int, default=8)
     parser.add_argument("--pop", type=int, default=16, help="EvoP population (driver default: 16)")
     parser.add_argument("--eval-segments", type=int, default=16)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, metavar="METHOD",
+                        help=f"a subset of {', '.join(METHODS)} (the searches need sleb's evaluation count)")
     parser.add_argument("--name", default="evop_budget", help="results/NAME.{json,md,png}")
     args = parser.parse_args()
     if args.seeds < 1 or args.pop < 2 or any(n < 1 for n in args.removals):
         parser.error("--seeds and every removal must be at least 1, --pop at least 2")
+    if "sleb" not in args.methods and set(args.methods) & set(WARM_STARTS):
+        parser.error("--methods: the searches get at least SLEB's evaluations, so add sleb")
+    args.methods = [method for method in METHODS if method in args.methods]
     settings = {key: value for key, value in vars(args).items() if key != "name"}
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
     model, tokenizer = load_model("smollm2-135m")
-    grid = ("removals", "samplings", "seeds")  # what rows are keyed by; the rest must match
+    grid = ("removals", "samplings", "seeds", "methods")  # what rows are keyed by; the rest must match
     if previous is not None and all(previous["settings"].get(key) == value
                                     for key, value in settings.items() if key not in grid):
         payload = previous
@@ -122,6 +164,7 @@ def main() -> None:
         old["removals"] = sorted(set(old["removals"]) | set(args.removals))
         old["samplings"] = list(dict.fromkeys(old["samplings"] + args.samplings))
         old["seeds"] = max(old["seeds"], args.seeds)
+        old["methods"] = [m for m in METHODS if m in old.get("methods", METHODS) or m in args.methods]
         print(f"resuming {path.name}: {len(payload['rows'])} rows done")
     else:
         dense = perplexity(model, tokenizer, 1024, args.eval_segments, progress=False).perplexity
@@ -131,7 +174,7 @@ def main() -> None:
         for sampling in args.samplings:
             calibration = None
             for n_remove in args.removals:
-                for method in METHODS:
+                for method in args.methods:
                     if method == "last" and (seed or sampling != args.samplings[0]):
                         continue  # depends on neither the windows nor the seed
                     if (seed, sampling, n_remove, method) in done:
