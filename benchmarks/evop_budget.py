@@ -111,22 +111,27 @@ def comparisons(rows: list[dict]) -> list[str]:
 
 
 def plot(payload: dict, name: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colors = ["tab:green", "tab:orange", "tab:gray", "tab:blue", "tab:purple", "tab:cyan", "tab:red"]
-    for method, color in zip(METHODS, colors):
-        for sampling, style in (("random", "-o"), ("cluster", "--s")):
-            points = {}
-            for row in payload["rows"]:
-                if row["method"] == method and row["sampling"] == sampling:
-                    points.setdefault(row["n_removed"], []).append(row["test_ppl"])
-            if points:
-                xs = sorted(points)
-                ax.plot(xs, [statistics.median(points[x]) for x in xs], style, color=color,
-                        label=f"{method} ({sampling})")
-    ax.axhline(payload["dense_ppl"], color="black", lw=0.8, label="dense")
-    ax.set(xlabel="blocks removed (of 30)", ylabel="WikiText-2 test perplexity (median)", yscale="log",
-           title="SmolLM2-135M block removal at equal budgets")
-    ax.legend(fontsize=7)
+    """Every draw's held-out perplexity per method, one panel per removal count (``last`` is off the
+    scale and left out; its figures are in the table)."""
+    removals = sorted({row["n_removed"] for row in payload["rows"]})
+    methods = [m for m in METHODS if m != "last"]
+    fig, axes = plt.subplots(1, len(removals), figsize=(4.5 * len(removals), 4), squeeze=False)
+    for ax, n_remove in zip(axes[0], removals):
+        for x, method in enumerate(methods):
+            for sampling, marker, shift, color in (("random", "o", -0.12, "tab:blue"),
+                                                   ("cluster", "s", 0.12, "tab:orange")):
+                values = [r["test_ppl"] for r in payload["rows"] if r["n_removed"] == n_remove
+                          and r["method"] == method and r["sampling"] == sampling]
+                if values:
+                    ax.scatter([x + shift] * len(values), values, marker=marker, color=color, alpha=0.7,
+                               label=f"{sampling} windows" if x == 0 else None)
+                    ax.hlines(statistics.median(values), x + shift - 0.1, x + shift + 0.1, color="black")
+        ax.axhline(payload["dense_ppl"], color="gray", lw=0.8, ls=":", label="dense")
+        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=8)
+        ax.set(title=f"{n_remove} of 30 blocks removed",
+               ylabel="WikiText-2 test ppl (each draw; bar: median)")
+        ax.legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M block removal at equal evaluation budgets", fontsize=10)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=120)
 
