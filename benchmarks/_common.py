@@ -73,6 +73,13 @@ def summary(values: list[float], digits: int = 2) -> str:
     return f"{number(statistics.median(values))} [{number(min(values))}, {number(max(values))}]"
 
 
+def paired_comparison(pairs: list[tuple[float, float]], strict: bool = False) -> tuple[int, float]:
+    """For ``(a, b)`` pairs of one measure (lower is better) from the same draw: in how many ``a``
+    is at most ``b`` (below it, with ``strict``), and the median of ``a / b``."""
+    wins = sum(a < b if strict else a <= b for a, b in pairs)
+    return wins, statistics.median(a / b for a, b in pairs)
+
+
 def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str,
                  reference: tuple[str, float] | None = None, figsize=(8, 4),
                  ranges: dict[str, list[tuple[float, float]]] | None = None) -> None:

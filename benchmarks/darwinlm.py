@@ -41,6 +41,7 @@ from _common import (  # noqa: E402
     darwinlm_windows,
     environment,
     markdown_table,
+    paired_comparison,
     save_json,
     summary,
 )
@@ -173,8 +174,7 @@ def write_table(payload: dict, name: str) -> str:
                      if a["target"] == b["target"] == target and a["seed"] == b["seed"]
                      and a["method"] == "search training-aware" and b["method"] == other]
             if pairs:
-                wins = sum(aware <= one_shot for aware, one_shot in pairs)
-                ratio = statistics.median(aware / one_shot for aware, one_shot in pairs)
+                wins, ratio = paired_comparison(pairs)
                 verdicts.append(f"- {target}x: training-aware post-trained ppl <= "
                                 f"{other.removeprefix('search ')}'s in {wins} of {len(pairs)} seeds; "
                                 f"median ratio {ratio:.3f}")

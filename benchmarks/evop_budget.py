@@ -34,7 +34,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from _common import RESULTS, environment, markdown_table, save_json, summary  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    environment,
+    markdown_table,
+    paired_comparison,
+    save_json,
+    summary,
+)
 
 from optishear_moo import EvoPConfig, SearchRun, load_calibration, load_model, search_evop  # noqa: E402
 from optishear_moo.evaluation import perplexity  # noqa: E402
@@ -83,28 +90,23 @@ def comparisons(rows: list[dict]) -> list[str]:
     by_key = {(r["n_removed"], r["method"], r["sampling"], r["seed"]): r["test_ppl"] for r in rows}
     lines = []
     for n_remove in sorted({r["n_removed"] for r in rows}):
-        for method in METHODS:
-            if method not in WARM_STARTS:
-                continue
-            wins, draws, ratios = 0, 0, []
+        for method in [m for m in METHODS if m in WARM_STARTS]:
+            pairs = []
             for (n, m, sampling, seed), ppl in by_key.items():
                 best = [by_key.get((n, h, sampling, seed)) for h in ("sleb", "shortgpt")]
-                if n != n_remove or m != method or None in best:
-                    continue
-                draws += 1
-                wins += ppl <= min(best)
-                ratios.append(ppl / min(best))
-            if draws:
+                if (n, m) == (n_remove, method) and None not in best:
+                    pairs.append((ppl, min(best)))
+            if pairs:
+                wins, ratio = paired_comparison(pairs)
                 lines.append(f"{n_remove} blocks, {method}: test ppl <= the better of SLEB and ShortGPT in "
-                             f"{wins} of {draws} draws; median ratio {statistics.median(ratios):.3f}")
+                             f"{wins} of {len(pairs)} draws; median ratio {ratio:.3f}")
         for method in METHODS:
             pairs = [(by_key[(n_remove, method, "cluster", seed)], ppl)
                      for (n, m, sampling, seed), ppl in by_key.items()
-                     if n == n_remove and m == method and sampling == "random"
+                     if (n, m, sampling) == (n_remove, method, "random")
                      and (n_remove, method, "cluster", seed) in by_key]
             if pairs:
-                better = sum(cluster < random for cluster, random in pairs)
-                ratio = statistics.median(cluster / random for cluster, random in pairs)
+                better, ratio = paired_comparison(pairs, strict=True)
                 lines.append(f"{n_remove} blocks, {method}: cluster sampling lowers test ppl against random "
                              f"windows in {better} of {len(pairs)} seeds; median ratio {ratio:.3f}")
     return lines
