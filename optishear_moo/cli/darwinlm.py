@@ -23,7 +23,8 @@ def add_parser(commands) -> None:
                          help="MLP levels (must divide intermediate_size; default: about 10)")
     command.add_argument("--scoring", default="auto", choices=["auto", "walk", "slice"],
                          help="one-shot scores: the population in one walk over the blocks, a sliced "
-                              "forward per candidate, or auto (walk with --offload; default)")
+                              "forward per candidate, or auto (walk unless an output projection has a "
+                              "bias; default)")
     add_search_flags(command, pop=1, gens=10, offspring=16)
     add_model_flags(command)
     add_calibration_flags(command, n_samples=8, seq_len=128)

@@ -32,7 +32,7 @@ class DarwinLMConfig:
         batch_size: Calibration windows per forward pass.
         scoring: How one-shot scores are computed: ``walk`` (the population in one walk over the
             blocks, dense-shaped; what a model loaded with ``offload`` needs), ``slice`` (one
-            sliced forward per candidate) or ``auto`` (walk for an offloaded model).
+            sliced forward per candidate) or ``auto`` (walk unless an output projection has a bias).
     """
 
     target_compression: float | tuple[float, float] = 1.5

@@ -61,7 +61,7 @@ class StructuredPruningProblem(ModelProblem):
         progress: Show progress while the dense references (and database) are computed.
         scoring: How one-shot scores are computed: ``walk`` (the population in one walk over the
             blocks, dense-shaped), ``slice`` (a sliced forward per candidate), or ``auto`` (walk
-            for a model loaded with ``offload``); see :mod:`.fitness`.
+            unless an output projection has a bias); see :mod:`.fitness`.
         device: Where a walk runs the blocks (default: the model's compute device).
         workers: Evaluate on this many Ray workers, or on a ``RayPool``.
         ray_address: The Ray cluster to join.

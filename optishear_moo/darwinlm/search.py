@@ -85,7 +85,8 @@ def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None
     offspring still in the race on the training windows before scoring them (survivors halve as
     the fine-tunes grow). The model is left dense; ``result.apply(model)`` slices it.
 
-    A model loaded with ``offload`` is scored one block at a time (``config.scoring`` ``auto``):
+    One-shot scores come from one walk over the blocks per generation (``config.scoring``
+    ``auto``), so a model loaded with ``offload`` is read one block at a time:
     with ``offload="disk"``, one-shot selection runs within the memory of a block, and the level
     database keeps only the re-fitted output projections.
 

@@ -92,3 +92,11 @@ def test_the_walk_refuses_output_projections_with_a_bias(calibration):
     block.mlp.down_proj.bias = torch.nn.Parameter(torch.zeros(block.mlp.down_proj.out_features))
     with pytest.raises(SettingError, match="output projection with a bias"):
         StructuredPruningProblem(model, calibration, 2.0, mlp_levels=8, scoring="walk")
+    assert not StructuredPruningProblem(model, calibration, 2.0, mlp_levels=8).evaluator.walks  # auto slices
+
+
+def test_auto_scoring_walks_a_model_in_memory(calibration):
+    model = make_tiny_model("llama")
+    assert StructuredPruningProblem(model, calibration, 2.0, mlp_levels=8).evaluator.walks
+    sliced = StructuredPruningProblem(model, calibration, 2.0, mlp_levels=8, scoring="slice")
+    assert not sliced.evaluator.walks
