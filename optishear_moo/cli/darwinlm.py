@@ -25,6 +25,8 @@ def add_parser(commands) -> None:
                          help="one-shot scores: the population in one walk over the blocks, a sliced "
                               "forward per candidate, or auto (walk unless an output projection has a "
                               "bias; default)")
+    command.add_argument("--database-dir", default=None,
+                         help="keep the level database on disk here instead of in memory")
     add_search_flags(command, pop=1, gens=10, offspring=16)
     add_model_flags(command)
     add_calibration_flags(command, n_samples=8, seq_len=128)

@@ -33,6 +33,10 @@ class DarwinLMConfig:
         scoring: How one-shot scores are computed: ``walk`` (the population in one walk over the
             blocks, dense-shaped; what a model loaded with ``offload`` needs), ``slice`` (one
             sliced forward per candidate) or ``auto`` (walk unless an output projection has a bias).
+        database_dir: Keep the level database on disk here (one safetensors file per block and
+            unit, read when a candidate needs it) instead of in memory, where it takes about
+            ``mlp_levels / 2`` times the MLP output projections' bytes (0.72 GiB for SmolLM2 at its
+            default 12 MLP levels in float32).
     """
 
     target_compression: float | tuple[float, float] = 1.5
@@ -45,6 +49,7 @@ class DarwinLMConfig:
     n_gen: int = 10
     batch_size: int = 8
     scoring: str = "auto"
+    database_dir: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "target_compression", check_compression_target(self.target_compression))
@@ -97,6 +102,8 @@ class DarwinLMConfig:
             check_reachable(model_config, target, self.mlp_levels)
 
     def to_dict(self) -> dict:
+        """The settings that shape the search (``database_dir`` only says where it is kept)."""
         values = asdict(self)
         values["finetune_tokens"] = list(self.finetune_tokens)
+        del values["database_dir"]
         return values

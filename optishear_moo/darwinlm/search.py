@@ -107,7 +107,8 @@ def search_darwinlm(model: nn.Module, calibration, config: DarwinLMConfig | None
         refuse_finetunes_when_streamed(model)
     started = time.perf_counter()
     database = StructuredLevelDatabase.build(model, calibration.pruning, config.mlp_levels,
-                                             batch_size=config.batch_size, progress=run.progress)
+                                             batch_size=config.batch_size, directory=config.database_dir,
+                                             progress=run.progress)
     stages = config.stages()
     problem = StructuredPruningProblem(model, calibration.search, config.target_compression, database,
                                        calibration.training, batch_size=config.batch_size,

@@ -28,9 +28,11 @@ def test_darwinlm_one_shot_streamed_from_disk_saves_what_a_run_in_memory_saves(t
     reports = {}
     for offload in ("none", "disk"):
         output = tmp_path / offload
+        on_disk = ["--database-dir", str(tmp_path / "db")] if offload == "disk" else []
         assert darwinlm(tiny_model_dir, output, "--compression", "1.5", "--selection", "one-shot",
-                        "--offload", offload, "--scoring", "walk") == 0
+                        "--offload", offload, "--scoring", "walk", *on_disk) == 0
         reports[offload] = json.loads((output / "report.json").read_text())
+    assert len(list((tmp_path / "db").glob("block*_*.safetensors"))) == 2 * 3  # (attention, mlp) x blocks
     assert reports["disk"]["levels"] == reports["none"]["levels"]
     # (the streamed head is compared a vocabulary slice at a time: float32 rounding apart)
     assert reports["disk"]["calibration_kl"] == pytest.approx(reports["none"]["calibration_kl"], rel=1e-4)

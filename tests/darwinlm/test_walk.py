@@ -1,6 +1,8 @@
 """DarwinLM scored block by block (``scoring="walk"``): the same one-shot KL as the sliced model,
 for a model in memory and for one streamed from disk, which the whole one-shot pipeline runs on."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -56,8 +58,10 @@ def test_a_streamed_model_runs_one_shot_darwinlm_and_finds_what_the_model_in_mem
     ordinary, _ = load_model(str(tiny_model_dir), device="cpu")
     expected = search_darwinlm(ordinary, calibration, config, SearchRun(seed=0))
     model, _ = load_model(str(tiny_model_dir), device="cpu", offload="disk")
-    result = search_darwinlm(model, calibration, config, SearchRun(seed=0))
-    assert result.database.dense is None  # no copy of the dense projections is kept
+    on_disk = dataclasses.replace(config, database_dir=str(tmp_path / "db"))
+    result = search_darwinlm(model, calibration, on_disk, SearchRun(seed=0))
+    assert result.database.dense is None and not result.database._entries  # nothing of it in memory
+    assert len(list((tmp_path / "db").iterdir())) == 2 * 3  # a file per (block, unit)
     assert is_streamed(model)  # the search read the blocks, changed nothing, kept nothing
     assert result.levels == expected.levels
     assert result.calibration_kl == pytest.approx(expected.calibration_kl, rel=1e-5)
@@ -71,7 +75,8 @@ def test_a_streamed_model_runs_one_shot_darwinlm_and_finds_what_the_model_in_mem
         p.numel() for p in ordinary.model.layers.parameters())
 
 
-def test_a_streamed_model_refuses_what_needs_it_in_memory_before_any_work(tiny_model_dir, calibration):
+def test_a_streamed_model_refuses_what_needs_it_in_memory_before_any_work(tiny_model_dir, calibration,
+                                                                           tmp_path):
     model, _ = load_model(str(tiny_model_dir), device="cpu", offload="disk")
     with pytest.raises(SettingError, match="training-aware selection fine-tunes candidates in memory"):
         search_darwinlm(model, calibration, DarwinLMConfig(target_compression=2.0, mlp_levels=8))
@@ -79,6 +84,11 @@ def test_a_streamed_model_refuses_what_needs_it_in_memory_before_any_work(tiny_m
         StructuredPruningProblem(model, calibration, 2.0, mlp_levels=8, scoring="slice")
     with pytest.raises(SettingError, match="scoring .fast. is unknown"):
         DarwinLMConfig(scoring="fast")
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(SettingError, match="database_dir .* cannot hold the database"):
+        search_darwinlm(model, calibration, DarwinLMConfig(target_compression=2.0, mlp_levels=8,
+                                                           selection="one-shot",
+                                                           database_dir=str(tmp_path / "a file")))
     problem = StructuredPruningProblem(model, calibration, 2.0, mlp_levels=8, batch_size=3)
     assert problem.evaluator.walks
     with pytest.raises(SettingError, match="training-aware selection"):
