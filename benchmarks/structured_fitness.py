@@ -2,6 +2,7 @@
 over the blocks for the population, and one-shot DarwinLM on the model streamed from disk.
 
     python benchmarks/structured_fitness.py [--candidates 16] [--compression 2.0]
+    python benchmarks/structured_fitness.py --memory-only   # rerun the memory part, keep the speed rows
     python benchmarks/structured_fitness.py --table-only    # results/structured_fitness.md from the JSON
 
 Speed: ``StructuredPruningProblem.evaluate`` on the same populations with ``scoring="slice"`` (one
@@ -13,9 +14,10 @@ seconds per candidate, their ratio to one dense forward, and how far the two sco
 apart.
 
 Memory: ``search_darwinlm`` (one-shot, ``--gens`` generations of ``--offspring``) and
-``result.apply`` in a child process each, on the model loaded in memory and on the model saved
-as safetensors and loaded with ``offload="disk"``; the children report their peak RSS, wall
-seconds, the levels found and their KL. Writes results/structured_fitness.{json,md,png}.
+``result.apply`` in a child process each, on the model loaded in memory, on the model saved
+as safetensors and loaded with ``offload="disk"``, and on that model with the level database on
+disk too (``database_dir``); the children report their peak RSS, wall seconds, the levels found
+and their KL. Writes results/structured_fitness.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from optishear_moo.search import SearchRun  # noqa: E402
 from optishear_moo.search.levels import BudgetSampling, LevelSwitchMutation  # noqa: E402
 
 SCORINGS = ("slice", "walk")
+DATABASE_ON_DISK = "disk, database on disk"
+CHILDREN = ("memory", "disk", DATABASE_ON_DISK)
 
 
 def populations(problem, n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -90,12 +94,14 @@ def child(args) -> None:
     """One one-shot DarwinLM run (search and apply), its figures as JSON on the last line."""
     from optishear_moo import load_calibration, load_model
 
-    offload = "disk" if args.child == "disk" else False
+    offload = False if args.child == "memory" else "disk"
+    database_dir = str(Path(args.model_dir).parent / "database") if args.child == DATABASE_ON_DISK else None
     start = time.perf_counter()
     model, tokenizer = load_model(args.model_dir, offload=offload)
     calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed=0)
     config = DarwinLMConfig(target_compression=args.compression, selection="one-shot", pop_size=1,
-                            n_offsprings=args.offspring, n_gen=args.gens, batch_size=args.n_samples)
+                            n_offsprings=args.offspring, n_gen=args.gens, batch_size=args.n_samples,
+                            database_dir=database_dir)
     result = search_darwinlm(model, calibration, config, SearchRun(seed=0))
     result.apply(model)
     print(json.dumps({"offload": args.child, "peak_rss_gib": peak_host_gib(),
@@ -109,7 +115,7 @@ def memory(args) -> list[dict]:
         directory = Path(scratch) / "smollm2"
         subprocess.run([sys.executable, __file__, "--save-into", str(directory)], check=True)
         weights = sum(path.stat().st_size for path in directory.glob("*.safetensors")) / 2**30
-        for mode in ("memory", "disk"):
+        for mode in CHILDREN:
             flags = ["--child", mode, "--model-dir", str(directory), "--n-samples", str(args.n_samples),
                      "--seq-len", str(args.seq_len), "--compression", str(args.compression),
                      "--offspring", str(args.offspring), "--gens", str(args.gens)]
@@ -118,7 +124,7 @@ def memory(args) -> list[dict]:
             run = json.loads(out.stdout.strip().splitlines()[-1])
             run["weights_gib"] = weights
             runs.append(run)
-            print(f"{mode:6s} peak RSS {run['peak_rss_gib']:.2f} GiB ({weights:.2f} GiB of weights), "
+            print(f"{mode:22s} peak RSS {run['peak_rss_gib']:.2f} GiB ({weights:.2f} GiB of weights), "
                   f"{run['seconds']:.0f} s, KL {run['calibration_kl']:.4f}", flush=True)
     return runs
 
@@ -162,7 +168,9 @@ def main() -> None:
     parser.add_argument("--offspring", type=int, default=8,
                         help="offspring per generation of the memory runs")
     parser.add_argument("--gens", type=int, default=2, help="generations of the memory runs")
-    parser.add_argument("--child", choices=["memory", "disk"], help=argparse.SUPPRESS)
+    parser.add_argument("--memory-only", action="store_true",
+                        help="rerun the memory part only; the speed rows come from the saved JSON")
+    parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--save-into", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -178,6 +186,14 @@ def main() -> None:
         return
     if args.table_only:
         payload = json.loads((RESULTS / "structured_fitness.json").read_text())
+    elif args.memory_only:
+        payload = json.loads((RESULTS / "structured_fitness.json").read_text())
+        saved = (payload["compression"], payload["calibration"], payload["offspring"], payload["gens"])
+        if saved != (args.compression, {"n_samples": args.n_samples, "seq_len": args.seq_len},
+                     args.offspring, args.gens):
+            parser.error("--memory-only: the saved run has other settings; rerun without it")
+        payload["memory"], payload["environment"] = memory(args), environment()
+        save_json("structured_fitness", payload)
     else:
         payload = {"benchmark": "structured_fitness", "model": "smollm2-135m",
                    "compression": args.compression,
