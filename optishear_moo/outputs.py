@@ -127,6 +127,19 @@ def make_directory(path: str | Path) -> Path:
     return path
 
 
+def database_directory(path: str | Path) -> Path:
+    """Create the directory a level database is written to, before the expensive pass that fills
+    it: a :class:`~optishear_moo.errors.SettingError` naming ``database_dir`` if it cannot be
+    (a link, a file there, no permission)."""
+    from .errors import SettingError, param
+
+    try:
+        return make_directory(path)
+    except (OSError, ValueError) as error:
+        raise SettingError(f"{param('database_dir')} {path} cannot hold the database ({error}): "
+                           "choose another directory") from None
+
+
 def remove(path: str | Path) -> None:
     """Remove a file, link or directory tree at ``path`` without following links."""
     path = Path(path)

@@ -150,13 +150,9 @@ class StructuredLevelDatabase:
             raise SettingError(f"{param('mlp_levels')}={mlp_levels} must divide intermediate_size="
                                f"{layout.intermediate_size} so every level step is equal")
         if directory is not None:  # before the dense pass: a link or a file there is refused now
-            from ..outputs import make_directory
+            from ..outputs import database_directory
 
-            try:
-                make_directory(directory)
-            except (OSError, ValueError) as error:
-                raise SettingError(f"{param('database_dir')} {directory} cannot hold the database ({error}): "
-                                   f"choose another directory") from None
+            database_directory(directory)
         adapter = get_adapter(model)
         blocks = adapter.blocks(model)
         database = cls(layout, len(blocks), mlp_levels, directory)

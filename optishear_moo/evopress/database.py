@@ -115,6 +115,10 @@ class SparsityLevelDatabase:
                 raise ValueError(f"inputs_at={inputs_at} is not a sparsity of the ladder {ladder}: "
                                  "use one of them, or None for dense inputs")
             anchor = matches[0]
+        if directory is not None:  # before the walk: a link or a file there is refused now
+            from ..outputs import database_directory
+
+            database_directory(directory)
         layers = get_adapter(model).prunable_layers(model)
         database = cls(layers, ladder, method, update, directory, inputs_at)
         needs_gram = method == "sparsegpt" or update != "none"

@@ -14,6 +14,7 @@ from ..activations import sequential_blocks
 from ..data.config import CalibrationSet
 from ..evaluation.divergence import DenseOutputs, kl_to_dense
 from ..models.adapters import get_adapter
+from ..outputs import database_directory
 from ..pruning.prune import METHODS, PruningConfig, prune_model, prune_weight_, shared_factors
 from ..pruning.update import UPDATES
 from ..pruning.weights import DenseSnapshot
@@ -225,6 +226,8 @@ def search_evopress(model: nn.Module, calibration, config: EvoPressConfig | None
     config = config or EvoPressConfig()
     run = run or SearchRun()
     calibration = CalibrationSet.of(calibration)
+    if config.database_dir is not None:  # before the method choice's and the database's passes
+        database_directory(config.database_dir)
     started = time.perf_counter()
     checkpoint = (Checkpoint(run.directory, "evopress", {**run.settings, **config.to_dict()}, run.resume)
                   if run.directory is not None else None)

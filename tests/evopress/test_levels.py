@@ -65,6 +65,30 @@ def test_database_holds_sparsegpt_from_dense_inputs_at_every_level(database, cal
     torch.testing.assert_close(on_disk.weight(name, 2), in_memory.weight(name, 2))
 
 
+def test_a_database_directory_that_cannot_hold_it_is_refused_before_the_walk(calibration_ids, tmp_path,
+                                                                           monkeypatch):
+    import optishear_moo.evopress.database as module
+    from optishear_moo.errors import SettingError
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the walk started before the directory was checked")
+
+    monkeypatch.setattr(module, "sequential_blocks", no_walk)
+    model = make_tiny_model("llama")
+    (tmp_path / "a file").write_text("")
+    (tmp_path / "a link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    for name in ("a file", "a link"):
+        with pytest.raises(SettingError, match="database_dir .* cannot hold the database"):
+            SparsityLevelDatabase.build(model, calibration_ids, LADDER, directory=tmp_path / name)
+    assert not (tmp_path / "elsewhere").exists()
+    import optishear_moo.evopress.search as search_module
+
+    monkeypatch.setattr(search_module, "_method_choice", no_walk)  # auto compares methods first
+    with pytest.raises(SettingError, match="database_dir .* cannot hold the database"):
+        search_evopress(model, calibration_ids, EvoPressConfig(target_sparsity=0.5, method="auto",
+                                                               database_dir=str(tmp_path / "a file")))
+
+
 def test_a_database_with_inputs_at_a_level_stitches_uniformly_into_sequential_sparsegpt(calibration_ids):
     model = make_tiny_model("llama")
     dense = {name: p.clone() for name, p in model.state_dict().items()}
