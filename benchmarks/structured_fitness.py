@@ -14,10 +14,12 @@ seconds per candidate, their ratio to one dense forward, and how far the two sco
 apart.
 
 Memory: ``search_darwinlm`` (one-shot, ``--gens`` generations of ``--offspring``) and
-``result.apply`` in a child process each, on the model loaded in memory, on the model saved
-as safetensors and loaded with ``offload="disk"``, and on that model with the level database on
-disk too (``database_dir``); the children report their peak RSS, wall seconds, the levels found
-and their KL. Writes results/structured_fitness.{json,md,png}.
+``result.apply`` in a child process each, on the model loaded in memory (scored as ``auto``
+chooses, and sliced: the two scorings end to end in one run), on the model saved as safetensors
+and loaded with ``offload="disk"``, and on that model with the level database on disk too
+(``database_dir``); the children report their scoring, peak RSS, the level database's bytes (in
+memory or its files), wall seconds, the levels found and their KL.
+Writes results/structured_fitness.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ from _common import (  # noqa: E402
 )
 
 from optishear_moo.darwinlm import DarwinLMConfig, StructuredLevelDatabase, search_darwinlm  # noqa: E402
+from optishear_moo.darwinlm.fitness import check_scoring  # noqa: E402
 from optishear_moo.darwinlm.problem import StructuredPruningProblem  # noqa: E402
 from optishear_moo.search import SearchRun  # noqa: E402
 from optishear_moo.search.levels import BudgetSampling, LevelSwitchMutation  # noqa: E402
 
 SCORINGS = ("slice", "walk")
 DATABASE_ON_DISK = "disk, database on disk"
-CHILDREN = ("memory", "disk", DATABASE_ON_DISK)
+SLICED = "memory, sliced"
+CHILDREN = ("memory", SLICED, "disk", DATABASE_ON_DISK)  # memory and disk score as `auto` chooses
 
 
 def populations(problem, n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -69,7 +73,8 @@ def speed(args) -> dict:
     start = time.perf_counter()
     database = StructuredLevelDatabase.build(model, calibration)
     database_seconds = time.perf_counter() - start
-    print(f"dense forward {floor:.2f} s; level database {database_seconds:.1f} s", flush=True)
+    print(f"dense forward {floor:.2f} s; level database {database_seconds:.1f} s, "
+          f"{database.nbytes / 2**30:.2f} GiB of entries", flush=True)
     rows, scores = [], {}
     for scoring in SCORINGS:
         problem = StructuredPruningProblem(model, calibration, args.compression, database,
@@ -87,25 +92,28 @@ def speed(args) -> dict:
     for row in rows:
         walked, sliced = scores["walk", row["population"]], scores["slice", row["population"]]
         row["max_relative_kl_difference"] = float(np.max(np.abs(walked - sliced) / np.abs(sliced)))
-    return {"dense_forward_seconds": floor, "database_seconds": database_seconds, "rows": rows}
+    return {"dense_forward_seconds": floor, "database_seconds": database_seconds,
+            "database_gib": database.nbytes / 2**30, "rows": rows}
 
 
 def child(args) -> None:
     """One one-shot DarwinLM run (search and apply), its figures as JSON on the last line."""
     from optishear_moo import load_calibration, load_model
 
-    offload = False if args.child == "memory" else "disk"
+    offload = "disk" if args.child.startswith("disk") else False
     database_dir = str(Path(args.model_dir).parent / "database") if args.child == DATABASE_ON_DISK else None
     start = time.perf_counter()
     model, tokenizer = load_model(args.model_dir, offload=offload)
     calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed=0)
     config = DarwinLMConfig(target_compression=args.compression, selection="one-shot", pop_size=1,
                             n_offsprings=args.offspring, n_gen=args.gens, batch_size=args.n_samples,
-                            database_dir=database_dir)
+                            database_dir=database_dir, scoring="slice" if args.child == SLICED else "auto")
+    scoring = "walk" if check_scoring(config.scoring, model) else "slice"
     result = search_darwinlm(model, calibration, config, SearchRun(seed=0))
     result.apply(model)
-    print(json.dumps({"offload": args.child, "peak_rss_gib": peak_host_gib(),
+    print(json.dumps({"offload": args.child, "scoring": scoring, "peak_rss_gib": peak_host_gib(),
                       "seconds": time.perf_counter() - start, "levels": result.levels,
+                      "database_gib": result.database.nbytes / 2**30,
                       "calibration_kl": result.calibration_kl, "n_evaluations": result.n_evaluations}))
 
 
@@ -142,9 +150,10 @@ def write_table(payload: dict) -> None:
                               for r in speed_part["rows"]])
             + f"\n\nOne-shot DarwinLM ({payload['gens']} generations of {payload['offspring']} offspring, "
             f"then apply), each in its own process:\n\n"
-            + markdown_table(["weights", "peak RSS (GiB)", "weights (GiB)", "seconds", "calibration KL",
-                              "same levels as in memory"],
-                             [[r["offload"], r["peak_rss_gib"], r["weights_gib"], r["seconds"],
+            + markdown_table(["run", "scoring", "peak RSS (GiB)", "weights (GiB)", "level database (GiB)",
+                              "seconds", "calibration KL", "same levels as in memory"],
+                             [[r["offload"], r.get("scoring", "–"), r["peak_rss_gib"], r["weights_gib"],
+                               r["database_gib"] if "database_gib" in r else "–", r["seconds"],
                                f"{r['calibration_kl']:.4f}", r["levels"] == runs[0]["levels"]] for r in runs])
             + "\n")
     (RESULTS / "structured_fitness.md").write_text(text)

@@ -131,6 +131,15 @@ class StructuredLevelDatabase:
         """Highest level per unit (that level removes the whole sub-block)."""
         return {"attention": self.layout.n_kv_heads, "mlp": self.mlp_levels}
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the level entries take: in memory, or their files on disk with ``directory`` (the
+        dense weights kept for slicing are not counted)."""
+        if self.directory is None:
+            return sum(entry.kept.nbytes + entry.weight.nbytes
+                       for entries in self._entries.values() for entry in entries)
+        return sum(path.stat().st_size for path in self.directory.glob("block*_*.safetensors"))
+
     def removed_count(self, unit: str, level: int) -> int:
         """Groups (attention) or channels (mlp) removed at ``level``."""
         if unit == "attention":

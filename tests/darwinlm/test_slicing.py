@@ -85,3 +85,15 @@ def test_other_families_slice_like_their_masked_model_and_reload(family, calibra
     tiny_tokenizer.save_pretrained(tmp_path / family)
     reloaded, _ = load_model(str(tmp_path / family))
     torch.testing.assert_close(reloaded(calibration).logits, model(calibration).logits)
+
+
+def test_database_bytes_count_the_entries_in_memory_and_the_files_on_disk(calibration, tmp_path):
+    model = make_tiny_model("llama")
+    in_memory = StructuredLevelDatabase.build(model, calibration, mlp_levels=8)
+    on_disk = StructuredLevelDatabase.build(model, calibration, mlp_levels=8, directory=tmp_path / "db")
+    entries = [in_memory.get(block, unit, level) for block in range(in_memory.n_blocks)
+               for unit, top in in_memory.n_levels.items() for level in range(top + 1)]
+    expected = sum(entry.kept.nbytes + entry.weight.nbytes for entry in entries)
+    assert in_memory.nbytes == expected > 0
+    assert on_disk.nbytes == sum(path.stat().st_size for path in (tmp_path / "db").iterdir())
+    assert expected < on_disk.nbytes < expected + 6 * 4096  # the same tensors plus six file headers
