@@ -11,6 +11,14 @@ and variants with the same key are formed once per block. At the end, each disti
 hidden states go through the final norm and the LM head, ``chunk_tokens`` tokens at a time, and
 are compared with the dense model's (:class:`~optishear_moo.evaluation.divergence.DenseOutputs`).
 
+Candidates stacked through a block: up to ``stack`` prefixes go through a block in one pass, their
+hidden states concatenated along the batch and each prunable layer whose weights differ between
+them replaced for the pass by one batched product (``torch.bmm``) over their stacked weights
+(``stack × P_l`` weights on the device). Everything else in the block – norms, attention, the
+activation – is the same for every candidate and runs once over the larger batch. ``"auto"``
+stacks on a CUDA device, as many prefixes as half of its free memory holds, and runs one prefix at
+a time on the CPU, where a wider batch does not make the products cheaper.
+
 Where things live: the model stays where it was loaded (host memory for a model larger than the
 device). With a compute ``device`` other than the model's, each block is brought to the device
 for its turn and sent back, the LM head for the final comparison; one block's weights, the
@@ -39,6 +47,8 @@ SKIP = "skip"
 """The variant key of a removed block: its inputs pass through unchanged."""
 
 STATES = ("auto", "device", "host")
+MAX_STACK = 16
+"""The most prefixes ``stack="auto"`` puts through a block at once."""
 
 Form = Callable[[int, list[PrunableLayer], Hashable], None]
 
@@ -55,15 +65,22 @@ class BlockwiseEvaluator:
         states: Where the prefixes' hidden states are kept between blocks: ``"auto"``,
             ``"device"`` or ``"host"``.
         chunk_tokens: Tokens per chunk of logits in the final comparison.
+        stack: Prefixes put through a block in one pass (stacked weights, batched products): a
+            number, or ``"auto"`` (from free memory on a CUDA device, up to :data:`MAX_STACK`;
+            one at a time on the CPU).
         cache_dense: Keep the dense next-token distributions once computed, when they are small
             enough (:data:`~optishear_moo.evaluation.divergence.LOG_PROB_LIMIT`): each candidate
             is then compared through its logit differences from the dense model.
     """
 
     def __init__(self, model: nn.Module, reference: DenseOutputs, device: str | torch.device | None = None,
-                 states: str = "auto", chunk_tokens: int = 4096, cache_dense: bool = True):
+                 states: str = "auto", chunk_tokens: int = 4096, cache_dense: bool = True,
+                 stack: int | str = "auto"):
         if states not in STATES:
             raise ValueError(f"states must be one of {', '.join(STATES)}, got {states!r}")
+        if stack != "auto" and not (isinstance(stack, int) and stack >= 1):
+            raise ValueError(f"stack must be 'auto' or a whole number of at least 1, got {stack!r}")
+        self.stack = stack
         self.model, self.reference = model, reference
         self.adapter = get_adapter(model)
         self.blocks = self.adapter.blocks(model)
@@ -130,13 +147,23 @@ class BlockwiseEvaluator:
                 layers = self.adapter.block_layers(block, index)
                 variants = any(prefix[-1] not in (None, SKIP) for prefix in parents)
                 own = [layer.weight.clone() for layer in layers] if variants else []  # nothing to put back
+                ordered = sorted(parents, key=lambda p: repr(p[-1]))  # one key formed once
+                for prefix in ordered:
+                    if prefix[-1] == SKIP:
+                        following[prefix] = states[parents[prefix]]
+                runs = [prefix for prefix in ordered if prefix[-1] != SKIP]
+                width = self._stack_width(layers, inputs.hidden, len(runs))
                 formed = None
                 try:
-                    for prefix in sorted(parents, key=lambda p: repr(p[-1])):  # one key formed once
-                        key, hidden = prefix[-1], states[parents[prefix]]
-                        if key == SKIP:
-                            following[prefix] = hidden
+                    for start in range(0, len(runs), width):
+                        chunk = runs[start:start + width]
+                        if len(chunk) > 1:
+                            self._run_stacked(block, layers, own, chunk, [states[parents[p]] for p in chunk],
+                                              kwargs, form, index, following, keep)
+                            formed = None  # the block's own weights are back
                             continue
+                        prefix = chunk[0]
+                        key, hidden = prefix[-1], states[parents[prefix]]
                         if key != formed:
                             _put_back(layers, own)
                             if key is not None:
@@ -177,6 +204,64 @@ class BlockwiseEvaluator:
                    for i, (h, (ids, dense)) in enumerate(zip(hidden, reference.batches(fidelity))))
         return distance_to_dense(self.model, batches, measures, self.chunk_tokens)
 
+    def _stack_width(self, layers: list[PrunableLayer], hidden: list[torch.Tensor], n_runs: int) -> int:
+        """How many prefixes go through the block at once."""
+        if n_runs < 2 or any("forward" in vars(layer.module) for layer in layers):  # a hooked layer
+            return 1
+        if self.stack != "auto":
+            return min(self.stack, n_runs)
+        if self.device.type != "cuda":
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        weights = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers)
+        widest = max(layer.out_features for layer in layers)
+        # per prefix: its stacked weights, the widest batch of its hidden states and a few
+        # activations of the block's widest layer
+        tokens = max(h.shape[0] * h.shape[1] for h in hidden)
+        per_prefix = weights + 4 * tokens * widest * hidden[0].element_size()
+        return max(1, min(MAX_STACK, n_runs, int(free // 2 // per_prefix)))
+
+    def _run_stacked(self, block: nn.Module, layers: list[PrunableLayer], own: list[torch.Tensor],
+                     chunk: list[tuple], hidden: list[list[torch.Tensor]], kwargs: list[dict], form: Form,
+                     index: int, following: dict, keep) -> None:
+        """``chunk``'s prefixes through ``block`` in one pass per batch of windows."""
+        width = len(chunk)
+        keys = [prefix[-1] for prefix in chunk]
+        stacks: list[torch.Tensor | None] = [None] * len(layers)
+        if any(key is not None for key in keys):
+            weights = [torch.empty((width, *layer.weight.shape), dtype=layer.weight.dtype, device=self.device)
+                       for layer in layers]
+            formed = None
+            try:
+                for slot, key in enumerate(keys):
+                    if key != formed:
+                        _put_back(layers, own)
+                        if key is not None:
+                            form(index, layers, key)
+                        formed = key
+                    for stacked, layer in zip(weights, layers):
+                        stacked[slot].copy_(layer.weight)
+            finally:
+                _put_back(layers, own)
+            # a layer every prefix has as the block holds it runs as it is, over the wider batch
+            stacks = [None if torch.equal(stacked, weight.expand_as(stacked)) else stacked
+                      for stacked, weight in zip(weights, own)]
+        patched = [(layer.module, stacked) for layer, stacked in zip(layers, stacks) if stacked is not None]
+        for module, stacked in patched:
+            module.forward = _stacked_forward(stacked, module.bias)
+        try:
+            outputs = []
+            for batch, k in enumerate(kwargs):
+                parts = [states[batch].to(self.device) for states in hidden]
+                joined = run_block(block, torch.cat(parts), _repeat_batch(k, width, parts[0].shape[0]))
+                outputs.append(joined.split([part.shape[0] for part in parts]))
+        finally:
+            for module, _ in patched:
+                del module.forward
+        for slot, prefix in enumerate(chunk):
+            following[prefix] = [keep(output[slot]) for output in outputs]
+        self.n_block_forwards += width
+
     def _states_on_host(self, hidden: list[torch.Tensor], width: int) -> bool:
         if self.states != "auto" or self.device.type != "cuda":
             return self.states == "host" and self.device.type != "cpu"
@@ -190,6 +275,34 @@ class BlockwiseEvaluator:
 
     def _on_device(self, module: nn.Module):
         return on_device(module, self.device, self.home, keep=False)  # weights are put back
+
+
+def _stacked_forward(weights: torch.Tensor, bias: torch.Tensor | None):
+    """A linear layer's forward for inputs concatenated from ``len(weights)`` candidates along the
+    batch, candidate ``c`` multiplied by ``weights[c]`` (``(out, in)`` each)."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        grouped = x.reshape(weights.shape[0], -1, x.shape[-1])  # (candidates, its tokens, in)
+        y = torch.bmm(grouped, weights.transpose(1, 2))
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*x.shape[:-1], weights.shape[1])
+
+    return forward
+
+
+def _repeat_batch(value, times: int, batch: int):
+    """The block's keyword arguments for ``times`` candidates' windows concatenated along the
+    batch: per-window tensors (two or more dimensions, the first the batch) repeated."""
+    if torch.is_tensor(value):
+        if value.dim() >= 2 and value.shape[0] == batch:
+            return value.repeat(times, *[1] * (value.dim() - 1))
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_repeat_batch(v, times, batch) for v in value)
+    if isinstance(value, dict):
+        return {name: _repeat_batch(v, times, batch) for name, v in value.items()}
+    return value
 
 
 def _put_back(layers: list[PrunableLayer], weights: list[torch.Tensor]) -> None:

@@ -142,3 +142,64 @@ def test_dense_distributions_are_kept_when_small_and_change_no_score(tiny_llama,
     for a, b in zip(cached, recomputed):
         assert a == pytest.approx(b, rel=1e-5)
     assert not DenseOutputs.build(tiny_llama, calibration).cache_distributions(tiny_llama, limit=vocab * 10)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2", "opt"])
+def test_candidates_stacked_through_a_block_score_as_one_at_a_time(family, calibration):
+    model = make_tiny_model(family)
+    n_blocks = len(get_adapter(model).blocks(model))
+    reference = DenseOutputs.build(model, calibration, batch_size=4)  # windows in batches of 4 and 2
+    candidates = [(0.5,) * n_blocks, (0.3,) * n_blocks, (None,) * n_blocks,
+                  (0.6, SKIP) + (0.5,) * (n_blocks - 2), (None, 0.4) + (None,) * (n_blocks - 2),
+                  (0.5,) * n_blocks]
+    measures = ("kl", "output_error", "ppl")
+    alone = BlockwiseEvaluator(model, reference, stack=1)
+    expected = alone.score(candidates, _form, measures=measures)
+    passes = []
+    blocks = get_adapter(model).blocks(model)
+    hooks = [block.register_forward_pre_hook(lambda m, args: passes.append(args[0].shape[0]))
+             for block in blocks]
+    stacked = BlockwiseEvaluator(model, reference, stack=3)
+    got = stacked.score(candidates, _form, measures=measures)
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(torch.tensor([[s[m] for m in measures] for s in got]),
+                               torch.tensor([[s[m] for m in measures] for s in expected]),
+                               rtol=1e-5, atol=1e-7)
+    assert stacked.n_block_forwards == alone.n_block_forwards
+    assert max(passes) == 3 * 4 and 3 * 2 in passes  # three prefixes' windows in one pass
+    layers = get_adapter(model).prunable_layers(model)
+    assert all(vars(layer.module).get("forward") is None for layer in layers)  # forwards put back
+    assert_same_weights(model, make_tiny_model(family))
+
+
+def test_a_stacked_pass_puts_the_model_back_when_forming_fails(tiny_llama, calibration):
+    reference = DenseOutputs.build(tiny_llama, calibration, batch_size=6)
+
+    def form(index, layers, key):
+        _zero_smallest(layers, 0.5)
+        if key == "bad":
+            raise RuntimeError("broken variant")
+
+    with pytest.raises(RuntimeError, match="broken variant"):
+        BlockwiseEvaluator(tiny_llama, reference, stack=4).kl([("a", "a", "a"), ("a", "bad", "a")], form)
+    assert_same_weights(tiny_llama, make_tiny_model("llama"))
+    with pytest.raises(ValueError, match="stack must be 'auto' or a whole number"):
+        BlockwiseEvaluator(tiny_llama, reference, stack=0)
+
+
+@pytest.mark.cuda
+def test_auto_stacks_candidates_on_a_gpu(calibration):
+    model = make_tiny_model("llama")
+    reference = DenseOutputs.build(model, calibration, batch_size=3)
+    candidates = [(0.5, 0.5, 0.5), (0.3, 0.3, 0.3), (0.6, SKIP, 0.5), (None, 0.4, None)]
+    alone = BlockwiseEvaluator(model, reference, device="cuda", stack=1).kl(candidates, _form)
+    passes = []
+    hooks = [block.register_forward_pre_hook(lambda m, args: passes.append(args[0].shape[0]))
+             for block in get_adapter(model).blocks(model)]
+    stacked = BlockwiseEvaluator(model, reference, device="cuda").kl(candidates, _form)
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(torch.tensor(stacked), torch.tensor(alone), rtol=1e-4, atol=1e-6)
+    assert max(passes) > 3  # "auto" put several prefixes through a block at once
+    assert_same_weights(model, make_tiny_model("llama"))
