@@ -6,6 +6,9 @@
         --name darwinlm_large                                                   # a larger budget
     python benchmarks/darwinlm.py --targets 1.5 --seeds 1 --gens 1 --offspring 2 --post-train-tokens 512 \
         --eval-segments 1 --name darwinlm_smoke                                 # a smoke run
+    python benchmarks/darwinlm.py --targets 2 --calibration-source wikitext2-valid \
+        --finetune-tokens 2048 4096 --methods uniform "search one-shot" "search training-aware" \
+        --name darwinlm_matched          # scored on the fine-tunes' own text, longer fine-tunes
 
 For each target and seed (the calibration and training windows drawn again, the searches seeded):
 uniform structured pruning (the most uniform level allocation), and ``search_darwinlm`` (what
@@ -75,11 +78,15 @@ def main() -> None:
     parser.add_argument("--gens", type=int, default=6)
     parser.add_argument("--offspring", type=int, default=8)
     darwinlm_arguments(parser, [512, 1024], "tokens per selection stage; survivors halve per stage down to 1")
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, metavar="METHOD",
+                        help=f"rows to run (default: all of {', '.join(repr(m) for m in METHODS)})")
     parser.add_argument("--name", default="darwinlm", help="results/NAME.{json,md,png}")
     args = parser.parse_args()
     if args.seeds < 1 or args.gens < 1 or args.offspring < 1 or any(t <= 1 for t in args.targets):
         parser.error("--seeds, --gens and --offspring must be at least 1, every target above 1")
-    settings = darwinlm_settings(args)
+    if METHODS[3] in args.methods and METHODS[2] not in args.methods:
+        parser.error(f"--methods: {METHODS[3]!r} needs {METHODS[2]!r} beside it (it gets that row's compute)")
+    settings = darwinlm_settings(args, leave_out=("name", "methods"))
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
@@ -101,7 +108,7 @@ def main() -> None:
     done = {(r["seed"], r["target"], r["method"]) for r in payload["rows"]}
     calibration_tokens = args.n_samples * args.seq_len
     for seed in range(args.seeds):
-        if all((seed, target, method) in done for target in args.targets for method in METHODS):
+        if all((seed, target, method) in done for target in args.targets for method in args.methods):
             continue
         calibration, training = darwinlm_windows(tokenizer, args, seed)
         database = StructuredLevelDatabase.build(model, calibration)  # the uniform rows'
@@ -109,7 +116,7 @@ def main() -> None:
         for target in args.targets:
             problem = StructuredPruningProblem(model, calibration, target, database=database,
                                                training=training, finetune_learning_rate=args.learning_rate)
-            for method in METHODS:
+            for method in args.methods:
                 if (seed, target, method) in done:
                     continue
                 started = time.perf_counter()
@@ -184,7 +191,9 @@ def write_table(payload: dict, name: str) -> str:
             f"generations x {settings['offspring']} offspring, stage fine-tunes "
             f"{settings['finetune_tokens']} tokens, post-training {settings['post_train_tokens']} tokens "
             f"for every row; passes: forward passes over the {settings['n_samples']} x "
-            f"{settings['seq_len']} calibration windows, a fine-tuning token counted as {TRAIN_PASS}\n\n"
+            f"{settings['seq_len']} calibration windows"
+            + (f" ({settings['calibration_source']} text)" if settings.get("calibration_source") else "")
+            + f", a fine-tuning token counted as {TRAIN_PASS}\n\n"
             + markdown_table(["target", "method", "seeds", "compression", "passes", "calib. KL",
                               "ppl one-shot", "ppl post-trained", "prefill speed-up", "decode speed-up"],
                              table)
