@@ -141,7 +141,14 @@ def darwinlm_windows(tokenizer, args, seed: int):
 
 
 def peak_host_gib() -> float:
-    """This process's peak resident memory so far (GiB)."""
+    """This process's peak resident memory so far (GiB). On Linux the high-water mark of its own
+    address space (``VmHWM``): ``ru_maxrss`` survives ``execve``, so a child started by a large
+    parent would report at least the parent's size when it forked."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
