@@ -138,7 +138,10 @@ class StructuredLevelDatabase:
         if self.directory is None:
             return sum(entry.kept.nbytes + entry.weight.nbytes
                        for entries in self._entries.values() for entry in entries)
-        return sum(path.stat().st_size for path in self.directory.glob("block*_*.safetensors"))
+        return sum(self._file(block, unit).stat().st_size for block in range(self.n_blocks) for unit in UNITS)
+
+    def _file(self, block: int, unit: str) -> Path:
+        return self.directory / f"block{block}_{unit}.safetensors"
 
     def removed_count(self, unit: str, level: int) -> int:
         """Groups (attention) or channels (mlp) removed at ``level``."""
@@ -201,7 +204,7 @@ class StructuredLevelDatabase:
         tensors = {f"{kind}.{level}": tensor.contiguous() for level, entry in enumerate(entries)
                    for kind, tensor in (("kept", entry.kept), ("weight", entry.weight))}
         make_directory(self.directory)
-        write_atomically(self.directory / f"block{block}_{unit}.safetensors", save(tensors))
+        write_atomically(self._file(block, unit), save(tensors))
 
     def get(self, block: int, unit: str, level: int) -> LevelEntry:
         if not 0 <= level <= self.n_levels[unit]:
@@ -210,7 +213,7 @@ class StructuredLevelDatabase:
             return self._entries[block, unit][level]
         from safetensors import safe_open
 
-        with safe_open(self.directory / f"block{block}_{unit}.safetensors", framework="pt") as file:
+        with safe_open(self._file(block, unit), framework="pt") as file:
             return LevelEntry(file.get_tensor(f"kept.{level}"), file.get_tensor(f"weight.{level}"))
 
     def unit_parameters(self, unit: str) -> int:
