@@ -163,12 +163,8 @@ class BlockwiseEvaluator:
                             formed = None  # the block's own weights are back
                             continue
                         prefix = chunk[0]
-                        key, hidden = prefix[-1], states[parents[prefix]]
-                        if key != formed:
-                            _put_back(layers, own)
-                            if key is not None:
-                                form(index, layers, key)
-                            formed = key
+                        hidden = states[parents[prefix]]
+                        formed = _switch(layers, own, form, index, prefix[-1], formed)
                         following[prefix] = [keep(run_block(block, h.to(self.device), k))
                                              for h, k in zip(hidden, kwargs)]
                         self.n_block_forwards += 1
@@ -234,11 +230,7 @@ class BlockwiseEvaluator:
             formed = None
             try:
                 for slot, key in enumerate(keys):
-                    if key != formed:
-                        _put_back(layers, own)
-                        if key is not None:
-                            form(index, layers, key)
-                        formed = key
+                    formed = _switch(layers, own, form, index, key, formed)
                     for stacked, layer in zip(weights, layers):
                         stacked[slot].copy_(layer.weight)
             finally:
@@ -303,6 +295,17 @@ def _repeat_batch(value, times: int, batch: int):
     if isinstance(value, dict):
         return {name: _repeat_batch(v, times, batch) for name, v in value.items()}
     return value
+
+
+def _switch(layers: list[PrunableLayer], own: list[torch.Tensor], form: Form, index: int, key: Hashable,
+            formed: Hashable) -> Hashable:
+    """Variant ``key`` in the block's ``layers`` (its own weights for None), unless ``formed``
+    already is; returns the key now formed."""
+    if key != formed:
+        _put_back(layers, own)
+        if key is not None:
+            form(index, layers, key)
+    return key
 
 
 def _put_back(layers: list[PrunableLayer], weights: list[torch.Tensor]) -> None:
