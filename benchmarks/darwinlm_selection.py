@@ -2,6 +2,8 @@
 
     python benchmarks/darwinlm_selection.py                  # 2x, 8 candidates, 3 seeds
     python benchmarks/darwinlm_selection.py --seeds 1 --name darwinlm_selection_seed0
+    python benchmarks/darwinlm_selection.py --draw offspring --calibration-source wikitext2-valid \
+        --finetune-tokens 2048 4096 --name darwinlm_selection_offspring
 
 Training-aware selection ranks offspring by their KL after a short fine-tune, betting that it
 predicts how well a candidate recovers after the final post-training better than the one-shot KL
@@ -15,7 +17,11 @@ windows and learning rate). Reported per score: the Spearman rank correlation wi
 post-trained perplexity, and the post-trained perplexity of the candidate that score would pick
 over the best candidate's (1.00: it picks the best). Training-aware selection can only beat
 one-shot selection from the fine-tune budget at which its scores rank the candidates better than
-the one-shot KL does. A rerun with the same settings keeps the candidates it has measured.
+the one-shot KL does. ``--draw offspring`` measures what the search itself ranks instead: the
+first population's candidate of lowest one-shot KL becomes the parent, and the candidates are its
+offspring under the search's mutation (``LevelSwitchMutation``: one to three level switches each),
+which differ from each other far less than a first population does.
+A rerun with the same settings keeps the candidates it has measured.
 Writes results/NAME.{json,md,png}.
 """
 
@@ -42,13 +48,14 @@ from _common import (  # noqa: E402
     save_json,
     summary,
 )
+from pymoo.core.population import Population  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from optishear_moo import StructuredPruningProblem, load_model  # noqa: E402
 from optishear_moo.darwinlm import apply_levels_  # noqa: E402
 from optishear_moo.evaluation import perplexity  # noqa: E402
 from optishear_moo.finetuning import post_train  # noqa: E402
-from optishear_moo.search.levels import BudgetSampling  # noqa: E402
+from optishear_moo.search.levels import BudgetSampling, LevelSwitchMutation  # noqa: E402
 
 
 def main() -> None:
@@ -58,6 +65,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds 0..N-1 (windows and candidates drawn again)")
     darwinlm_arguments(parser, [512, 1024, 2048, 4096], "stage fine-tune budgets scored (tokens)")
+    parser.add_argument("--draw", choices=("population", "offspring"), default="population",
+                        help="candidates: the search's first population, or the offspring of its best "
+                             "member under the search's mutation")
     parser.add_argument("--name", default="darwinlm_selection", help="results/NAME.{json,md,png}")
     args = parser.parse_args()
     if args.candidates < 3 or args.seeds < 1 or not args.target > 1:
@@ -65,7 +75,8 @@ def main() -> None:
                      "--target above 1")
     if min(args.finetune_tokens) < args.seq_len:
         parser.error(f"every --finetune-tokens must be at least one window (--seq-len {args.seq_len})")
-    settings = darwinlm_settings(args, ("name", "seeds"))
+    # --draw only when not the default, so results saved before the flag existed still match
+    settings = darwinlm_settings(args, ("name", "seeds") + (("draw",) if args.draw == "population" else ()))
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
@@ -82,7 +93,7 @@ def main() -> None:
         calibration, training = darwinlm_windows(tokenizer, args, seed)
         problem = StructuredPruningProblem(model, calibration, args.target, training=training,
                                            finetune_learning_rate=args.learning_rate)
-        X = BudgetSampling().do(problem, args.candidates, random_state=np.random.default_rng(seed)).get("X")
+        X = candidates(problem, args.candidates, args.draw, np.random.default_rng(seed))
         for k, x in enumerate(X):
             if (seed, k) in done:
                 continue
@@ -105,6 +116,18 @@ def main() -> None:
     payload["environment"] = environment()
     save_json(args.name, payload)
     print(write_table(payload, args.name))
+
+
+def candidates(problem: StructuredPruningProblem, n: int, draw: str, rng: np.random.Generator) -> np.ndarray:
+    """``n`` allocations: the search's first population, or (``offspring``) that population's
+    member of lowest one-shot KL mutated ``n`` times as the search mutates a parent."""
+    X = BudgetSampling().do(problem, n, random_state=rng).get("X")
+    if draw == "population":
+        return X
+    parent = X[int(np.argmin([problem.evaluator.evaluate(problem.levels(x)) for x in X]))]
+    offspring = LevelSwitchMutation().do(problem, Population.new(X=np.repeat(parent[None], n, axis=0)),
+                                         random_state=rng)
+    return np.rint(offspring.get("X")).astype(int)
 
 
 def scores(payload: dict) -> dict[str, Callable[[dict], float]]:
@@ -132,19 +155,35 @@ def per_seed(payload: dict) -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def spread(payload: dict) -> list[float]:
+    """Per seed with every candidate: the worst post-trained ppl over the best (how different the
+    candidates a selection has to rank are)."""
+    by_seed: dict[int, list[float]] = {}
+    for row in payload["rows"]:
+        by_seed.setdefault(row["seed"], []).append(row["ppl_after"])
+    return [max(v) / min(v) for v in by_seed.values() if len(v) == payload["settings"]["candidates"]]
+
+
+DRAWN = {"population": "the search's first population",
+         "offspring": "offspring of the first population's best (one to three level switches each)"}
+
+
 def write_table(payload: dict, name: str) -> str:
     settings, stats = payload["settings"], per_seed(payload)
     seeds = len(next(iter(stats.values()))["rho"])
     table = [[label, *(summary(s[key], 3) if s[key] else None for key in ("rho", "regret"))]
              for label, s in stats.items()]
     text = (f"SmolLM2-135M at {settings['target']}x block-weight compression: {settings['candidates']} "
-            f"candidates per seed drawn as the search's first population, KLs on "
+            f"candidates per seed drawn as {DRAWN[settings.get('draw', 'population')]}, KLs on "
             f"{settings.get('calibration_source') or 'shipped-text (Gutenberg)'} windows; post-training "
             f"{settings['post_train_tokens']} tokens (lr {settings['learning_rate']}), WikiText-2 test ppl "
             f"over {settings['eval_segments']} x 1024 tokens; median [min, max] over {seeds} "
             f"seed{'s' if seeds != 1 else ''}\n\n"
             + markdown_table(["score", "Spearman with post-trained ppl", "picked / best post-trained ppl"],
                              table) + "\n")
+    if seeds:
+        text += ("\nSpread of the candidates' post-trained ppl, worst / best per seed: "
+                 f"{summary(spread(payload), 3)}\n")
     (RESULTS / f"{name}.md").write_text(text)
     if seeds:
         labels = list(stats)
