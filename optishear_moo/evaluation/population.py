@@ -17,7 +17,9 @@ them replaced for the pass by one batched product (``torch.bmm``) over their sta
 (``stack × P_l`` weights on the device). Everything else in the block – norms, attention, the
 activation – is the same for every candidate and runs once over the larger batch. ``"auto"``
 stacks on a CUDA device, as many prefixes as half of its free memory holds, and runs one prefix at
-a time on the CPU, where a wider batch does not make the products cheaper.
+a time on the CPU, where a wider batch does not make the products cheaper. A stacked pass that runs
+out of device memory is run again in passes of half as many prefixes, as is the rest of the walk
+(with a warning), so a wrong estimate costs time, never the run.
 
 Where things live: the model stays where it was loaded (host memory for a model larger than the
 device). With a compute ``device`` other than the model's, each block is brought to the device
@@ -32,6 +34,7 @@ host memory otherwise (``states="host"`` forces it). The model comes back unchan
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
@@ -81,6 +84,8 @@ class BlockwiseEvaluator:
         if stack != "auto" and not (isinstance(stack, int) and stack >= 1):
             raise ValueError(f"stack must be 'auto' or a whole number of at least 1, got {stack!r}")
         self.stack = stack
+        # lowered when a stacked pass runs out of device memory
+        self._stack_cap = MAX_STACK if stack == "auto" else stack
         self.model, self.reference = model, reference
         self.adapter = get_adapter(model)
         self.blocks = self.adapter.blocks(model)
@@ -153,21 +158,30 @@ class BlockwiseEvaluator:
                         following[prefix] = states[parents[prefix]]
                 runs = [prefix for prefix in ordered if prefix[-1] != SKIP]
                 width = self._stack_width(layers, inputs.hidden, len(runs))
-                formed = None
+                formed, start = None, 0
                 try:
-                    for start in range(0, len(runs), width):
+                    while start < len(runs):
                         chunk = runs[start:start + width]
+                        start += len(chunk)
                         if len(chunk) > 1:
-                            self._run_stacked(block, layers, own, chunk, [states[parents[p]] for p in chunk],
-                                              kwargs, form, index, following, keep)
-                            formed = None  # the block's own weights are back
-                            continue
-                        prefix = chunk[0]
-                        hidden = states[parents[prefix]]
-                        formed = _switch(layers, own, form, index, prefix[-1], formed)
-                        following[prefix] = [keep(run_block(block, h.to(self.device), k))
-                                             for h, k in zip(hidden, kwargs)]
-                        self.n_block_forwards += 1
+                            if formed is not None:  # a stacked pass starts from the block's own weights
+                                _put_back(layers, own)
+                            formed = None  # and leaves them in place
+                            try:
+                                self._run_stacked(block, layers, own, chunk,
+                                                  [states[parents[p]] for p in chunk], kwargs, form, index,
+                                                  following, keep)
+                                continue
+                            except torch.OutOfMemoryError:  # the chunk again, in narrower passes
+                                width = self._out_of_memory(len(chunk))
+                                start -= len(chunk)
+                                continue
+                        for prefix in chunk:
+                            hidden = states[parents[prefix]]
+                            formed = _switch(layers, own, form, index, prefix[-1], formed)
+                            following[prefix] = [keep(run_block(block, h.to(self.device), k))
+                                                 for h, k in zip(hidden, kwargs)]
+                            self.n_block_forwards += 1
                 finally:
                     _put_back(layers, own)
             states = following
@@ -205,7 +219,7 @@ class BlockwiseEvaluator:
         if n_runs < 2 or any("forward" in vars(layer.module) for layer in layers):  # a hooked layer
             return 1
         if self.stack != "auto":
-            return min(self.stack, n_runs)
+            return min(self._stack_cap, n_runs)
         if self.device.type != "cuda":
             return 1
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -215,7 +229,18 @@ class BlockwiseEvaluator:
         # activations of the block's widest layer
         tokens = max(h.shape[0] * h.shape[1] for h in hidden)
         per_prefix = weights + 4 * tokens * widest * hidden[0].element_size()
-        return max(1, min(MAX_STACK, n_runs, int(free // 2 // per_prefix)))
+        return max(1, min(self._stack_cap, n_runs, int(free // 2 // per_prefix)))
+
+    def _out_of_memory(self, width: int) -> int:
+        """A stacked pass of ``width`` prefixes ran out of device memory: stack at most half as many
+        (returned) from now on."""
+        self._stack_cap = max(1, width // 2)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        warnings.warn(f"{width} candidates stacked through a block ran out of device memory on "
+                      f"{self.device}; the walk stacks at most {self._stack_cap} from now on "
+                      f"(stack= sets it)", RuntimeWarning, stacklevel=3)
+        return self._stack_cap
 
     def _run_stacked(self, block: nn.Module, layers: list[PrunableLayer], own: list[torch.Tensor],
                      chunk: list[tuple], hidden: list[list[torch.Tensor]], kwargs: list[dict], form: Form,

@@ -188,6 +188,33 @@ def test_a_stacked_pass_puts_the_model_back_when_forming_fails(tiny_llama, calib
         BlockwiseEvaluator(tiny_llama, reference, stack=0)
 
 
+def test_a_stacked_pass_out_of_memory_runs_again_narrower(tiny_llama, calibration, monkeypatch):
+    reference = DenseOutputs.build(tiny_llama, calibration, batch_size=4)
+    candidates = [(0.5, 0.5, 0.5), (0.3, 0.3, 0.3), (None, None, None), (0.6, SKIP, 0.5), (None, 0.4, None),
+                  (0.2, 0.2, 0.2)]
+    alone = BlockwiseEvaluator(tiny_llama, reference, stack=1)
+    expected = alone.kl(candidates, _form)
+    widths = []
+    bmm = torch.bmm
+
+    def short_of_memory(inputs, weights):  # the device holds two candidates' products at a time
+        widths.append(len(weights))
+        if len(weights) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return bmm(inputs, weights)
+
+    monkeypatch.setattr(torch, "bmm", short_of_memory)
+    evaluator = BlockwiseEvaluator(tiny_llama, reference, stack=6)
+    with pytest.warns(RuntimeWarning, match="5 candidates stacked through a block ran out of device memory"):
+        got = evaluator.kl(candidates, _form)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-5, atol=1e-7)
+    assert widths[0] == 5 and max(widths[1:]) == 2  # block 0's 5 prefixes, then at most 2 at a time
+    assert evaluator.n_block_forwards == alone.n_block_forwards
+    layers = get_adapter(tiny_llama).prunable_layers(tiny_llama)
+    assert all(vars(layer.module).get("forward") is None for layer in layers)  # forwards put back
+    assert_same_weights(tiny_llama, make_tiny_model("llama"))
+
+
 @pytest.mark.cuda
 def test_auto_stacks_candidates_on_a_gpu(calibration):
     model = make_tiny_model("llama")
