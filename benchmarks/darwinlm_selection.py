@@ -189,13 +189,20 @@ def write_table(payload: dict, name: str) -> str:
         labels = list(stats)
         fig, ax = plt.subplots(figsize=(6, 4))
         tokens = settings["finetune_tokens"]
-        rho = [statistics.median(stats[label]["rho"]) for label in labels[1:]]
-        ax.plot(tokens, rho, "o-", label="KL after a stage fine-tune")
-        ax.axhline(statistics.median(stats[labels[0]]["rho"]), color="k", ls="--", lw=0.8,
-                   label="one-shot KL")
-        ax.set(xscale="log", xlabel="stage fine-tune tokens",
-               ylabel="Spearman with post-trained ppl (median)",
-               title=f"SmolLM2-135M, {settings['target']}x, {settings['candidates']} candidates")
+        rho = [stats[label]["rho"] for label in labels[1:]]
+        middle = [statistics.median(r) for r in rho]
+        ax.errorbar(tokens, middle, yerr=[[m - min(r) for m, r in zip(middle, rho)],
+                                          [max(r) - m for m, r in zip(middle, rho)]],
+                    fmt="o-", capsize=3, label="KL after a stage fine-tune (median, range over seeds)")
+        one_shot = stats[labels[0]]["rho"]
+        ax.axhspan(min(one_shot), max(one_shot), color="k", alpha=0.08)
+        ax.axhline(statistics.median(one_shot), color="k", ls="--", lw=0.8, label="one-shot KL (band: range)")
+        ax.axhline(0, color="grey", lw=0.5)
+        drawn = "a parent's offspring" if settings.get("draw") == "offspring" else "a first population"
+        ax.set(xscale="log", xlabel="stage fine-tune tokens", ylim=(-1, 1),
+               ylabel="Spearman with post-trained ppl")
+        ax.set_title(f"SmolLM2-135M, {settings['target']}x, {settings['candidates']} candidates from {drawn}",
+                     fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(RESULTS / f"{name}.png", dpi=120)
