@@ -162,26 +162,24 @@ class BlockwiseEvaluator:
                 try:
                     while start < len(runs):
                         chunk = runs[start:start + width]
-                        start += len(chunk)
                         if len(chunk) > 1:
-                            if formed is not None:  # a stacked pass starts from the block's own weights
-                                _put_back(layers, own)
-                            formed = None  # and leaves them in place
+                            # one-prefix passes come only after the stacked ones (the width never
+                            # grows), so a stacked pass finds the block's own weights, and leaves them
                             try:
                                 self._run_stacked(block, layers, own, chunk,
                                                   [states[parents[p]] for p in chunk], kwargs, form, index,
                                                   following, keep)
-                                continue
                             except torch.OutOfMemoryError:  # the chunk again, in narrower passes
                                 width = self._out_of_memory(len(chunk))
-                                start -= len(chunk)
                                 continue
-                        for prefix in chunk:
+                        else:
+                            prefix = chunk[0]
                             hidden = states[parents[prefix]]
                             formed = _switch(layers, own, form, index, prefix[-1], formed)
                             following[prefix] = [keep(run_block(block, h.to(self.device), k))
                                                  for h, k in zip(hidden, kwargs)]
                             self.n_block_forwards += 1
+                        start += len(chunk)
                 finally:
                     _put_back(layers, own)
             states = following
