@@ -141,12 +141,8 @@ def scores(payload: dict) -> dict[str, Callable[[dict], float]]:
 def per_seed(payload: dict) -> dict[str, dict[str, list[float]]]:
     """For every score: its Spearman correlation with the post-trained ppl and the post-trained ppl
     of the candidate it picks over the best one's, one value per seed with every candidate."""
-    n = payload["settings"]["candidates"]
-    by_seed: dict[int, list[dict]] = {}
-    for row in payload["rows"]:
-        by_seed.setdefault(row["seed"], []).append(row)
     out = {label: {"rho": [], "regret": []} for label in scores(payload)}
-    for rows in (rows for _, rows in sorted(by_seed.items()) if len(rows) == n):
+    for rows in complete_seeds(payload):
         final = np.array([row["ppl_after"] for row in rows])
         for label, get in scores(payload).items():
             values = np.array([get(row) for row in rows])
@@ -155,13 +151,19 @@ def per_seed(payload: dict) -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def complete_seeds(payload: dict) -> list[list[dict]]:
+    """The rows of every seed with all its candidates measured, in seed order."""
+    by_seed: dict[int, list[dict]] = {}
+    for row in payload["rows"]:
+        by_seed.setdefault(row["seed"], []).append(row)
+    return [rows for _, rows in sorted(by_seed.items()) if len(rows) == payload["settings"]["candidates"]]
+
+
 def spread(payload: dict) -> list[float]:
     """Per seed with every candidate: the worst post-trained ppl over the best (how different the
     candidates a selection has to rank are)."""
-    by_seed: dict[int, list[float]] = {}
-    for row in payload["rows"]:
-        by_seed.setdefault(row["seed"], []).append(row["ppl_after"])
-    return [max(v) / min(v) for v in by_seed.values() if len(v) == payload["settings"]["candidates"]]
+    return [max(row["ppl_after"] for row in rows) / min(row["ppl_after"] for row in rows)
+            for rows in complete_seeds(payload)]
 
 
 DRAWN = {"population": "the search's first population",
