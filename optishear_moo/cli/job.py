@@ -88,12 +88,16 @@ class Job:
             raise SettingError(f"the run in {self.output} is of the {state['driver']} command, not "
                                f"{self.command}: resume it with optishear-moo {state['driver']}")
         compare_settings(state["settings"], {**self.settings, **self.config.to_dict()}, self.output)
-        done = state["finished"] and state["settings"].get("n_gen") == self.config.n_gen
+        budgets = ("n_gen", "n_evals")  # the settings a finished run may be continued with
+        done = state["finished"] and all(state["settings"].get(name) == getattr(self.config, name, None)
+                                         for name in budgets)
         if done and (self.output / "report.json").is_file() and (self.output / "model").is_dir():
+            more = (f"--evals {state['n_eval'] + 20} (any number above {state['n_eval']})"
+                    if getattr(self.config, "n_evals", None) else
+                    f"--gens {state['generation'] + 5} (any number above {state['generation']})")
             raise AlreadyFinished(f"the run in {self.output} had finished ({state['generation']} "
                                   f"generations, {state['n_eval']} evaluations); nothing was changed. "
-                                  f"Continue it with --gens {state['generation'] + 5} (any number above "
-                                  f"{state['generation']})")
+                                  f"Continue it with {more}")
 
     def load_model(self, name: str | None = None):
         from ..models import load_model

@@ -25,6 +25,12 @@ class EvoPConfig:
         objective: The search's fitness: ``kl`` to the dense model, or calibration ``ppl``.
         pop_size: Population size (``evop``).
         n_gen: Generations (``evop``).
+        n_evals: A budget in scored candidates instead of ``n_gen`` (``evop``): the search stops
+            after the generation in which its own count reaches it (the first population
+            included; offspring pymoo drops as duplicates are not scored and do not count), so it
+            scores at least this many, and fewer than ``pop_size`` more. ``None``: ``n_gen``
+            generations. What a comparison at equal evaluations needs: a generation budget falls
+            short of ``n_gen × pop_size`` by the duplicates.
         batch_size: Calibration windows per forward pass.
         algorithm: ``ga`` (EvoP's genetic algorithm; NSGA-II for a count range) or ``1+lambda``
             (EvoPress's: the best so far is the only parent of ``pop_size`` offspring per
@@ -40,6 +46,7 @@ class EvoPConfig:
     objective: str = "kl"
     pop_size: int = 16
     n_gen: int = 10
+    n_evals: int | None = None
     batch_size: int = 8
     warm_start: tuple[str, ...] = ("last", "shortgpt")
     algorithm: str = "ga"
@@ -74,6 +81,11 @@ class EvoPConfig:
         object.__setattr__(self, "warm_start", tuple(dict.fromkeys(starts)))
         at_least("pop_size", self.pop_size, 2)
         at_least("n_gen", self.n_gen, 1)
+        if self.n_evals is not None:
+            at_least("n_evals", self.n_evals, 1)
+            if self.method != "evop":
+                raise SettingError(f"{param('n_evals')} budgets {param('method')} evop's search; "
+                                   f"{self.method} spends a fixed count: drop {param('n_evals')}")
         at_least("batch_size", self.batch_size, 1)
 
     def check_model(self, model_config) -> None:

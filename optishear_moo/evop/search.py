@@ -113,8 +113,8 @@ def search_evop(model: nn.Module, calibration, config: EvoPConfig | None = None,
     warm_evaluations = evaluator.n_evaluations
     algorithm = block_removal_algorithm(problem, config.pop_size, initial=initial, seed=run.seed,
                                         kind=config.algorithm)
-    result = run_search(problem, algorithm, ("n_gen", config.n_gen), run, settings=config.to_dict(),
-                        driver="evop")
+    termination = ("n_eval", config.n_evals) if config.n_evals else ("n_gen", config.n_gen)
+    result = run_search(problem, algorithm, termination, run, settings=config.to_dict(), driver="evop")
     X, _ = front_arrays(result)
     scored = ({"removed_blocks": problem.decode(x), **evaluator.evaluate(problem.decode(x))} for x in X)
     front = unique_points(sorted(scored, key=lambda point: point[config.objective]), "removed_blocks")

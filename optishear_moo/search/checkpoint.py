@@ -271,7 +271,7 @@ def _record(line: str, number: int, path: Path, n_var: int) -> dict:
     return record
 
 
-def compare_settings(saved: dict, current: dict, directory, extensible=("n_gen",)) -> None:
+def compare_settings(saved: dict, current: dict, directory, extensible=("n_gen", "n_evals")) -> None:
     """A :class:`~optishear_moo.errors.SettingError` naming the first setting whose value differs
     from the checkpoint's (a key of ``extensible`` may only grow)."""
     for name in sorted(set(saved) | set(current)):

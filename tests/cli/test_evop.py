@@ -49,9 +49,24 @@ def test_evop_front_and_heuristics(tiny_model_dir, tmp_path):
     (["--objective", "acc"], "kl or ppl"),
     (["--warm-start", "last,owl"], "--warm-start 'owl' is not a heuristic to start from"),
     (["--algorithm", "1+lambda", "--n-remove", "1:2"], "needs --algorithm ga"),
+    (["--method", "sleb", "--evals", "20"], "--evals budgets --method evop's search"),
+    (["--evals", "0"], "--evals must be an integer of at least 1"),
 ])
 def test_evop_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
     code = main(["evop", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"),
                  *FAST, *extra])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and message in error[0]
+
+
+def test_evop_with_an_evaluation_budget_resumes_to_a_larger_one(tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "budget"
+    argv = ["evop", "--model", str(tiny_model_dir), "--n-remove", "1", "--pop", "2", "--warm-start", "last",
+            "--output", str(output), *FAST]
+    assert main([*argv, "--evals", "3"]) == 0
+    first = json.loads((output / "report.json").read_text())["n_evaluations"]
+    assert 3 <= first < 3 + 2
+    assert main([*argv, "--evals", "3", "--resume"]) == 0  # finished: nothing to do, and what to do instead
+    assert f"Continue it with --evals {first + 20} (any number above {first})" in capsys.readouterr().out
+    assert main([*argv, "--evals", "5", "--resume"]) == 0
+    assert json.loads((output / "report.json").read_text())["n_evaluations"] >= 5

@@ -39,3 +39,22 @@ def test_a_one_plus_lambda_search_needs_one_count():
         EvoPConfig(algorithm="cmaes")
     with pytest.raises(SettingError, match="n_remove range needs algorithm ga"):
         EvoPConfig((2, 4), algorithm="1+lambda")
+
+
+@pytest.mark.parametrize("algorithm", ["ga", "1+lambda"])
+def test_an_evaluation_budget_scores_at_least_that_many_candidates(algorithm, calibration, tmp_path):
+    """``n_evals`` replaces ``n_gen``: the search scores at least that many candidates of its own
+    and stops in the generation that reaches the count; a resumed run may raise it."""
+    model = deep_model(n_layers=8, seed=3)
+    config = dict(pop_size=4, n_gen=1, warm_start=("last",), algorithm=algorithm)  # 'last' costs none
+    full = search_evop(model, calibration, EvoPConfig(3, "evop", n_evals=13, **config), SearchRun(seed=1))
+    assert 13 <= full.n_evaluations < 13 + 4
+    search_evop(model, calibration, EvoPConfig(3, "evop", n_evals=6, **config),
+                SearchRun(tmp_path, seed=1))
+    resumed = search_evop(model, calibration, EvoPConfig(3, "evop", n_evals=13, **config),
+                          SearchRun(tmp_path, resume=True, seed=1))
+    assert (resumed.removed_blocks, resumed.n_evaluations) == (full.removed_blocks, full.n_evaluations)
+    with pytest.raises(SettingError, match="n_evals must be an integer of at least 1"):
+        EvoPConfig(n_evals=0)
+    with pytest.raises(SettingError, match="n_evals budgets method evop's search; sleb spends a fixed"):
+        EvoPConfig(3, "sleb", n_evals=10)
