@@ -8,7 +8,9 @@ Every method runs through ``search_evop`` (what ``optishear-moo evop`` runs) and
 over the calibration windows it spent choosing (``EvoPResult.n_evaluations``): SLEB's greedy
 removal by calibration perplexity (one per option of each greedy step), ShortGPT (one pass for the
 block influence), the last blocks (none), and two searches given at least SLEB's count of their
-own, ``ceil(SLEB's / pop)`` generations: ``evop`` (started from ShortGPT's and the last blocks'
+own (``EvoPConfig(n_evals=SLEB's count)``; rows made before that option were given
+``ceil(SLEB's / pop)`` generations, which fall 1-3 % short when pymoo drops duplicate offspring, and
+keep ``generations`` in the JSON): ``evop`` (started from ShortGPT's and the last blocks'
 choices, the driver's default) and ``evop+sleb`` (started from SLEB's choice too, whose greedy
 evaluations it then also spends), each with EvoP's GA and with the (1 + λ) search
 (``algorithm="1+lambda"``). The searches minimise calibration KL to the dense model.
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import statistics
 import time
 
@@ -83,14 +84,35 @@ def write_table(payload: dict, name: str) -> str:
     return text
 
 
+def sleb_count(rows: list[dict], seed: int, sampling: str, n_remove: int) -> int:
+    """The evaluations SLEB spent on these windows at this count."""
+    return next(r["evaluations"] for r in rows if r["method"] == "sleb" and
+                (r["seed"], r["sampling"], r["n_removed"]) == (seed, sampling, n_remove))
+
+
+def own_evaluations(row: dict, rows: list[dict]) -> int:
+    """A search row's evaluations less those of the heuristics it started from (ShortGPT's pass,
+    SLEB's greedy ones)."""
+    warm = 1 + (sleb_count(rows, row["seed"], row["sampling"], row["n_removed"])
+                if "sleb" in WARM_STARTS[row["method"]] else 0)
+    return row["evaluations"] - warm
+
+
 def comparisons(rows: list[dict]) -> list[str]:
-    """Per removal count: in how many (seed, sampling) draws each search's test ppl is at most the
-    better heuristic's (SLEB or ShortGPT on the same windows), and what cluster sampling does to each
+    """Per removal count: in how many draws each search scored at least SLEB's count of candidates
+    of its own; in how many (seed, sampling) draws each search's test ppl is at most the better
+    heuristic's (SLEB or ShortGPT on the same windows); and what cluster sampling does to each
     method's test ppl against random windows of the same seed."""
     by_key = {(r["n_removed"], r["method"], r["sampling"], r["seed"]): r["test_ppl"] for r in rows}
     lines = []
     for n_remove in sorted({r["n_removed"] for r in rows}):
         for method in [m for m in METHODS if m in WARM_STARTS]:
+            searched = [r for r in rows if (r["n_removed"], r["method"]) == (n_remove, method)]
+            if searched:
+                level = sum(own_evaluations(r, rows) >= sleb_count(rows, r["seed"], r["sampling"], n_remove)
+                            for r in searched)
+                lines.append(f"{n_remove} blocks, {method}: its own evaluations >= SLEB's in {level} of "
+                             f"{len(searched)} draws")
             pairs = []
             for (n, m, sampling, seed), ppl in by_key.items():
                 best = [by_key.get((n, h, sampling, seed)) for h in ("sleb", "shortgpt")]
@@ -191,12 +213,10 @@ def main() -> None:
                                                        sampling=sampling, n_clusters=args.n_clusters,
                                                        model=model)
                     started = time.perf_counter()
-                    n_gen = None
+                    budget = None
                     if method in WARM_STARTS:  # the search's own evaluations >= those SLEB spent here
-                        spent = next(r["evaluations"] for r in payload["rows"] if r["method"] == "sleb" and
-                                     (r["seed"], r["sampling"], r["n_removed"]) == (seed, sampling, n_remove))
-                        n_gen = math.ceil(spent / args.pop)
-                        config = EvoPConfig(n_remove, "evop", pop_size=args.pop, n_gen=n_gen,
+                        budget = sleb_count(payload["rows"], seed, sampling, n_remove)
+                        config = EvoPConfig(n_remove, "evop", pop_size=args.pop, n_evals=budget,
                                             warm_start=WARM_STARTS[method],
                                             algorithm="1+lambda" if "1+λ" in method else "ga")
                     else:
@@ -205,7 +225,7 @@ def main() -> None:
                     seconds = time.perf_counter() - started
                     row = {"method": method, "sampling": sampling, "seed": seed, "n_removed": n_remove,
                            "removed_blocks": choice.removed_blocks, "evaluations": choice.n_evaluations,
-                           "generations": n_gen,
+                           "budget": budget,
                            "calibration_kl": choice.scores["kl"], "calibration_ppl": choice.scores["ppl"],
                            "search_seconds": seconds,
                            "test_ppl": test_ppl(model, tokenizer, choice.removed_blocks, args.eval_segments)}
