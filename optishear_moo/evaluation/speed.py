@@ -68,3 +68,45 @@ def measure_speed(model: nn.Module, seq_len: int = 256, batch_size: int = 1, new
     return SpeedResult(str(device), batch_size, seq_len, new_tokens, repeats, prefill_s,
                        batch_size * seq_len / prefill_s, batch_size * new_tokens / decode_s,
                        sum(p.numel() for p in model.parameters()))
+
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    """``model``'s speed over ``reference``'s: the median over ``rounds`` of each round's ratio
+    (above 1: ``model`` is faster), with every round's results.
+
+    ``prefill_speedup``: reference prefill seconds / model's; ``decode_speedup``: model decoding
+    tokens per second / reference's.
+    """
+
+    prefill_speedup: float
+    decode_speedup: float
+    reference: list[SpeedResult]
+    model: list[SpeedResult]
+
+    def to_dict(self) -> dict:
+        return {"prefill_speedup": self.prefill_speedup, "decode_speedup": self.decode_speedup,
+                "reference": [r.to_dict() for r in self.reference],
+                "model": [r.to_dict() for r in self.model]}
+
+
+def compare_speed(reference: nn.Module, model: nn.Module, rounds: int = 3, seq_len: int = 256,
+                  batch_size: int = 1, new_tokens: int = 32, repeats: int = 3, warmup: int = 1,
+                  seed: int = 0) -> SpeedComparison:
+    """The speed-up of ``model`` (a pruned one) over ``reference`` (the dense one), timed in
+    alternation: each of ``rounds`` rounds times the reference, then the model
+    (:func:`measure_speed` with the other arguments), and the speed-up is the median of the
+    rounds' ratios. Work elsewhere on the machine then slows both sides of a ratio alike, where
+    two timings minutes apart can differ several-fold on a shared CPU."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    settings = dict(seq_len=seq_len, batch_size=batch_size, new_tokens=new_tokens, repeats=repeats,
+                    warmup=warmup, seed=seed)
+    references, models = [], []
+    for _ in range(rounds):
+        references.append(measure_speed(reference, **settings))
+        models.append(measure_speed(model, **settings))
+    prefill = statistics.median(r.prefill_seconds / m.prefill_seconds for r, m in zip(references, models))
+    decode = statistics.median(m.decode_tokens_per_second / r.decode_tokens_per_second
+                               for r, m in zip(references, models))
+    return SpeedComparison(prefill, decode, references, models)
