@@ -9,6 +9,7 @@
     python benchmarks/darwinlm.py --targets 2 --calibration-source wikitext2-valid \
         --finetune-tokens 2048 4096 --methods uniform "search one-shot" "search training-aware" \
         --name darwinlm_matched          # scored on the fine-tunes' own text, longer fine-tunes
+    python benchmarks/darwinlm.py --retime --name darwinlm_matched   # only time every row's speed-up again
 
 For each target and seed (the calibration and training windows drawn again, the searches seeded):
 uniform structured pruning (the most uniform level allocation), and ``search_darwinlm`` (what
@@ -18,7 +19,9 @@ training-aware selection spent. Compute is counted in passes over the calibratio
 tokens pushed through candidates to score them, plus ``TRAIN_PASS`` times the tokens of the stage
 fine-tunes (a training step is a forward and a backward pass, about three forwards), over the
 calibration windows' tokens. Each result is then post-trained on the same tokens and evaluated on
-WikiText-2 test before and after; speed is measured against the dense model. Tables show the median
+WikiText-2 test before and after; its speed-up over the dense model is timed with the two in
+alternation (``compare_speed``: three rounds, the median ratio), and ``--retime`` times every row of a
+table again that way (speed depends on the level allocation's shapes only). Tables show the median
 and [min, max] over the seeds. A rerun with the same settings keeps the rows it has and adds more
 targets or seeds. Writes results/NAME.{json,md,png}.
 """
@@ -54,11 +57,12 @@ from optishear_moo import (  # noqa: E402
     DarwinLMConfig,
     SearchRun,
     StructuredPruningProblem,
+    load_calibration,
     load_model,
     search_darwinlm,
 )
 from optishear_moo.darwinlm import StructuredLevelDatabase, apply_levels_  # noqa: E402
-from optishear_moo.evaluation import measure_speed, perplexity  # noqa: E402
+from optishear_moo.evaluation import compare_speed, perplexity  # noqa: E402
 from optishear_moo.finetuning import post_train  # noqa: E402
 
 TRAIN_PASS = 3  # a training token costs about three forward tokens (forward + backward)
@@ -81,7 +85,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, metavar="METHOD",
                         help=f"rows to run (default: all of {', '.join(repr(m) for m in METHODS)})")
     parser.add_argument("--name", default="darwinlm", help="results/NAME.{json,md,png}")
+    parser.add_argument("--retime", action="store_true",
+                        help="time every row's speed-up in results/NAME.json again (no search) and exit")
     args = parser.parse_args()
+    if args.retime:
+        return retime(args.name, parser)
     if args.seeds < 1 or args.gens < 1 or args.offspring < 1 or any(t <= 1 for t in args.targets):
         parser.error("--seeds, --gens and --offspring must be at least 1, every target above 1")
     if METHODS[3] in args.methods and METHODS[2] not in args.methods:
@@ -101,10 +109,7 @@ def main() -> None:
         print(f"adding to {path.name}: {len(payload['rows'])} rows done")
     else:
         dense_ppl = perplexity(model, tokenizer, 1024, args.eval_segments, progress=False).perplexity
-        dense_speed = measure_speed(model, seq_len=256, new_tokens=32, repeats=3)
-        payload = {"environment": environment(), "settings": settings, "dense_ppl": dense_ppl,
-                   "dense_speed": dense_speed.to_dict(), "rows": []}
-    dense_speed = payload["dense_speed"]
+        payload = {"environment": environment(), "settings": settings, "dense_ppl": dense_ppl, "rows": []}
     done = {(r["seed"], r["target"], r["method"]) for r in payload["rows"]}
     calibration_tokens = args.n_samples * args.seq_len
     for seed in range(args.seeds):
@@ -144,14 +149,10 @@ def main() -> None:
                 before = perplexity(pruned, tokenizer, 1024, args.eval_segments, progress=False).perplexity
                 post_train(pruned, training[: args.post_train_tokens // args.seq_len], args.learning_rate)
                 after = perplexity(pruned, tokenizer, 1024, args.eval_segments, progress=False).perplexity
-                speed = measure_speed(pruned, seq_len=256, new_tokens=32, repeats=3)
                 row = {"seed": seed, "target": target, "method": method, "levels": levels.tolist(),
                        "compression": 1 / problem.kept_share(levels), **spent, "generations": n_gen,
                        "ppl_before": before, "ppl_after": after, "search_seconds": seconds,
-                       "parameters": speed.parameters,
-                       "prefill_speedup": dense_speed["prefill_seconds"] / speed.prefill_seconds,
-                       "decode_speedup": (speed.decode_tokens_per_second
-                                          / dense_speed["decode_tokens_per_second"])}
+                       **timed(model, pruned)}
                 row["passes"] = passes(row, calibration_tokens)
                 payload["rows"].append(row)
                 save_json(args.name, payload)
@@ -162,6 +163,37 @@ def main() -> None:
     save_json(args.name, payload)
     print(write_table(payload, args.name))
     plot(payload, args.name)
+
+
+def timed(dense, pruned) -> dict:
+    """``pruned``'s parameters and speed-ups over ``dense``, the two timed in alternation."""
+    comparison = compare_speed(dense, pruned, rounds=3, seq_len=256, new_tokens=32, repeats=3)
+    return {"parameters": comparison.model[0].parameters, "prefill_speedup": comparison.prefill_speedup,
+            "decode_speedup": comparison.decode_speedup, "speed_timing": "alternating"}
+
+
+def retime(name: str, parser: argparse.ArgumentParser) -> None:
+    """Time every row of results/NAME.json again against the dense model; nothing else changes."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        parser.error(f"--retime: there is no {path} to time again: run the benchmark first")
+    payload = json.loads(path.read_text())
+    model, tokenizer = load_model("smollm2-135m")
+    settings = payload["settings"]  # any windows build the database: the shapes set the speed
+    database = StructuredLevelDatabase.build(model, load_calibration(tokenizer, settings["n_samples"],
+                                                                     settings["seq_len"], 0))
+    for row in payload["rows"]:
+        pruned = apply_levels_(copy.deepcopy(model), database, np.array(row["levels"]))
+        row.update(timed(model, pruned))
+        save_json(name, payload)
+        print(f"seed {row.get('seed', 0)} {row['target']}x {row['method']:32s} prefill "
+              f"{row['prefill_speedup']:.2f}x decode {row['decode_speedup']:.2f}x", flush=True)
+        del pruned
+    payload.pop("dense_speed", None)  # the timings it served are gone
+    payload["environment"] = environment()
+    save_json(name, payload)
+    print(write_table(payload, name))
+    plot(payload, name)
 
 
 def write_table(payload: dict, name: str) -> str:
@@ -193,7 +225,10 @@ def write_table(payload: dict, name: str) -> str:
             f"for every row; passes: forward passes over the {settings['n_samples']} x "
             f"{settings['seq_len']} calibration windows"
             + (f" ({settings['calibration_source']} text)" if settings.get("calibration_source") else "")
-            + f", a fine-tuning token counted as {TRAIN_PASS}\n\n"
+            + f", a fine-tuning token counted as {TRAIN_PASS}"
+            + ("; speed-ups: each row and the dense model timed in alternation, the median of 3 rounds"
+               if rows and all(r.get("speed_timing") == "alternating" for r in rows) else "")
+            + "\n\n"
             + markdown_table(["target", "method", "seeds", "compression", "passes", "calib. KL",
                               "ppl one-shot", "ppl post-trained", "prefill speed-up", "decode speed-up"],
                              table)
