@@ -28,7 +28,8 @@ class EvoPConfig:
         n_evals: A budget in scored candidates instead of ``n_gen`` (``evop``): the search stops
             after the generation in which its own count reaches it (the first population
             included; offspring pymoo drops as duplicates are not scored and do not count), so it
-            scores at least this many, and fewer than ``pop_size`` more. ``None``: ``n_gen``
+            scores at least this many, and fewer than ``pop_size`` more (or its first population,
+            if that is larger). ``None``: ``n_gen``
             generations. What a comparison at equal evaluations needs: a generation budget falls
             short of ``n_gen × pop_size`` by the duplicates.
         batch_size: Calibration windows per forward pass.
