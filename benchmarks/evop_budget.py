@@ -92,9 +92,10 @@ def sleb_count(rows: list[dict], seed: int, sampling: str, n_remove: int) -> int
 
 def own_evaluations(row: dict, rows: list[dict]) -> int:
     """A search row's evaluations less those of the heuristics it started from (ShortGPT's pass,
-    SLEB's greedy ones)."""
-    warm = 1 + (sleb_count(rows, row["seed"], row["sampling"], row["n_removed"])
-                if "sleb" in WARM_STARTS[row["method"]] else 0)
+    SLEB's greedy ones; the last blocks cost none)."""
+    starts = WARM_STARTS[row["method"]]
+    warm = (("shortgpt" in starts)
+            + ("sleb" in starts and sleb_count(rows, row["seed"], row["sampling"], row["n_removed"])))
     return row["evaluations"] - warm
 
 

@@ -81,16 +81,15 @@ class Job:
         return self.directory.__exit__(*exc)
 
     def _check_checkpoint(self) -> None:
-        from ..search.checkpoint import compare_settings, read_state
+        from ..search.checkpoint import BUDGETS, compare_settings, read_state
 
         state = read_state(self.output)
         if state["driver"] != self.command:
             raise SettingError(f"the run in {self.output} is of the {state['driver']} command, not "
                                f"{self.command}: resume it with optishear-moo {state['driver']}")
         compare_settings(state["settings"], {**self.settings, **self.config.to_dict()}, self.output)
-        budgets = ("n_gen", "n_evals")  # the settings a finished run may be continued with
         done = state["finished"] and all(state["settings"].get(name) == getattr(self.config, name, None)
-                                         for name in budgets)
+                                         for name in BUDGETS)
         if done and (self.output / "report.json").is_file() and (self.output / "model").is_dir():
             more = (f"--evals {state['n_eval'] + 20} (any number above {state['n_eval']})"
                     if getattr(self.config, "n_evals", None) else

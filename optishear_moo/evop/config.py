@@ -29,9 +29,9 @@ class EvoPConfig:
             after the generation in which its own count reaches it (the first population
             included; offspring pymoo drops as duplicates are not scored and do not count), so it
             scores at least this many, and fewer than ``pop_size`` more (or its first population,
-            if that is larger). ``None``: ``n_gen``
-            generations. What a comparison at equal evaluations needs: a generation budget falls
-            short of ``n_gen × pop_size`` by the duplicates.
+            if that is larger). ``None``: ``n_gen`` generations. What a comparison at equal
+            evaluations needs: a generation budget falls short of ``n_gen × pop_size`` by the
+            duplicates.
         batch_size: Calibration windows per forward pass.
         algorithm: ``ga`` (EvoP's genetic algorithm; NSGA-II for a count range) or ``1+lambda``
             (EvoPress's: the best so far is the only parent of ``pop_size`` offspring per

@@ -45,6 +45,7 @@ CHECKPOINT_FORMAT = "optishear-moo/checkpoint-v3"
 STATE = "state.json"
 LOG = "evaluations.jsonl"
 STATE_LIMIT = 64 << 20  # bytes: a state.json this program writes is far smaller
+BUDGETS = ("n_gen", "n_evals")  # the settings a resumed search may raise: it then runs on
 
 
 class CheckpointError(ValueError):
@@ -271,7 +272,7 @@ def _record(line: str, number: int, path: Path, n_var: int) -> dict:
     return record
 
 
-def compare_settings(saved: dict, current: dict, directory, extensible=("n_gen", "n_evals")) -> None:
+def compare_settings(saved: dict, current: dict, directory, extensible=BUDGETS) -> None:
     """A :class:`~optishear_moo.errors.SettingError` naming the first setting whose value differs
     from the checkpoint's (a key of ``extensible`` may only grow)."""
     for name in sorted(set(saved) | set(current)):
