@@ -17,10 +17,7 @@ def add_parser(commands) -> None:
     command.add_argument("--warm-start", default="last,shortgpt",
                          help="heuristics whose choices start evop's search, any of last, shortgpt, sleb "
                               "(sleb costs its greedy evaluations; default: last,shortgpt)")
-    add_search_flags(command, pop=16, gens=10)
-    command.add_argument("--evals", dest="n_evals", type=int, default=None,
-                         help="evop: stop once the search has scored this many candidates, instead of "
-                              "after --gens generations (a budget equal to another method's count)")
+    add_search_flags(command, pop=16, gens=10, evals=True)
     add_model_flags(command)
     add_calibration_flags(command, n_samples=8, seq_len=128)
     add_output_flags(command)

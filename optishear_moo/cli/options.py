@@ -81,7 +81,7 @@ def add_output_flags(parser: argparse.ArgumentParser, search: bool = True) -> No
 
 
 def add_search_flags(parser: argparse.ArgumentParser, pop: int, gens: int,
-                     offspring: int | None = None) -> None:
+                     offspring: int | None = None, evals: bool = False) -> None:
     parser.add_argument("--pop", dest="pop_size", type=int, default=pop,
                         help="population size (parents kept per generation) (default: %(default)s)")
     if offspring is not None:
@@ -89,6 +89,11 @@ def add_search_flags(parser: argparse.ArgumentParser, pop: int, gens: int,
                             help="offspring per generation (default: %(default)s)")
     parser.add_argument("--gens", dest="n_gen", type=int, default=gens,
                         help="generations (default: %(default)s; more on --resume continues a run)")
+    if evals:
+        parser.add_argument("--evals", dest="n_evals", type=int, default=None,
+                            help="stop once the search has scored this many candidates instead of after "
+                                 "--gens generations: a budget equal to another method's count (more on "
+                                 "--resume continues a run)")
 
 
 def number_or_range(value: str, name: str, kind=float):

@@ -26,7 +26,7 @@ def add_parser(commands) -> None:
                               "(default: none)")
     command.add_argument("--search-update", action="store_true",
                          help="search the weight update too (the joint space: metric, allocation, update)")
-    add_search_flags(command, pop=16, gens=10)
+    add_search_flags(command, pop=16, gens=10, evals=True)
     add_model_flags(command)
     add_calibration_flags(command, n_samples=8, seq_len=128, pruning=(32, 512), validation="the front's plan")
     add_output_flags(command)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..data.config import CalibrationSet
-from ..search import SearchResult, SearchRun, front_arrays, run_search, unique_points
+from ..search import SearchResult, SearchRun, budget, front_arrays, run_search, unique_points
 from .blocks import check_n_remove, last_blocks, least_influential, remove_blocks_
 from .config import EvoPConfig
 from .fitness import BlockRemovalEvaluator, greedy_removal_order
@@ -113,8 +113,8 @@ def search_evop(model: nn.Module, calibration, config: EvoPConfig | None = None,
     warm_evaluations = evaluator.n_evaluations
     algorithm = block_removal_algorithm(problem, config.pop_size, initial=initial, seed=run.seed,
                                         kind=config.algorithm)
-    termination = ("n_eval", config.n_evals) if config.n_evals else ("n_gen", config.n_gen)
-    result = run_search(problem, algorithm, termination, run, settings=config.to_dict(), driver="evop")
+    result = run_search(problem, algorithm, budget(config.n_gen, config.n_evals), run,
+                        settings=config.to_dict(), driver="evop")
     X, _ = front_arrays(result)
     scored = ({"removed_blocks": problem.decode(x), **evaluator.evaluate(problem.decode(x))} for x in X)
     front = unique_points(sorted(scored, key=lambda point: point[config.objective]), "removed_blocks")

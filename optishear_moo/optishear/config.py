@@ -27,6 +27,11 @@ class OptiShearConfig:
             objective (see :func:`~optishear_moo.search.make_algorithm`).
         pop_size: Population size (the baselines are in the first population).
         n_gen: Generations.
+        n_evals: A budget in scored candidates instead of ``n_gen``: the search stops after the
+            generation in which its count reaches it (the first population included; offspring
+            pymoo drops as duplicates are not scored and do not count), so it scores at least this
+            many, and fewer than a generation's offspring more. ``None``: ``n_gen`` generations.
+            What a comparison with another search at equal evaluations needs.
         low_fidelity: Share of the calibration windows that score the first ``low_fidelity_gens``
             generations (1: off); the final front is scored on all of them.
         low_fidelity_gens: Generations scored at low fidelity.
@@ -44,6 +49,7 @@ class OptiShearConfig:
     algorithm: str = "nsga2"
     pop_size: int = 16
     n_gen: int = 10
+    n_evals: int | None = None
     low_fidelity: float = 1.0
     low_fidelity_gens: int = 3
     update: str = "none"
@@ -65,6 +71,8 @@ class OptiShearConfig:
                                "search size")
         at_least("pop_size", self.pop_size, 2)
         at_least("n_gen", self.n_gen, 1)
+        if self.n_evals is not None:
+            at_least("n_evals", self.n_evals, 1)
         at_least("low_fidelity_gens", self.low_fidelity_gens, 0)
         at_least("batch_size", self.batch_size, 1)
         at_least("reconstruction_tokens", self.reconstruction_tokens, 1)

@@ -19,6 +19,7 @@ from ..search import (
     FidelitySchedule,
     SearchResult,
     SearchRun,
+    budget,
     front_arrays,
     make_algorithm,
     reevaluate_at_full_fidelity,
@@ -143,10 +144,11 @@ def search_optishear(model: nn.Module, calibration, config: OptiShearConfig | No
 
     The pipeline: :class:`OptiShearProblem` on the search windows; an algorithm from
     :func:`~optishear_moo.search.make_algorithm` whose first population holds the baselines
-    (uniform Wanda, magnitude, OWL-Wanda, RIA); ``config.n_gen`` generations (the first ones at
-    low fidelity if asked, the front re-scored on all windows); the front's plan with the lowest KL
-    on the validation windows (else the first objective's best) is chosen. The model is left dense;
-    ``result.apply(model)`` prunes it from the pruning windows.
+    (uniform Wanda, magnitude, OWL-Wanda, RIA); ``config.n_gen`` generations or ``config.n_evals``
+    scored candidates (the first generations at low fidelity if asked, the front re-scored on all
+    windows); the front's plan with the lowest KL on the validation windows (else the first
+    objective's best) is chosen. The model is left dense; ``result.apply(model)`` prunes it from
+    the pruning windows.
 
     Args:
         model: The dense model.
@@ -168,8 +170,8 @@ def search_optishear(model: nn.Module, calibration, config: OptiShearConfig | No
     if config.low_fidelity < 1:
         schedule = FidelitySchedule(config.low_fidelity, config.low_fidelity_gens)
     algorithm = make_algorithm(config.algorithm, problem, config.pop_size, run.seed)
-    result = run_search(problem, algorithm, ("n_gen", config.n_gen), run, settings=config.to_dict(),
-                        callback=schedule, driver="optishear")
+    result = run_search(problem, algorithm, budget(config.n_gen, config.n_evals), run,
+                        settings=config.to_dict(), callback=schedule, driver="optishear")
     if schedule is not None:
         reevaluate_at_full_fidelity(problem, result)
     X, F = front_arrays(result)

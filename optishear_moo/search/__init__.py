@@ -14,10 +14,10 @@ from .levels import SelectionStage, StagedSurvival, halving_stages
 from .plotting import plot_pareto
 from .result import SearchResult, unique_points, zero_shot_front
 from .run import SearchRun
-from .runner import front_arrays, run_search
+from .runner import budget, front_arrays, run_search
 
 __all__ = ["CHECKPOINT_FORMAT", "MULTI_OBJECTIVE_ALGORITHMS", "SINGLE_OBJECTIVE_ALGORITHMS", "Checkpoint",
            "CheckpointError", "EvaluationLog", "FidelitySchedule", "SearchResult", "SearchRun",
-           "SelectionStage", "StagedSurvival", "check_algorithm", "front_arrays", "halving_stages",
-           "make_algorithm", "plot_pareto", "read_state", "reevaluate_at_full_fidelity", "run_search",
-           "unique_points", "zero_shot_front"]
+           "SelectionStage", "StagedSurvival", "budget", "check_algorithm", "front_arrays",
+           "halving_stages", "make_algorithm", "plot_pareto", "read_state", "reevaluate_at_full_fidelity",
+           "run_search", "unique_points", "zero_shot_front"]

@@ -19,6 +19,14 @@ from .run import SearchRun
 logger = logging.getLogger(__name__)
 
 
+def budget(n_gen: int, n_evals: int | None = None) -> tuple[str, int]:
+    """pymoo's termination for a search's budget: ``n_evals`` scored candidates when set (the
+    search stops after the generation in which its count reaches it, so it scores at least that
+    many; offspring pymoo drops as duplicates are not scored and do not count), else ``n_gen``
+    generations."""
+    return ("n_eval", n_evals) if n_evals else ("n_gen", n_gen)
+
+
 def run_search(problem, algorithm: Algorithm, termination=None, run: SearchRun | None = None, *,
                checkpoint: Checkpoint | None = None, settings: dict | None = None, callback=None,
                driver: str = "run_search") -> Result:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from optishear_moo import CalibrationSet, OptiShearConfig, load_calibration, search_optishear
+from optishear_moo import CalibrationSet, OptiShearConfig, SearchRun, load_calibration, search_optishear
 from optishear_moo.pruning import DenseSnapshot
 
 
@@ -44,6 +44,7 @@ def test_apply_prunes_any_point_from_the_pruning_windows(tiny_llama, calibration
 
 def test_configs_are_checked_when_made():
     for values, message in (({"n_gen": 0}, "n_gen must be an integer of at least 1"),
+                            ({"n_evals": 0}, "n_evals must be an integer of at least 1"),
                             ({"target_sparsity": (0.7, 0.3)}, "needs low < high"),
                             ({"target_sparsity": 1.2}, r"target_sparsity must be in \[0, 1\)"),
                             ({"layerwise": "bogus"}, "layerwise 'bogus' is unknown"),
@@ -53,3 +54,18 @@ def test_configs_are_checked_when_made():
                             ({"update": "ols"}, "is not a weight update")):
         with pytest.raises(ValueError, match=message):
             OptiShearConfig(**values)
+
+
+def test_an_evaluation_budget_scores_at_least_that_many_candidates(tiny_llama, calibration, tmp_path):
+    """``n_evals`` replaces ``n_gen``: the search stops in the generation that reaches the count,
+    and a resumed run may raise it."""
+    config = dict(pop_size=4, n_gen=1, batch_size=3)
+    full = search_optishear(tiny_llama, calibration, OptiShearConfig(0.5, n_evals=11, **config),
+                            SearchRun(seed=2))
+    assert 11 <= full.n_evaluations < 11 + 4
+    search_optishear(tiny_llama, calibration, OptiShearConfig(0.5, n_evals=5, **config),
+                     SearchRun(tmp_path, seed=2))
+    resumed = search_optishear(tiny_llama, calibration, OptiShearConfig(0.5, n_evals=11, **config),
+                               SearchRun(tmp_path, resume=True, seed=2))
+    assert resumed.n_evaluations == full.n_evaluations
+    assert resumed.chosen.to_dict() == full.chosen.to_dict()
