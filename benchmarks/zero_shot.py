@@ -67,6 +67,15 @@ def nonzero_parameters(model) -> int:
     return sum(int(parameter.count_nonzero()) for parameter in model.parameters())
 
 
+def check_task_flag(parser: argparse.ArgumentParser, tasks: str) -> None:
+    """Stop with the parser's one-line error, before any model loads, when ``--tasks`` names a task
+    that neither the offline files nor lm-eval knows."""
+    try:
+        check_tasks(tasks)
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
@@ -86,10 +95,7 @@ def main() -> None:
         parser.error(f"--models {unknown[0]!r}: choose from {', '.join(MODELS + EXTRAS)}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit {args.limit}: give a positive number of examples per task")
-    try:
-        check_tasks(args.tasks)
-    except ValueError as error:
-        parser.error(str(error))
+    check_task_flag(parser, args.tasks)
 
     path = RESULTS / f"{args.name}.json"
     payload = json.loads(path.read_text()) if args.resume and path.exists() else None
