@@ -42,8 +42,6 @@ from optishear_moo.evop.blocks import remove_blocks_  # noqa: E402
 TASKS = "arc_easy,arc_challenge,piqa,winogrande,openbookqa"
 """The five tasks of results/zero_shot_500 (its dense and pruned rows are the reference)."""
 DEFAULT_METHODS = ["sleb", "shortgpt", "evop 1+λ", "evop+sleb 1+λ"]
-RESUMED = ("tasks", "limit", "source")
-"""The settings a rerun must share with the sets it keeps."""
 
 
 def pairs(source_rows: list[dict], removals: list[int], methods: list[str]) -> list[dict]:
@@ -66,18 +64,24 @@ def key(blocks: list[int]) -> str:
     return ",".join(str(b) for b in sorted(blocks))
 
 
+def finished(draws: list[dict], accuracy: dict[str, dict]) -> list[dict]:
+    """The draws whose random and cluster choices both have an accuracy."""
+    return [d for d in draws if key(d["random"]) in accuracy and key(d["cluster"]) in accuracy]
+
+
+def groups(draws: list[dict]) -> list[tuple[int, str]]:
+    """The draws' (removal, method) pairs, by removal then in evop_budget's method order."""
+    return sorted({(d["n_removed"], d["method"]) for d in draws}, key=lambda g: (g[0], METHODS.index(g[1])))
+
+
 def comparisons(draws: list[dict], accuracy: dict[str, dict]) -> tuple[list[list], list[str]]:
     """The table's rows (per removal, method and sampling: accuracy median and range over seeds)
     and a line per (removal, method): in how many seeds the cluster-sampled choice scores a higher
     average accuracy than the random one, the median difference, and the held-out ppl ratio."""
     table, lines = [], []
-    groups = sorted({(d["n_removed"], d["method"]) for d in draws},
-                    key=lambda g: (g[0], METHODS.index(g[1])))
-    for n_remove, method in groups:
-        done = [d for d in draws if (d["n_removed"], d["method"]) == (n_remove, method)
-                and key(d["random"]) in accuracy and key(d["cluster"]) in accuracy]
-        if not done:
-            continue
+    evaluated = finished(draws, accuracy)
+    for n_remove, method in groups(evaluated):
+        done = [d for d in evaluated if (d["n_removed"], d["method"]) == (n_remove, method)]
         for sampling in ("random", "cluster"):
             averages = [row_average(accuracy[key(d[sampling])]) for d in done]
             table.append([n_remove, method, sampling, len(done),
@@ -101,9 +105,9 @@ def comparisons(draws: list[dict], accuracy: dict[str, dict]) -> tuple[list[list
 
 def write_table(payload: dict, draws: list[dict], name: str) -> str:
     accuracy = payload["sets"]
-    table, lines = comparisons(draws, accuracy)
     if not accuracy:
         return "no block set evaluated yet"
+    table, lines = comparisons(draws, accuracy)
     first = next(iter(accuracy.values()))
     counts = ", ".join(f"{task} {result['n']}" for task, result in first["tasks"].items())
     errors = [e for e in (row_average(row)["acc_norm_stderr"] for row in accuracy.values()) if e is not None]
@@ -128,12 +132,12 @@ def write_table(payload: dict, draws: list[dict], name: str) -> str:
 def plot(payload: dict, draws: list[dict], name: str) -> None:
     """Per method: each seed's random-window and cluster-sampled choice's average acc_norm, joined."""
     accuracy = payload["sets"]
-    done = [d for d in draws if key(d["random"]) in accuracy and key(d["cluster"]) in accuracy]
+    done = finished(draws, accuracy)
     if not done:
         return
-    groups = sorted({(d["n_removed"], d["method"]) for d in done}, key=lambda g: (g[0], METHODS.index(g[1])))
-    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 3, 4.5))
-    for x, group in enumerate(groups):
+    order = groups(done)
+    fig, ax = plt.subplots(figsize=(1.6 * len(order) + 3, 4.5))
+    for x, group in enumerate(order):
         for d in (d for d in done if (d["n_removed"], d["method"]) == group):
             values = [row_average(accuracy[key(d[s])])["acc_norm"] for s in ("random", "cluster")]
             ax.plot([x - 0.15, x + 0.15], values, color="gray", lw=0.8)
@@ -141,7 +145,7 @@ def plot(payload: dict, draws: list[dict], name: str) -> None:
                        label="random windows" if x == 0 and d["seed"] == 0 else None)
             ax.scatter([x + 0.15], values[1:], color="tab:orange", marker="s",
                        label="cluster sampling" if x == 0 and d["seed"] == 0 else None)
-    ax.set_xticks(range(len(groups)), [f"{n} blocks\n{m}" for n, m in groups], fontsize=8)
+    ax.set_xticks(range(len(order)), [f"{n} blocks\n{m}" for n, m in order], fontsize=8)
     ax.set(ylabel="average 0-shot acc_norm (a line per seed)",
            title="SmolLM2-135M block removal: calibration windows and zero-shot accuracy")
     ax.grid(alpha=0.3)
@@ -176,9 +180,10 @@ def main() -> None:
     path = RESULTS / f"{args.name}.json"
     payload = json.loads(path.read_text()) if path.is_file() else None
     settings = {"source": args.source, "tasks": args.tasks, "limit": args.limit}
-    if payload is not None and any(payload["settings"].get(k) != settings[k] for k in RESUMED):
-        parser.error(f"{path.name} was run with other --source/--tasks/--limit; rerun with them or choose "
-                     "another --name")
+    differ = [k for k in settings if payload is not None and payload["settings"].get(k) != settings[k]]
+    if differ:  # the sets it keeps were measured with these
+        parser.error(f"{path.name} was run with other --{differ[0]} ({payload['settings'].get(differ[0])}); "
+                     "rerun with it or choose another --name")
     if payload is None:
         payload = {"benchmark": "evop_zero_shot", "model": "smollm2-135m", "settings": settings,
                    "environment": environment(), "sets": {}}
