@@ -49,6 +49,17 @@ def save_json(name: str, payload: dict) -> Path:
     return path
 
 
+def save_figure(fig, ax, name: str) -> None:
+    """Grid and legend on ``ax``, then write ``fig`` to results/NAME.png and close it."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    import matplotlib.pyplot as plt  # (the scripts choose the backend before importing it)
+
+    plt.close(fig)
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     def cell(value):
         if isinstance(value, float):

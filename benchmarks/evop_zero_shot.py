@@ -32,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS, device_label, environment, markdown_table, save_json, summary  # noqa: E402
+from _common import save_figure  # noqa: E402
 from evop_budget import METHODS  # noqa: E402
 from zero_shot import check_task_flag, row_average  # noqa: E402
 
@@ -148,11 +149,7 @@ def plot(payload: dict, draws: list[dict], name: str) -> None:
     ax.set_xticks(range(len(order)), [f"{n} blocks\n{m}" for n, m in order], fontsize=8)
     ax.set(ylabel="average 0-shot acc_norm (a line per seed)",
            title="SmolLM2-135M block removal: calibration windows and zero-shot accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, name)
 
 
 def main() -> None:
