@@ -185,10 +185,14 @@ def main() -> None:
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
-    model, tokenizer = load_model("smollm2-135m")
     grid = ("removals", "samplings", "seeds", "methods")  # what rows are keyed by; the rest must match
-    if previous is not None and all(previous["settings"].get(key) == value
-                                    for key, value in settings.items() if key not in grid):
+    differ = [key for key in settings if key not in grid and previous is not None
+              and previous["settings"].get(key) != settings[key]]
+    if differ:  # its rows are kept, never overwritten by a run with other flags
+        parser.error(f"{path.name} was run with other --{differ[0].replace('_', '-')} "
+                     f"({previous['settings'].get(differ[0])}); rerun with it or choose another --name")
+    model, tokenizer = load_model("smollm2-135m")
+    if previous is not None:
         payload = previous
         old = payload["settings"]
         old["removals"] = sorted(set(old["removals"]) | set(args.removals))

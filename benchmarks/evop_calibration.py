@@ -35,8 +35,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from _common import RESULTS, device_label, environment, markdown_table, save_json, summary  # noqa: E402
-from _common import save_figure  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    device_label,
+    environment,
+    markdown_table,
+    save_figure,
+    save_json,
+    summary,
+)
 from scipy.stats import spearmanr  # noqa: E402
 
 from optishear_moo import load_calibration, load_model  # noqa: E402

@@ -31,8 +31,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from _common import RESULTS, device_label, environment, markdown_table, save_json, summary  # noqa: E402
-from _common import save_figure  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    device_label,
+    environment,
+    markdown_table,
+    save_figure,
+    save_json,
+    summary,
+)
 from evop_budget import METHODS  # noqa: E402
 from zero_shot import check_task_flag, row_average  # noqa: E402
 
