@@ -3,6 +3,8 @@
     python benchmarks/evop_budget.py                                # 3, 6, 9 blocks; both samplings; 3 seeds
     python benchmarks/evop_budget.py --removals 3 6 --samplings random --seeds 1        # seed 0, every method
     python benchmarks/evop_budget.py --removals 6 --methods sleb shortgpt last evop "evop 1+λ" "evop+sleb 1+λ"
+    python benchmarks/evop_budget.py --removals 6 --samplings random --calibration-source wikitext2-valid \
+        --methods sleb shortgpt "evop 1+λ" "evop+sleb 1+λ" --name evop_budget_wikitext  # the test text
 
 Every method runs through ``search_evop`` (what ``optishear-moo evop`` runs) and reports the passes
 over the calibration windows it spent choosing (``EvoPResult.n_evaluations``): SLEB's greedy
@@ -16,7 +18,8 @@ evaluations it then also spends), each with EvoP's GA and with the (1 + λ) sear
 (``algorithm="1+lambda"``). The searches minimise calibration KL to the dense model.
 
 For each seed the calibration windows are drawn again (random windows, or EvoP's cluster sampling
-at the same token count) and the GA is seeded with it. Reported: WikiText-2 test perplexity
+at the same token count; from the shipped text, or ``--calibration-source``) and the GA is seeded
+with it. Reported: WikiText-2 test perplexity
 (held out, ``--eval-segments`` × 1024 tokens) and calibration KL, median and range over the seeds.
 Rows are saved as they come (results/NAME.json); a rerun with the same settings skips the rows it
 has, and one with more removals, samplings or seeds adds theirs to the same table.
@@ -45,6 +48,7 @@ from _common import (  # noqa: E402
 )
 
 from optishear_moo import EvoPConfig, SearchRun, load_calibration, load_model, search_evop  # noqa: E402
+from optishear_moo.data.calibration import DEFAULT_CALIBRATION_SOURCE  # noqa: E402
 from optishear_moo.evaluation import perplexity  # noqa: E402
 from optishear_moo.evop.blocks import remove_blocks_  # noqa: E402
 
@@ -75,7 +79,8 @@ def write_table(payload: dict, name: str) -> str:
     seeds = payload["settings"]["seeds"]
     lines = comparisons(rows)
     text = (f"SmolLM2-135M, dense WikiText-2 test ppl {payload['dense_ppl']:.2f}; "
-            f"{payload['settings']['n_samples']} x {payload['settings']['seq_len']} calibration tokens; "
+            f"{payload['settings']['n_samples']} x {payload['settings']['seq_len']} calibration tokens"
+            f" ({payload['settings'].get('calibration_source') or DEFAULT_CALIBRATION_SOURCE} text); "
             f"median [min, max] over {seeds} seed{'s' if seeds > 1 else ''}\n\n"
             + markdown_table(["removed", "method", "sampling", "seeds", "evaluations", "calibration KL",
                               "test ppl"], table) + "\n"
@@ -174,6 +179,8 @@ def main() -> None:
     parser.add_argument("--eval-segments", type=int, default=16)
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, metavar="METHOD",
                         help=f"a subset of {', '.join(METHODS)} (the searches need sleb's evaluation count)")
+    parser.add_argument("--calibration-source", help="text of the windows (default: the shipped text; "
+                        "wikitext2-valid: the held-out test's own distribution)")
     parser.add_argument("--name", default="evop_budget", help="results/NAME.{json,md,png}")
     args = parser.parse_args()
     if args.seeds < 1 or args.pop < 2 or any(n < 1 for n in args.removals):
@@ -181,7 +188,8 @@ def main() -> None:
     if "sleb" not in args.methods and set(args.methods) & set(WARM_STARTS):
         parser.error("--methods: the searches get at least SLEB's evaluations, so add sleb")
     args.methods = [method for method in METHODS if method in args.methods]
-    settings = {key: value for key, value in vars(args).items() if key != "name"}
+    settings = {key: value for key, value in vars(args).items()  # (no source: files saved before the flag)
+                if key != "name" and not (key == "calibration_source" and value is None)}
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
@@ -204,6 +212,7 @@ def main() -> None:
         dense = perplexity(model, tokenizer, 1024, args.eval_segments, progress=False).perplexity
         payload = {"environment": environment(), "settings": settings, "dense_ppl": dense, "rows": []}
     done = {(r["seed"], r["sampling"], r["n_removed"], r["method"]) for r in payload["rows"]}
+    source = {"source": args.calibration_source} if args.calibration_source else {}
     for seed in range(args.seeds):
         for sampling in args.samplings:
             calibration = None
@@ -216,7 +225,7 @@ def main() -> None:
                     if calibration is None:
                         calibration = load_calibration(tokenizer, args.n_samples, args.seq_len, seed,
                                                        sampling=sampling, n_clusters=args.n_clusters,
-                                                       model=model)
+                                                       model=model, **source)
                     started = time.perf_counter()
                     budget = None
                     if method in WARM_STARTS:  # the search's own evaluations >= those SLEB spent here
