@@ -132,11 +132,26 @@ def darwinlm_arguments(parser, finetune_tokens: list[int], finetune_help: str) -
                              "wikitext2-valid: the stage fine-tunes' own distribution)")
 
 
-def darwinlm_settings(args, leave_out=("name",)) -> dict:
+def flag_settings(args, leave_out=("name",)) -> dict:
     """The flags a rerun must share to add to saved rows (``--calibration-source`` only when given,
     so results saved before the flag existed still match)."""
     return {key: value for key, value in vars(args).items()
             if key not in leave_out and not (key == "calibration_source" and value is None)}
+
+
+def check_saved_settings(parser, path: Path, saved: dict | None, settings: dict, grid=()) -> None:
+    """Stop with one line, before any model loads, when results/NAME.json (``path``, its settings
+    ``saved``; None: no file) was run with other settings than ``settings``: its rows are kept,
+    never overwritten by a run with other flags. ``grid``: the settings rows are keyed by, which a
+    rerun may extend."""
+    if saved is None:
+        return
+    differ = [key for key in dict.fromkeys([*settings, *saved]) if key not in grid
+              and saved.get(key) != settings.get(key)]
+    if differ:
+        flag = differ[0].replace("_", "-")
+        parser.error(f"{path.name} was run with other --{flag} ({saved.get(differ[0])}); "
+                     "rerun with it or choose another --name")
 
 
 def darwinlm_windows(tokenizer, args, seed: int):

@@ -42,10 +42,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS,
+    check_saved_settings,
     darwinlm_arguments,
-    darwinlm_settings,
     darwinlm_windows,
     environment,
+    flag_settings,
     markdown_table,
     paired_comparison,
     save_json,
@@ -94,18 +95,14 @@ def main() -> None:
         parser.error("--seeds, --gens and --offspring must be at least 1, every target above 1")
     if METHODS[3] in args.methods and METHODS[2] not in args.methods:
         parser.error(f"--methods: {METHODS[3]!r} needs {METHODS[2]!r} beside it (it gets that row's compute)")
-    settings = darwinlm_settings(args, leave_out=("name", "methods", "retime"))  # retime: a mode
+    settings = flag_settings(args, leave_out=("name", "methods", "retime"))  # retime: a mode
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
     grid = ("targets", "seeds")  # what rows are keyed by; the rest must match to add to a table
-    if previous is not None:  # its rows are kept, never overwritten by a run with other flags
-        old = previous["settings"]
-        differ = [key for key in settings if key not in grid and old.get(key) != settings[key]]
-        if differ or "seeds" not in old:
-            flag = (f"other --{differ[0].replace('_', '-')} ({old.get(differ[0])})" if differ
-                    else "an older version (no seeds)")
-            parser.error(f"{path.name} was run with {flag}; rerun with its flags or choose another --name")
+    if previous is not None and "seeds" not in previous["settings"]:
+        parser.error(f"{path.name} was run by an older version (no seeds); choose another --name")
+    check_saved_settings(parser, path, previous and previous["settings"], settings, grid)
     model, tokenizer = load_model("smollm2-135m")
     if previous is not None:
         payload = previous

@@ -40,10 +40,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS,
+    check_saved_settings,
     darwinlm_arguments,
-    darwinlm_settings,
     darwinlm_windows,
     environment,
+    flag_settings,
     markdown_table,
     save_json,
     summary,
@@ -76,12 +77,13 @@ def main() -> None:
     if min(args.finetune_tokens) < args.seq_len:
         parser.error(f"every --finetune-tokens must be at least one window (--seq-len {args.seq_len})")
     # --draw only when not the default, so results saved before the flag existed still match
-    settings = darwinlm_settings(args, ("name", "seeds") + (("draw",) if args.draw == "population" else ()))
+    settings = flag_settings(args, ("name", "seeds") + (("draw",) if args.draw == "population" else ()))
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
+    check_saved_settings(parser, path, previous and previous["settings"], settings)
     model, tokenizer = load_model("smollm2-135m")
-    if previous is not None and previous["settings"] == settings:
+    if previous is not None:
         payload = previous
         print(f"adding to {path.name}: {len(payload['rows'])} candidates measured")
     else:

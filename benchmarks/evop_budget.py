@@ -40,7 +40,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS,
+    check_saved_settings,
     environment,
+    flag_settings,
     markdown_table,
     paired_comparison,
     save_json,
@@ -188,17 +190,12 @@ def main() -> None:
     if "sleb" not in args.methods and set(args.methods) & set(WARM_STARTS):
         parser.error("--methods: the searches get at least SLEB's evaluations, so add sleb")
     args.methods = [method for method in METHODS if method in args.methods]
-    settings = {key: value for key, value in vars(args).items()  # (no source: files saved before the flag)
-                if key != "name" and not (key == "calibration_source" and value is None)}
+    settings = flag_settings(args)
 
     path = RESULTS / f"{args.name}.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
     grid = ("removals", "samplings", "seeds", "methods")  # what rows are keyed by; the rest must match
-    differ = [key for key in settings if key not in grid and previous is not None
-              and previous["settings"].get(key) != settings[key]]
-    if differ:  # its rows are kept, never overwritten by a run with other flags
-        parser.error(f"{path.name} was run with other --{differ[0].replace('_', '-')} "
-                     f"({previous['settings'].get(differ[0])}); rerun with it or choose another --name")
+    check_saved_settings(parser, path, previous and previous["settings"], settings, grid)
     model, tokenizer = load_model("smollm2-135m")
     if previous is not None:
         payload = previous

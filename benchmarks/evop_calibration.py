@@ -37,6 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS,
+    check_saved_settings,
     device_label,
     environment,
     markdown_table,
@@ -100,10 +101,11 @@ def agreement(payload: dict) -> list[dict]:
     return out
 
 
-def write_table(payload: dict, name: str) -> str:
+def write_table(payload: dict, entries: list[dict], name: str) -> str:
+    """results/NAME.md: a row per entry of :func:`agreement`."""
     settings = payload["settings"]
     rows = [[e["n_removed"], e["sets"], e["windows"] * settings["seq_len"], e["draws"],
-             *(summary(e[s][m], 3) for s in SCORES for m in ("rho", "picked"))] for e in agreement(payload)]
+             *(summary(e[s][m], 3) for s in SCORES for m in ("rho", "picked"))] for e in entries]
     text = (f"SmolLM2-135M: the {len(payload['sets'])} distinct block sets of "
             f"results/{settings['source']}.json (the last-blocks rows left out) scored on "
             f"{settings['calibration_source']} windows of "
@@ -115,16 +117,15 @@ def write_table(payload: dict, name: str) -> str:
     return text
 
 
-def plot(payload: dict, name: str) -> None:
+def plot(entries: list[dict], seq_len: int, name: str) -> None:
     """Spearman of the calibration KL with the test ppl against calibration tokens, a line per
     removal count (median over the draws, min-max band)."""
-    entries = agreement(payload)
     if not entries:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for n_removed in sorted({e["n_removed"] for e in entries}):
         mine = [e for e in entries if e["n_removed"] == n_removed]
-        tokens = [e["windows"] * payload["settings"]["seq_len"] for e in mine]
+        tokens = [e["windows"] * seq_len for e in mine]
         rho = [e["kl"]["rho"] for e in mine]
         ax.plot(tokens, [statistics.median(r) for r in rho], marker="o",
                 label=f"{n_removed} blocks ({mine[0]['sets']} sets)")
@@ -161,17 +162,13 @@ def main() -> None:
     payload = json.loads(path.read_text()) if path.is_file() else None
     settings = {"source": args.source, "calibration_source": args.calibration_source, "windows": args.windows,
                 "group": args.group, "seq_len": args.seq_len, "seed": args.seed}
-    differ = [k for k in settings if payload is not None and payload["settings"].get(k) != settings[k]]
-    if differ:  # its scores were measured on these windows
-        parser.error(f"{path.name} was run with other --{differ[0].replace('_', '-')} "
-                     f"({payload['settings'].get(differ[0])}); rerun with it or choose another --name")
+    check_saved_settings(parser, path, payload and payload["settings"], settings)  # its windows' scores
+    n_groups = args.windows // args.group
     if payload is None:
         payload = {"benchmark": "evop_calibration", "model": "smollm2-135m", "settings": settings,
-                   "environment": environment(), "sets": {}, "groups": []}
+                   "environment": environment(),
+                   "groups": [{"scores": {}, "seconds": 0.0} for _ in range(n_groups)]}
     payload["sets"] = sets
-    n_groups = args.windows // args.group
-    while len(payload["groups"]) < n_groups:
-        payload["groups"].append({"scores": {}, "seconds": 0.0})
     todo = [[b for b in sets if b not in group["scores"]] for group in payload["groups"]]
     print(f"{len(sets)} block sets x {n_groups} groups of {args.group} windows: "
           f"{sum(map(len, todo))} scores to measure", flush=True)
@@ -187,15 +184,16 @@ def main() -> None:
             windows = calibration[index * args.group:(index + 1) * args.group]
             evaluator = BlockRemovalEvaluator(model, windows, batch_size=args.group)
             scores = evaluator.evaluate_many([[int(b) for b in blocks.split(",")] for blocks in missing])
-            group["scores"].update(dict(zip(missing, scores)))
-            group["seconds"] += time.perf_counter() - started
-            save_json(args.name, payload)
             seconds = time.perf_counter() - started
+            group["scores"].update(dict(zip(missing, scores)))
+            group["seconds"] += seconds
+            save_json(args.name, payload)
             print(f"[group {index + 1}/{n_groups}] {len(missing)} sets in {seconds:.0f} s", flush=True)
         payload["environment"] = environment()
         save_json(args.name, payload)
-    plot(payload, args.name)
-    print(write_table(payload, args.name))
+    entries = agreement(payload)
+    plot(entries, args.seq_len, args.name)
+    print(write_table(payload, entries, args.name))
 
 
 if __name__ == "__main__":

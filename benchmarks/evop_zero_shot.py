@@ -33,6 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS,
+    check_saved_settings,
     device_label,
     environment,
     markdown_table,
@@ -184,10 +185,7 @@ def main() -> None:
     path = RESULTS / f"{args.name}.json"
     payload = json.loads(path.read_text()) if path.is_file() else None
     settings = {"source": args.source, "tasks": args.tasks, "limit": args.limit}
-    differ = [k for k in settings if payload is not None and payload["settings"].get(k) != settings[k]]
-    if differ:  # the sets it keeps were measured with these
-        parser.error(f"{path.name} was run with other --{differ[0]} ({payload['settings'].get(differ[0])}); "
-                     "rerun with it or choose another --name")
+    check_saved_settings(parser, path, payload and payload["settings"], settings)  # its sets' settings
     if payload is None:
         payload = {"benchmark": "evop_zero_shot", "model": "smollm2-135m", "settings": settings,
                    "environment": environment(), "sets": {}}
