@@ -15,7 +15,8 @@ and compares, seed by seed, each method's cluster-sampled choice with its random
 Block removal changes no weights, so a set of blocks has one accuracy whichever method or draw
 chose it: each distinct set is evaluated once, saved as it comes (results/NAME.json), and a rerun
 with the same tasks and limit skips the sets it has. Methods are taken in the order given, each
-seed's random and cluster choices together, so an interrupted run still holds whole pairs.
+seed's random and cluster choices together, so an interrupted run still holds whole pairs. The
+table shows every draw whose two choices have been evaluated, whichever run's flags asked for them.
 Writes results/NAME.{json,md,png}.
 """
 
@@ -177,7 +178,8 @@ def main() -> None:
     source = RESULTS / f"{args.source}.json"
     if not source.is_file():
         parser.error(f"--source: {source} not found; run benchmarks/evop_budget.py first")
-    draws = pairs(json.loads(source.read_text())["rows"], args.removals, args.methods)
+    source_rows = json.loads(source.read_text())["rows"]
+    draws = pairs(source_rows, args.removals, args.methods)
     if not draws:
         parser.error(f"--source {args.source}: no draw with both samplings for removals {args.removals} "
                      f"and methods {args.methods}; run evop_budget.py with --samplings random cluster")
@@ -211,8 +213,10 @@ def main() -> None:
     if todo:
         payload["environment"] = environment()
         save_json(args.name, payload)
-    print(write_table(payload, draws, args.name))
-    plot(payload, draws, args.name)
+    # the table and plot show every draw whose two choices are evaluated, this run's or an earlier one's
+    shown = pairs(source_rows, sorted({r["n_removed"] for r in source_rows}), METHODS)
+    print(write_table(payload, shown, args.name))
+    plot(payload, shown, args.name)
 
 
 if __name__ == "__main__":
