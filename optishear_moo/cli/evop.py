@@ -17,6 +17,10 @@ def add_parser(commands) -> None:
     command.add_argument("--warm-start", default="last,shortgpt",
                          help="heuristics whose choices start evop's search, any of last, shortgpt, sleb "
                               "(sleb costs its greedy evaluations; default: last,shortgpt)")
+    command.add_argument("--stages", dest="n_stages", type=int, default=1,
+                         help="1+lambda's multi-fidelity selection: offspring scored on a share of the "
+                              "windows, survivors halving while the windows double over N stages; --evals "
+                              "then counts passes over the windows (default: 1, every offspring on all)")
     add_search_flags(command, pop=16, gens=10, evals=True)
     add_model_flags(command)
     add_calibration_flags(command, n_samples=8, seq_len=128)

@@ -25,7 +25,8 @@ class EvoPConfig:
         objective: The search's fitness: ``kl`` to the dense model, or calibration ``ppl``.
         pop_size: Population size (``evop``).
         n_gen: Generations (``evop``).
-        n_evals: A budget in scored candidates instead of ``n_gen`` (``evop``): the search stops
+        n_evals: A budget in scored candidates instead of ``n_gen`` (``evop``; with ``n_stages``
+            above 1, in passes over the calibration windows, see there): the search stops
             after the generation in which its own count reaches it (the first population
             included; offspring pymoo drops as duplicates are not scored and do not count), so it
             scores at least this many, and fewer than ``pop_size`` more (or its first population,
@@ -40,6 +41,13 @@ class EvoPConfig:
             ``last``, ``shortgpt``, ``sleb``): the search, elitist, then never ends worse on its
             objective than they do. ``sleb`` costs its greedy evaluations (about ``n_remove ×``
             blocks), counted in the result's ``n_evaluations``.
+        n_stages: EvoPress's multi-fidelity selection for ``1+lambda`` (1: none): the
+            ``pop_size`` offspring are scored on a share of the calibration windows, and in each
+            of ``n_stages`` stages the survivors halve while the windows scored double, the last
+            stage (all windows) holding the parent too (e.g. 3 stages, 8 windows, 16 offspring:
+            16 on 2 windows, the best 4 on 4, the best 2 and the parent on 8; 8 passes per
+            generation instead of 16). A candidate scored on a share of the windows counts that
+            share of a pass, in ``n_evals`` and in the result's ``n_evaluations`` (rounded up).
     """
 
     n_remove: int | tuple[int, int] = 6
@@ -51,6 +59,7 @@ class EvoPConfig:
     batch_size: int = 8
     warm_start: tuple[str, ...] = ("last", "shortgpt")
     algorithm: str = "ga"
+    n_stages: int = 1
 
     def __post_init__(self):
         if self.method not in BLOCK_METHODS:
@@ -88,6 +97,10 @@ class EvoPConfig:
                 raise SettingError(f"{param('n_evals')} budgets {param('method')} evop's search; "
                                    f"{self.method} spends a fixed count: drop {param('n_evals')}")
         at_least("batch_size", self.batch_size, 1)
+        at_least("n_stages", self.n_stages, 1)
+        if self.n_stages > 1 and (self.method != "evop" or self.algorithm != "1+lambda"):
+            raise SettingError(f"{param('n_stages')} {self.n_stages} (multi-fidelity selection) needs "
+                               f"{param('method')} evop with {param('algorithm')} 1+lambda; or drop it")
 
     def check_model(self, model_config) -> None:
         """Every count leaves at least one of the model's blocks (read from its config)."""
@@ -105,4 +118,6 @@ class EvoPConfig:
         values = asdict(self)
         values["n_remove"] = list(self.n_remove) if self.multi_objective else self.n_remove
         values["warm_start"] = list(self.warm_start)
+        if self.n_stages == 1:  # as before the setting existed: checkpoints of such runs still resume
+            del values["n_stages"]
         return values

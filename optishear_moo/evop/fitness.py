@@ -64,15 +64,24 @@ class BlockRemovalEvaluator:
         """``{"kl": ..., "ppl": ...}`` of the model with blocks ``removed`` skipped."""
         return self.evaluate_many([removed])[0]
 
-    def evaluate_many(self, candidates: Iterable[Iterable[int]], on_block=None) -> list[dict[str, float]]:
+    @property
+    def n_windows(self) -> int:
+        """Calibration windows a full evaluation scores."""
+        return len(self.reference.calibration)
+
+    def evaluate_many(self, candidates: Iterable[Iterable[int]], on_block=None,
+                      fidelity: float = 1.0) -> list[dict[str, float]]:
         """:meth:`evaluate` of every candidate (a list of removed blocks each), all in one walk
-        (``on_block``: see :meth:`BlockwiseEvaluator.score`)."""
+        (``on_block``: see :meth:`BlockwiseEvaluator.score`), on the first ``fidelity`` share of
+        the calibration windows (a candidate then counts that share of a pass)."""
         variants = []
         for removed in candidates:
             removed = set(check_removed_blocks(removed, self.n_blocks))
             variants.append([SKIP if index in removed else None for index in range(self.n_blocks)])
-        scores = self.walker.score(variants, _never_formed, measures=BLOCK_OBJECTIVES, on_block=on_block)
-        self.n_evaluations += len(variants)
+        scores = self.walker.score(variants, _never_formed, fidelity, BLOCK_OBJECTIVES, on_block)
+        windows = self.reference.n_samples(fidelity)
+        share = 1 if windows == self.n_windows else windows / self.n_windows
+        self.n_evaluations += len(variants) * share
         for values in scores:
             if not all(np.isfinite(v) for v in values.values()):
                 raise FloatingPointError(f"removing these blocks gave non-finite scores {values}")

@@ -18,11 +18,12 @@ from pymoo.core.crossover import Crossover
 from pymoo.core.mutation import Mutation
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
+from pymoo.core.termination import Termination
 from pymoo.core.variable import Binary
 from pymoo.operators.selection.rnd import RandomSelection
 
 from ..errors import SettingError, param
-from ..search.levels import CopyParent
+from ..search.levels import CopyParent, StagedSurvival
 from ..search.problem import ModelProblem, problem_fingerprint
 from .blocks import check_n_remove
 from .fitness import BlockRemovalEvaluator, check_block_objective
@@ -47,6 +48,9 @@ class BlockRemovalProblem(ModelProblem):
         objective: ``kl`` (mean KL to the dense model per token) or ``ppl`` (calibration
             perplexity, as in EvoP).
         batch_size: Calibration windows per forward pass.
+        fidelity: Share of the calibration windows (the first ones) the objective ``F`` is
+            scored on: a staged selection's first stage; later stages score more
+            (:meth:`local_stage_scores`).
         evaluator: A prebuilt :class:`BlockRemovalEvaluator`, to share its dense reference.
         progress: Show progress while the dense reference is computed.
         workers: Evaluate on this many Ray workers, or on a ``RayPool``.
@@ -54,12 +58,23 @@ class BlockRemovalProblem(ModelProblem):
         **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
     """
 
+    score_cache_size = 65536
+    """Scores kept for re-scoring before the cache is emptied."""
+
     def __init__(self, model, calibration, n_remove: int | tuple[int, int], objective: str = "kl",
                  batch_size: int = 8, evaluator: BlockRemovalEvaluator | None = None,
-                 progress: bool = False, workers=None, ray_address: str | None = None, **problem_kwargs):
+                 progress: bool = False, workers=None, ray_address: str | None = None, fidelity: float = 1.0,
+                 **problem_kwargs):
         replica = dict(model=model, calibration=calibration, n_remove=n_remove, objective=objective,
-                       batch_size=batch_size, **problem_kwargs)
+                       batch_size=batch_size, fidelity=fidelity, **problem_kwargs)
         self.objective = check_block_objective(objective)
+        if isinstance(fidelity, bool) or not isinstance(fidelity, (int, float)) or not 0 < fidelity <= 1:
+            raise SettingError(f"{param('fidelity')} is a share of the calibration windows in (0, 1], got "
+                               f"{fidelity!r}")
+        self.fidelity = float(fidelity)
+        self._scores: dict[tuple, dict] = {}  # (mask, windows) -> scores: re-scoring a candidate is free
+        self._scored: set[tuple] = set()  # (mask, windows) counted in n_passes, replayed ones too
+        self.n_passes = 0.0
         self.evaluator = evaluator or BlockRemovalEvaluator(model, calibration, batch_size,
                                                             progress=progress)
         self.model = model
@@ -75,7 +90,8 @@ class BlockRemovalProblem(ModelProblem):
         self.multi_objective = isinstance(n_remove, (tuple, list))
         self.objectives = (objective, "blocks_kept") if self.multi_objective else (objective,)
         fingerprint = problem_fingerprint(type(self).__name__, model, calibration, self.n_remove_range,
-                                          self.objectives, batch_size)
+                                          self.objectives, batch_size,
+                                          *(() if self.fidelity == 1 else (self.fidelity,)))
         super().__init__(n_var=n_blocks, n_obj=len(self.objectives), n_ieq_constr=2, xl=0, xu=1, vtype=bool,
                          vars={f"block_{i}": Binary() for i in range(n_blocks)}, replica=replica,
                          fingerprint=fingerprint, workers=workers, ray_address=ray_address,
@@ -101,13 +117,72 @@ class BlockRemovalProblem(ModelProblem):
         size = len(self.pool.groups(len(X))[0])
         return [order[start:start + size] for start in range(0, len(order), size)]
 
+    def _feasible(self, X) -> list[int]:
+        counts = X.sum(axis=1)
+        low, high = self.n_remove_range
+        return [row for row in range(len(X)) if low <= counts[row] <= high]  # the others are infeasible
+
+    def _windows(self, fidelity: float) -> int:
+        return self.evaluator.reference.n_samples(fidelity)
+
+    def _stage_fidelity(self, stage) -> float:
+        n_windows = self.evaluator.n_windows
+        return 1.0 if stage.eval_samples is None else min(stage.eval_samples, n_windows) / n_windows
+
+    def _count_passes(self, X, fidelity: float) -> None:
+        """Add to :attr:`n_passes` the feasible candidates of ``X`` not scored on these windows
+        before (a replayed search counts what the live one did)."""
+        X = _removal_mask(X)
+        windows = self._windows(fidelity)
+        for row in self._feasible(X):
+            key = (X[row].tobytes(), windows)
+            if key not in self._scored:
+                self._scored.add(key)
+                self.n_passes += windows / self.evaluator.n_windows
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        self._count_passes(self.as_vectors(X), self.fidelity)
+        super()._evaluate(X, out, *args, **kwargs)
+
+    def stage_scores(self, X, stage) -> list[float]:
+        self._count_passes(self.as_vectors(X), self._stage_fidelity(stage))
+        return super().stage_scores(X, stage)
+
+    def scores(self, X, fidelity: float = 1.0) -> list[dict[str, float]]:
+        """``kl`` and ``ppl`` of every candidate of ``X`` (each in the problem's count range) on the
+        first ``fidelity`` share of the calibration windows; those not scored there before are
+        scored together, in one walk."""
+        self._check_attached()
+        X = _removal_mask(self.as_vectors(X))
+        windows = self._windows(fidelity)
+        if len(self._scores) > self.score_cache_size:  # before the lookup: every key asked for is then held
+            self._scores.clear()
+        keys = [(row.tobytes(), windows) for row in X]
+        missing = {key: row for key, row in zip(keys, X) if key not in self._scores}
+        if missing:
+            values = self.evaluator.evaluate_many([self.decode(row) for row in missing.values()],
+                                                  self.block_done, fidelity)
+            self._scores.update(zip(missing, values))
+        return [self._scores[key] for key in keys]
+
+    def local_stage_scores(self, X, stage) -> list[float]:
+        """The objective on the first ``stage.eval_samples`` calibration windows (all when None)."""
+        X = _removal_mask(self.as_vectors(X))
+        values = np.full(len(X), INFEASIBLE)
+        rows = self._feasible(X)
+        for row, scores in zip(rows, self.scores(X[rows], self._stage_fidelity(stage)) if rows else []):
+            values[row] = scores[self.objective]
+        for _ in X:
+            self.candidate_done()
+        return values.tolist()
+
     def _evaluate_vectors(self, X, out, *args, **kwargs):
         X = _removal_mask(X)
         F = np.full((len(X), self.n_obj), INFEASIBLE)
         counts = X.sum(axis=1)
         low, high = self.n_remove_range
-        rows = [row for row in range(len(X)) if low <= counts[row] <= high]  # the others are infeasible
-        scores = self.evaluator.evaluate_many([self.decode(X[row]) for row in rows], self.block_done)
+        rows = self._feasible(X)
+        scores = self.scores(X[rows], self.fidelity) if rows else []
         for row, values in zip(rows, scores):
             F[row, 0] = values[self.objective]
         for _ in X:
@@ -230,8 +305,21 @@ def check_block_algorithm(kind: str) -> str:
     return kind
 
 
+class PassBudget(Termination):
+    """Stop after the generation in which the problem's passes over the calibration windows
+    (:attr:`BlockRemovalProblem.n_passes`: a candidate scored on a share of the windows counts
+    that share) reach ``passes``: a staged search's budget in the units a full evaluation spends."""
+
+    def __init__(self, passes: float):
+        super().__init__()
+        self.passes = passes
+
+    def _update(self, algorithm) -> float:
+        return algorithm.problem.n_passes / self.passes
+
+
 def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_swaps: int = 1,
-                            initial=None, seed: int = 0, kind: str = "ga"):
+                            initial=None, seed: int = 0, kind: str = "ga", stages=None):
     """GA (one objective) or NSGA-II (count range) with the count-preserving operators above; or,
     with ``kind="1+lambda"`` and one objective, EvoPress's (1 + λ) search: the best candidate so
     far is the only parent, ``pop_size`` offspring per generation, each by a few block swaps
@@ -240,8 +328,17 @@ def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_
     ``initial``: removal sets (lists of block indices, e.g. the heuristics' choices) placed in
     the first population; random ones (seeded by ``seed``) fill the rest (for ``1+lambda``: one,
     when there is no ``initial``).
+
+    ``stages`` (``1+lambda`` only; :func:`~optishear_moo.search.levels.halving_stages`):
+    EvoPress's multi-fidelity selection. The offspring, scored on ``problem.fidelity`` of the
+    windows, go through the stages, survivors halving while the windows scored grow; the parent
+    meets the last stage's survivors on the last stage's windows (all of them: elitist there).
+    The best candidate is then ``result.algorithm.pop[0]``, not ``result.opt`` (ranked by ``F``).
     """
     local = check_block_algorithm(kind) == "1+lambda" and not problem.multi_objective
+    if stages is not None and not local:
+        raise SettingError(f"staged selection needs {param('algorithm')} 1+lambda and one "
+                           f"{param('n_remove')}")
     sampling = BlockRemovalSampling()
     filled = 0 if local and initial else 1 if local else pop_size
     if initial:
@@ -249,9 +346,10 @@ def block_removal_algorithm(problem: BlockRemovalProblem, pop_size: int = 16, n_
         rest = sampling(problem, max(filled - len(warm), 0), random_state=np.random.default_rng(seed))
         sampling = np.vstack([warm, rest.get("X")]) if len(rest) else warm
     if local:
+        staged = {"survival": StagedSurvival(stages, problem.objective, elitist=True)} if stages else {}
         return GA(pop_size=1, n_offsprings=pop_size, sampling=sampling, selection=RandomSelection(),
                   crossover=CopyParent(), mutation=BlockSwapMutation(n_swaps, max_swaps=3, shift_prob=0.5),
-                  repair=BlockCountRepair(), eliminate_duplicates=True)
+                  repair=BlockCountRepair(), eliminate_duplicates=True, **staged)
     operators = dict(sampling=sampling, crossover=CountPreservingCrossover(),
                      mutation=BlockSwapMutation(n_swaps), repair=BlockCountRepair(),
                      eliminate_duplicates=True)

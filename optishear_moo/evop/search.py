@@ -4,6 +4,7 @@ one of the heuristic baselines – and returns an :class:`EvoPResult`."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -11,10 +12,11 @@ from torch import nn
 
 from ..data.config import CalibrationSet
 from ..search import SearchResult, SearchRun, budget, front_arrays, run_search, unique_points
+from ..search.levels import check_stages, halving_stages
 from .blocks import check_n_remove, last_blocks, least_influential, remove_blocks_
 from .config import EvoPConfig
 from .fitness import BlockRemovalEvaluator, greedy_removal_order
-from .problem import BlockRemovalProblem, block_removal_algorithm
+from .problem import BlockRemovalProblem, PassBudget, block_removal_algorithm
 
 
 @dataclass
@@ -27,7 +29,9 @@ class EvoPResult(SearchResult):
         scores: ``kl`` and ``ppl`` of the model without them, on the calibration windows.
         n_evaluations: Passes over the calibration windows spent choosing: each candidate
             evaluated (SLEB's greedy steps, the search's, and those of the heuristics it started
-            from) and ShortGPT's block-influence pass count one; the dense pass all share does not.
+            from) and ShortGPT's block-influence pass count one, a candidate scored on a share of
+            the windows (``n_stages``) that share, the total rounded up; the dense pass all share
+            does not.
         front: Every Pareto point, best quality first (``removed_blocks``, ``kl``, ``ppl``,
             ``blocks_kept``); the chosen point alone with one count.
         n_blocks: Blocks of the dense model.
@@ -104,27 +108,37 @@ def search_evop(model: nn.Module, calibration, config: EvoPConfig | None = None,
         point = {"removed_blocks": removed, **scores, "blocks_kept": n_blocks - len(removed)}
         return EvoPResult(config.method, removed, scores, spent, [point], n_blocks,
                           time.perf_counter() - started, config.objective)
+    stages = None
+    if config.n_stages > 1:
+        stages = check_stages(halving_stages(1, config.n_stages, n_samples=evaluator.n_windows), 1)
+    fidelity = 1.0 if stages is None else stages[0].eval_samples / evaluator.n_windows
     problem = BlockRemovalProblem(model, windows, config.n_remove, config.objective, evaluator=evaluator,
-                                  workers=run.workers, ray_address=run.ray_address)
+                                  workers=run.workers, ray_address=run.ray_address, fidelity=fidelity)
     low, high = problem.n_remove_range
     counts = sorted({low, high})
     initial = [removed for method in config.warm_start
                for removed in _heuristic_choices(method, evaluator, counts, run.progress)]
     warm_evaluations = evaluator.n_evaluations
     algorithm = block_removal_algorithm(problem, config.pop_size, initial=initial, seed=run.seed,
-                                        kind=config.algorithm)
-    result = run_search(problem, algorithm, budget(config.n_gen, config.n_evals), run,
-                        settings=config.to_dict(), driver="evop")
-    X, _ = front_arrays(result)
-    scored = ({"removed_blocks": problem.decode(x), **evaluator.evaluate(problem.decode(x))} for x in X)
+                                        kind=config.algorithm, stages=stages)
+    termination = budget(config.n_gen, config.n_evals)
+    if stages is not None and config.n_evals:
+        termination = PassBudget(config.n_evals)
+    result = run_search(problem, algorithm, termination, run, settings=config.to_dict(), driver="evop")
+    if stages is None:
+        X, _ = front_arrays(result)
+        spent = int(result.algorithm.evaluator.n_eval)
+    else:  # ranked by the last stage (all windows); F holds the first stage's scores
+        X = result.algorithm.pop[:1].get("X")
+        spent = math.ceil(problem.n_passes - 1e-9)
+    scored = ({"removed_blocks": problem.decode(x), **problem.scores([x])[0]} for x in X)
     front = unique_points(sorted(scored, key=lambda point: point[config.objective]), "removed_blocks")
     for point in front:
         point["blocks_kept"] = n_blocks - len(point["removed_blocks"])
     largest = max(front, key=lambda point: len(point["removed_blocks"]))
     chosen = largest if problem.multi_objective else front[0]
     scores = {name: chosen[name] for name in ("kl", "ppl")}
-    return EvoPResult("evop", chosen["removed_blocks"], scores,
-                      warm_evaluations + int(result.algorithm.evaluator.n_eval),
+    return EvoPResult("evop", chosen["removed_blocks"], scores, warm_evaluations + spent,
                       front if problem.multi_objective else [chosen], n_blocks, time.perf_counter() - started,
                       config.objective)
 

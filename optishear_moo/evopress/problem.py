@@ -58,6 +58,9 @@ class LevelSearchProblem(ModelProblem):
         **problem_kwargs: Passed to ``pymoo.core.problem.Problem``.
     """
 
+    score_cache_size = 65536
+    """Scores kept for re-scoring before the cache is emptied."""
+
     def __init__(self, model: nn.Module, calibration: torch.Tensor,
                  target_sparsity: float | tuple[float, float] = 0.5,
                  database: SparsityLevelDatabase | None = None, method: str = "sparsegpt",
@@ -179,11 +182,11 @@ class LevelSearchProblem(ModelProblem):
         """:meth:`kl` of every candidate of ``X``; those not scored before at this fidelity are
         scored together, in one walk over the blocks."""
         self._check_attached()
+        if len(self._scores) > self.score_cache_size:  # before the lookup: every key asked for is then held
+            self._scores.clear()
         keys = [(self.levels(x).tobytes(), round(fidelity, 9)) for x in X]
         missing = {key: self.levels(x) for key, x in zip(keys, X) if key not in self._scores}
         if missing:
-            if len(self._scores) > 65536:
-                self._scores.clear()
             variants = [[tuple(int(v) for v in levels[block]) for block in self.block_slices]
                         for levels in missing.values()]
             scores = self.evaluator.kl(variants, self._form, fidelity, self.block_done)

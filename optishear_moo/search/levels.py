@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from pymoo.core.crossover import Crossover
 from pymoo.core.mutation import Mutation
+from pymoo.core.population import Population
 from pymoo.core.sampling import Sampling
 from pymoo.core.survival import Survival
 
@@ -162,26 +163,49 @@ class StagedSurvival(Survival):
     """Multi-fidelity selection: parents and offspring go through ``stages``; in each, every
     remaining candidate is scored with ``problem.stage_score(x, stage)`` and the best
     ``stage.survivors`` go on. Survivors carry their last score in ``ind.data[score_name]``; ``F``
-    stays the candidate's own objective, so scores of different stages are never compared."""
+    stays the candidate's own objective, so scores of different stages are never compared.
 
-    def __init__(self, stages, score_name: str = "stage_score"):
+    With ``elitist``, the parents (the algorithm's population before the offspring joined it, and
+    every candidate already holding a score) skip the earlier stages and meet the offspring that
+    survive them in the last: the best parent is only replaced by a candidate better on the last
+    stage's score, so the search never ends worse than its first population there.
+    """
+
+    def __init__(self, stages, score_name: str = "stage_score", elitist: bool = False):
         super().__init__(filter_infeasible=True)
-        self.stages, self.score_name = tuple(stages), score_name
+        self.stages, self.score_name, self.elitist = tuple(stages), score_name, elitist
 
     def _do(self, problem, pop, *args, n_survive=None, **kwargs):
         if len(pop) <= n_survive:  # the initial population: nothing to select yet
+            if self.elitist:
+                return self._ranked(problem, pop, self.stages[-1], n_survive)
             return pop[np.argsort(pop.get("F")[:, 0], kind="stable")]
         check_stages(self.stages, n_survive)
-        candidates = pop
-        for stage in self.stages:
-            X = np.array([ind.X for ind in candidates])
-            scores = np.array(problem.stage_scores(X, stage) if hasattr(problem, "stage_scores")
-                              else [problem.stage_score(x, stage) for x in X])
-            order = np.argsort(scores, kind="stable")[: max(stage.survivors, n_survive)]
-            candidates = candidates[order]
-            for ind, score in zip(candidates, scores[order]):
-                ind.data[self.score_name] = float(score)
+        candidates, parents = pop, []
+        if self.elitist:
+            current = getattr(kwargs.get("algorithm"), "pop", None)
+            elder = {id(ind) for ind in (current if current is not None else [])}
+            is_parent = [self.score_name in ind.data or id(ind) in elder for ind in pop]
+            parents = [ind for ind, parent in zip(pop, is_parent) if parent]
+            candidates = pop[[not parent for parent in is_parent]]
+        for number, stage in enumerate(self.stages, 1):
+            if number == len(self.stages) and parents:
+                candidates = Population.merge(Population.create(*parents), candidates)
+            candidates = self._ranked(problem, candidates, stage, max(stage.survivors, n_survive))
         return candidates[:n_survive]
+
+    def _ranked(self, problem, candidates, stage, keep: int):
+        """The best ``keep`` of ``candidates`` on ``stage``'s score, best first, each holding it."""
+        if not len(candidates):
+            return candidates
+        X = np.array([ind.X for ind in candidates])
+        scores = np.array(problem.stage_scores(X, stage) if hasattr(problem, "stage_scores")
+                          else [problem.stage_score(x, stage) for x in X])
+        order = np.argsort(scores, kind="stable")[:keep]
+        candidates = candidates[order]
+        for ind, score in zip(candidates, scores[order]):
+            ind.data[self.score_name] = float(score)
+        return candidates
 
 
 def level_algorithm(problem, pop_size: int = 1, n_offsprings: int = 16, survival: Survival | None = None):

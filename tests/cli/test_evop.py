@@ -51,6 +51,8 @@ def test_evop_front_and_heuristics(tiny_model_dir, tmp_path):
     (["--algorithm", "1+lambda", "--n-remove", "1:2"], "needs --algorithm ga"),
     (["--method", "sleb", "--evals", "20"], "--evals budgets --method evop's search"),
     (["--evals", "0"], "--evals must be an integer of at least 1"),
+    (["--stages", "2"], "--stages 2 (multi-fidelity selection) needs --method evop with --algorithm 1+lam"),
+    (["--stages", "0", "--algorithm", "1+lambda"], "--stages must be an integer of at least 1"),
 ])
 def test_evop_bad_input(extra, message, tiny_model_dir, tmp_path, capsys):
     code = main(["evop", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"),
@@ -70,3 +72,14 @@ def test_evop_with_an_evaluation_budget_resumes_to_a_larger_one(tiny_model_dir, 
     assert f"Continue it with --evals {first + 20} (any number above {first})" in capsys.readouterr().out
     assert main([*argv, "--evals", "5", "--resume"]) == 0
     assert json.loads((output / "report.json").read_text())["n_evaluations"] >= 5
+
+
+def test_evop_with_multi_fidelity_selection(tiny_model_dir, tmp_path):
+    output = tmp_path / "staged"
+    assert main(["evop", "--model", str(tiny_model_dir), "--n-remove", "1", "--algorithm", "1+lambda",
+                 "--stages", "2", "--pop", "2", "--warm-start", "last", "--evals", "3",
+                 "--output", str(output), *FAST]) == 0
+    report = json.loads((output / "report.json").read_text())
+    assert 3 <= report["n_evaluations"] <= 3 + 3  # a generation: 2 offspring on half the windows, 2 on all
+    assert len(report["removed_blocks"]) == 1
+    assert report["settings"]["n_stages"] == 2

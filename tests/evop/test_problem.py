@@ -109,3 +109,75 @@ def test_one_plus_lambda_search_finds_the_exhaustive_optimum_from_a_warm_start(c
         assert abs(left - joined) == 1 and joined in (1, 5)
     with pytest.raises(ValueError, match="1\\+lambda.*not a block-removal search|choose ga or 1\\+lambda"):
         block_removal_algorithm(problem, kind="cmaes")
+
+
+def test_a_staged_one_plus_lambda_search_counts_what_it_computes_and_keeps_its_best(calibration):
+    """Offspring scored on half the windows, the best two and the parent on all: the passes the
+    problem counts are exactly those the evaluator computed (re-scoring is cached), and the
+    parent's KL on all windows never rises from one generation to the next."""
+    from pymoo.core.callback import Callback
+
+    from optishear_moo.search.levels import halving_stages
+
+    model = deep_model(n_layers=8, seed=4)  # where the parent, not elitist, would fall in generation 3
+    evaluator = BlockRemovalEvaluator(model, calibration)
+    problem = BlockRemovalProblem(model, calibration, 3, evaluator=evaluator, fidelity=0.5)
+    stages = halving_stages(1, 2, n_samples=len(calibration))
+    assert [(s.survivors, s.eval_samples) for s in stages] == [(2, 3), (1, None)]
+
+    class Best(Callback):
+        def __init__(self):
+            super().__init__()
+            self.kl = []
+
+        def notify(self, algorithm):
+            self.kl.append(evaluator.evaluate(problem.decode(algorithm.pop[0].X))["kl"])
+
+    best = Best()
+    algorithm = block_removal_algorithm(problem, pop_size=8, initial=[[5, 6, 7]], kind="1+lambda",
+                                        stages=stages)
+    result = minimize(problem, algorithm, ("n_gen", 8), seed=3, callback=best)
+    counted = problem.n_passes
+    assert counted == pytest.approx(evaluator.n_evaluations - len(best.kl))  # the callback's are full passes
+    assert counted <= 1.5 + 7 * (4 + 2) < 1 + 7 * 8  # fewer than one pass per offspring
+    assert best.kl == sorted(best.kl, reverse=True) and best.kl[-1] < best.kl[0]
+    assert result.algorithm.pop[0].data["kl"] == pytest.approx(best.kl[-1])
+    with pytest.raises(ValueError, match="fidelity is a share of the calibration windows in \\(0, 1\\]"):
+        BlockRemovalProblem(model, calibration, 3, evaluator=evaluator, fidelity=0)
+    with pytest.raises(ValueError, match="staged selection needs algorithm 1\\+lambda"):
+        block_removal_algorithm(problem, kind="ga", stages=stages)
+
+
+def test_a_resumed_staged_search_counts_the_passes_of_the_generations_it_replays(calibration, tmp_path):
+    from optishear_moo.evop.problem import PassBudget
+    from optishear_moo.search.levels import halving_stages
+    from tests.conftest import InterruptAt
+
+    model = deep_model(n_layers=8, seed=4)
+    evaluator = BlockRemovalEvaluator(model, calibration)
+
+    def run(directory, resume=False, **kwargs):
+        problem = BlockRemovalProblem(model, calibration, 3, evaluator=evaluator, fidelity=0.5)
+        algorithm = block_removal_algorithm(problem, pop_size=8, initial=[[5, 6, 7]], kind="1+lambda",
+                                            stages=halving_stages(1, 2, n_samples=len(calibration)))
+        result = run_search(problem, algorithm, PassBudget(20), SearchRun(directory, resume, seed=3),
+                            **kwargs)
+        return problem, result
+
+    straight, result = run(tmp_path / "a")
+    assert 20 <= straight.n_passes < 20 + 4 + 2
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", callback=InterruptAt(3))
+    resumed, again = run(tmp_path / "b", resume=True)
+    assert resumed.n_passes == straight.n_passes  # the first population's F (on half the windows) too
+    assert straight.decode(again.algorithm.pop[0].X) == straight.decode(result.algorithm.pop[0].X)
+
+
+def test_a_full_score_cache_is_emptied_without_losing_the_scores_asked_for(calibration):
+    model = deep_model(n_layers=8, seed=3)
+    problem = BlockRemovalProblem(model, calibration, 3)
+    problem.score_cache_size = 1
+    X = [problem.encode(removed) for removed in ([0, 1, 2], [5, 6, 7], [1, 3, 5])]
+    first = problem.scores(X[:2])
+    again = problem.scores([X[0], X[2]])  # one held, one new: the full cache is emptied first
+    assert again[0] == first[0] and problem.scores([X[2]]) == again[1:]

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from optishear_moo import EvoPConfig, SearchRun, search_evop
@@ -58,3 +60,32 @@ def test_an_evaluation_budget_scores_at_least_that_many_candidates(algorithm, ca
         EvoPConfig(n_evals=0)
     with pytest.raises(SettingError, match="n_evals budgets method evop's search; sleb spends a fixed"):
         EvoPConfig(3, "sleb", n_evals=10)
+
+
+def test_multi_fidelity_selection_scores_shares_of_a_pass_and_never_loses_its_start(calibration, tmp_path):
+    """With ``n_stages`` the offspring are scored on a share of the windows and only the best on
+    more: each new (candidate, windows) pair counts its share of a pass, the parent meets the
+    survivors on all windows (elitist there), and a pass budget resumes to the same result."""
+    model = deep_model(n_layers=8, seed=3)
+    sleb = search_evop(model, calibration, EvoPConfig(3, "sleb"))
+    config = dict(pop_size=6, algorithm="1+lambda", n_stages=2, warm_start=("sleb",))
+    staged = search_evop(model, calibration, EvoPConfig(3, "evop", n_gen=4, **config), SearchRun(seed=0))
+    assert staged.scores["kl"] <= sleb.scores["kl"] + 1e-9
+    # 6 windows, 2 stages: offspring on 3, the best 2 and the parent on 6. SLEB's start: half a
+    # pass and one; each generation at most 6 halves and 2 whole passes (the parent's is cached)
+    own = staged.n_evaluations - sleb.n_evaluations
+    assert 2 + 3 <= own <= math.ceil(1.5 + 4 * (3 + 2))
+    budgeted = EvoPConfig(3, "evop", n_evals=12, **config)
+    full = search_evop(model, calibration, budgeted, SearchRun(seed=1))
+    assert 12 <= full.n_evaluations - sleb.n_evaluations < 12 + 5 + 1
+    search_evop(model, calibration, EvoPConfig(3, "evop", n_evals=6, **config), SearchRun(tmp_path, seed=1))
+    resumed = search_evop(model, calibration, budgeted, SearchRun(tmp_path, resume=True, seed=1))
+    assert (resumed.removed_blocks, resumed.n_evaluations) == (full.removed_blocks, full.n_evaluations)
+    assert resumed.scores == pytest.approx(full.scores)
+    with pytest.raises(SettingError, match="n_stages 2 .*needs method evop with algorithm 1\\+lambda"):
+        EvoPConfig(3, "evop", n_stages=2)
+    with pytest.raises(SettingError, match="n_stages 3 .*needs method evop"):
+        EvoPConfig(3, "sleb", n_stages=3, algorithm="1+lambda")
+    with pytest.raises(SettingError, match="n_stages must be an integer of at least 1"):
+        EvoPConfig(n_stages=0)
+    assert "n_stages" not in EvoPConfig().to_dict() and EvoPConfig(**config).to_dict()["n_stages"] == 2

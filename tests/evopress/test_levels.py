@@ -229,3 +229,17 @@ def test_choose_level_method_picks_the_candidate_with_the_lowest_held_out_kl(cal
         choose_level_method(model, calibration_ids, 0.5, windows, ("wanda", "obc"))
     with pytest.raises(ValueError, match="is not a weight update"):
         choose_level_method(model, calibration_ids, 0.5, windows, update="ols")
+
+
+def test_a_full_score_cache_is_emptied_without_losing_the_scores_asked_for(database, calibration_ids):
+    problem = LevelSearchProblem(make_tiny_model("llama"), calibration_ids, 0.5, database)
+    problem.score_cache_size = 1
+    uniform = problem.uniform_x(0.5)
+    moved, other = uniform.copy(), uniform.copy()
+    pair = problem.level_groups[0][:2]  # one step up and one down in a group keeps the size
+    moved[pair] += [1, -1]
+    other[pair] += [-1, 1]
+    first = problem.kls([uniform, moved])
+    again = problem.kls([uniform, other])  # one held, one new: the full cache is emptied first
+    assert again[0] == first[0] and problem.kls([other]) == again[1:]
+    problem.restore_dense()
