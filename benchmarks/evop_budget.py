@@ -15,7 +15,10 @@ own (``EvoPConfig(n_evals=SLEB's count)``; rows made before that option were giv
 keep ``generations`` in the JSON): ``evop`` (started from ShortGPT's and the last blocks'
 choices, the driver's default) and ``evop+sleb`` (started from SLEB's choice too, whose greedy
 evaluations it then also spends), each with EvoP's GA and with the (1 + λ) search
-(``algorithm="1+lambda"``). The searches minimise calibration KL to the dense model.
+(``algorithm="1+lambda"``), and the (1 + λ) search with EvoPress's multi-fidelity selection
+(``staged``: ``n_stages=3``, see ``STAGES``; a candidate scored on a share of the windows counts
+that share of a pass, so it scores about twice the candidates for the same count). The searches
+minimise calibration KL to the dense model.
 
 For each seed the calibration windows are drawn again (random windows, or EvoP's cluster sampling
 at the same token count; from the shipped text, or ``--calibration-source``) and the GA is seeded
@@ -54,9 +57,14 @@ from optishear_moo.data.calibration import DEFAULT_CALIBRATION_SOURCE  # noqa: E
 from optishear_moo.evaluation import perplexity  # noqa: E402
 from optishear_moo.evop.blocks import remove_blocks_  # noqa: E402
 
-METHODS = ["sleb", "shortgpt", "last", "evop", "evop+sleb", "evop 1+λ", "evop+sleb 1+λ"]
+METHODS = ["sleb", "shortgpt", "last", "evop", "evop+sleb", "evop 1+λ", "evop+sleb 1+λ", "evop 1+λ staged",
+           "evop+sleb 1+λ staged"]
 WARM_STARTS = {"evop": ("last", "shortgpt"), "evop+sleb": ("last", "shortgpt", "sleb"),
-               "evop 1+λ": ("last", "shortgpt"), "evop+sleb 1+λ": ("last", "shortgpt", "sleb")}
+               "evop 1+λ": ("last", "shortgpt"), "evop+sleb 1+λ": ("last", "shortgpt", "sleb"),
+               "evop 1+λ staged": ("last", "shortgpt"), "evop+sleb 1+λ staged": ("last", "shortgpt", "sleb")}
+STAGES = 3
+"""Stages of the ``staged`` rows' multi-fidelity selection: 16 offspring on 2 of the 8 windows, the
+best 4 on 4, the best 2 and the parent on all 8 (8 passes a generation instead of 16)."""
 
 
 def test_ppl(model, tokenizer, removed, segments) -> float:
@@ -146,7 +154,7 @@ def plot(payload: dict, name: str) -> None:
     """Every draw's held-out perplexity per method, one panel per removal count (``last`` is off the
     scale and left out; its figures are in the table)."""
     removals = sorted({row["n_removed"] for row in payload["rows"]})
-    methods = [m for m in METHODS if m != "last"]
+    methods = [m for m in METHODS if m != "last" and any(r["method"] == m for r in payload["rows"])]
     fig, axes = plt.subplots(1, len(removals), figsize=(4.5 * len(removals), 4), squeeze=False)
     for ax, n_remove in zip(axes[0], removals):
         for x, method in enumerate(methods):
@@ -229,7 +237,8 @@ def main() -> None:
                         budget = sleb_count(payload["rows"], seed, sampling, n_remove)
                         config = EvoPConfig(n_remove, "evop", pop_size=args.pop, n_evals=budget,
                                             warm_start=WARM_STARTS[method],
-                                            algorithm="1+lambda" if "1+λ" in method else "ga")
+                                            algorithm="1+lambda" if "1+λ" in method else "ga",
+                                            n_stages=STAGES if method.endswith("staged") else 1)
                     else:
                         config = EvoPConfig(n_remove, method)
                     choice = search_evop(model, calibration, config, SearchRun(seed=seed))
