@@ -125,10 +125,6 @@ class BlockRemovalProblem(ModelProblem):
     def _windows(self, fidelity: float) -> int:
         return self.evaluator.reference.n_samples(fidelity)
 
-    def _stage_fidelity(self, stage) -> float:
-        n_windows = self.evaluator.n_windows
-        return 1.0 if stage.eval_samples is None else min(stage.eval_samples, n_windows) / n_windows
-
     def _count_passes(self, X, fidelity: float) -> None:
         """Add to :attr:`n_passes` the feasible candidates of ``X`` not scored on these windows
         before (a replayed search counts what the live one did)."""
@@ -145,7 +141,7 @@ class BlockRemovalProblem(ModelProblem):
         super()._evaluate(X, out, *args, **kwargs)
 
     def stage_scores(self, X, stage) -> list[float]:
-        self._count_passes(self.as_vectors(X), self._stage_fidelity(stage))
+        self._count_passes(self.as_vectors(X), stage.fidelity(self.evaluator.n_windows))
         return super().stage_scores(X, stage)
 
     def scores(self, X, fidelity: float = 1.0) -> list[dict[str, float]]:
@@ -170,8 +166,9 @@ class BlockRemovalProblem(ModelProblem):
         X = _removal_mask(self.as_vectors(X))
         values = np.full(len(X), INFEASIBLE)
         rows = self._feasible(X)
-        for row, scores in zip(rows, self.scores(X[rows], self._stage_fidelity(stage)) if rows else []):
-            values[row] = scores[self.objective]
+        scores = self.scores(X[rows], stage.fidelity(self.evaluator.n_windows)) if rows else []
+        for row, candidate in zip(rows, scores):
+            values[row] = candidate[self.objective]
         for _ in X:
             self.candidate_done()
         return values.tolist()

@@ -111,7 +111,7 @@ def search_evop(model: nn.Module, calibration, config: EvoPConfig | None = None,
     stages = None
     if config.n_stages > 1:
         stages = check_stages(halving_stages(1, config.n_stages, n_samples=evaluator.n_windows), 1)
-    fidelity = 1.0 if stages is None else stages[0].eval_samples / evaluator.n_windows
+    fidelity = 1.0 if stages is None else stages[0].fidelity(evaluator.n_windows)
     problem = BlockRemovalProblem(model, windows, config.n_remove, config.objective, evaluator=evaluator,
                                   workers=run.workers, ray_address=run.ray_address, fidelity=fidelity)
     low, high = problem.n_remove_range

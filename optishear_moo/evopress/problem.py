@@ -203,8 +203,7 @@ class LevelSearchProblem(ModelProblem):
 
     def local_stage_scores(self, X, stage) -> list[float]:
         n_total = len(self.reference.calibration)
-        fidelity = 1.0 if stage.eval_samples is None else min(stage.eval_samples, n_total) / n_total
-        scores = self.kls(X, fidelity)
+        scores = self.kls(X, stage.fidelity(n_total))
         for _ in scores:
             self.candidate_done()
         return scores

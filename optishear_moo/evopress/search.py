@@ -249,8 +249,7 @@ def search_evopress(model: nn.Module, calibration, config: EvoPressConfig | None
             n_samples = len(calibration.search)
             stages = check_stages(halving_stages(config.pop_size, config.n_stages, n_samples=n_samples),
                                   config.pop_size)
-            first = stages[0].eval_samples
-            problem.eval_fidelity = 1.0 if first is None else min(first, n_samples) / n_samples
+            problem.eval_fidelity = stages[0].fidelity(n_samples)
             survival = StagedSurvival(stages, score_name="kl")
         algorithm = level_algorithm(problem, config.pop_size, config.n_offsprings, survival)
         try:

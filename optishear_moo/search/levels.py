@@ -112,6 +112,10 @@ class SelectionStage:
     eval_samples: int | None = None
     finetune_tokens: int = 0
 
+    def fidelity(self, n_samples: int) -> float:
+        """The share of ``n_samples`` calibration windows this stage scores on."""
+        return 1.0 if self.eval_samples is None else min(self.eval_samples, n_samples) / n_samples
+
 
 def halving_stages(pop_size: int = 1, n_stages: int | None = None, n_samples: int | None = None,
                    finetune_tokens=None) -> list[SelectionStage]:
