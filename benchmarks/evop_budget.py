@@ -59,9 +59,10 @@ from optishear_moo.evop.blocks import remove_blocks_  # noqa: E402
 
 METHODS = ["sleb", "shortgpt", "last", "evop", "evop+sleb", "evop 1+λ", "evop+sleb 1+λ", "evop 1+λ staged",
            "evop+sleb 1+λ staged"]
-WARM_STARTS = {"evop": ("last", "shortgpt"), "evop+sleb": ("last", "shortgpt", "sleb"),
-               "evop 1+λ": ("last", "shortgpt"), "evop+sleb 1+λ": ("last", "shortgpt", "sleb"),
-               "evop 1+λ staged": ("last", "shortgpt"), "evop+sleb 1+λ staged": ("last", "shortgpt", "sleb")}
+WARM_STARTS = {method: ("last", "shortgpt") + ("sleb",) * method.startswith("evop+sleb")
+               for method in METHODS if method.startswith("evop")}
+"""The searches and the heuristics each starts from: its name says it (``evop+sleb``: SLEB's choice
+too; ``1+λ``: ``algorithm="1+lambda"``; ``staged``: ``n_stages=STAGES``)."""
 STAGES = 3
 """Stages of the ``staged`` rows' multi-fidelity selection: 16 offspring on 2 of the 8 windows, the
 best 4 on 4, the best 2 and the parent on all 8 (8 passes a generation instead of 16)."""
