@@ -18,7 +18,8 @@ evaluations it then also spends), each with EvoP's GA and with the (1 + λ) sear
 (``algorithm="1+lambda"``), and the (1 + λ) search with EvoPress's multi-fidelity selection
 (``staged``: ``n_stages=3``, see ``STAGES``; a candidate scored on a share of the windows counts
 that share of a pass, so it scores about twice the candidates for the same count). The searches
-minimise calibration KL to the dense model.
+minimise calibration KL to the dense model; ``ppl`` rows minimise calibration perplexity instead
+(``objective="ppl"``: EvoP's own fitness, and the score SLEB's greedy steps rank by).
 
 For each seed the calibration windows are drawn again (random windows, or EvoP's cluster sampling
 at the same token count; from the shipped text, or ``--calibration-source``) and the GA is seeded
@@ -58,11 +59,12 @@ from optishear_moo.evaluation import perplexity  # noqa: E402
 from optishear_moo.evop.blocks import remove_blocks_  # noqa: E402
 
 METHODS = ["sleb", "shortgpt", "last", "evop", "evop+sleb", "evop 1+λ", "evop+sleb 1+λ", "evop 1+λ staged",
-           "evop+sleb 1+λ staged"]
+           "evop+sleb 1+λ staged", "evop 1+λ ppl", "evop 1+λ staged ppl"]
 WARM_STARTS = {method: ("last", "shortgpt") + ("sleb",) * method.startswith("evop+sleb")
                for method in METHODS if method.startswith("evop")}
 """The searches and the heuristics each starts from: its name says it (``evop+sleb``: SLEB's choice
-too; ``1+λ``: ``algorithm="1+lambda"``; ``staged``: ``n_stages=STAGES``)."""
+too; ``1+λ``: ``algorithm="1+lambda"``; ``staged``: ``n_stages=STAGES``; ``ppl``:
+``objective="ppl"``, else ``kl``)."""
 STAGES = 3
 """Stages of the ``staged`` rows' multi-fidelity selection: 16 offspring on 2 of the 8 windows, the
 best 4 on 4, the best 2 and the parent on all 8 (8 passes a generation instead of 16)."""
@@ -239,7 +241,8 @@ def main() -> None:
                         config = EvoPConfig(n_remove, "evop", pop_size=args.pop, n_evals=budget,
                                             warm_start=WARM_STARTS[method],
                                             algorithm="1+lambda" if "1+λ" in method else "ga",
-                                            n_stages=STAGES if method.endswith("staged") else 1)
+                                            n_stages=STAGES if "staged" in method else 1,
+                                            objective="ppl" if method.endswith(" ppl") else "kl")
                     else:
                         config = EvoPConfig(n_remove, method)
                     choice = search_evop(model, calibration, config, SearchRun(seed=seed))

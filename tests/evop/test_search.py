@@ -89,3 +89,15 @@ def test_multi_fidelity_selection_scores_shares_of_a_pass_and_never_loses_its_st
     with pytest.raises(SettingError, match="n_stages must be an integer of at least 1"):
         EvoPConfig(n_stages=0)
     assert "n_stages" not in EvoPConfig().to_dict() and EvoPConfig(**config).to_dict()["n_stages"] == 2
+
+
+def test_multi_fidelity_selection_on_calibration_perplexity(calibration):
+    """``objective="ppl"`` ranks every stage by calibration perplexity: started from SLEB's choice
+    (greedy by that perplexity) the staged search ends at or below SLEB's perplexity, whatever its KL."""
+    model = deep_model(n_layers=8, seed=3)
+    sleb = search_evop(model, calibration, EvoPConfig(3, "sleb"))
+    config = EvoPConfig(3, "evop", objective="ppl", n_gen=4, pop_size=6, algorithm="1+lambda", n_stages=2,
+                        warm_start=("sleb",))
+    staged = search_evop(model, calibration, config, SearchRun(seed=0))
+    assert staged.objective == "ppl" and staged.scores["ppl"] <= sleb.scores["ppl"] * (1 + 1e-9)
+    assert staged.front[0]["ppl"] == pytest.approx(staged.scores["ppl"])
