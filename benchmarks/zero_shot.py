@@ -4,6 +4,10 @@
     python benchmarks/zero_shot.py --limit 500 --tasks arc_easy,arc_challenge,piqa,winogrande,openbookqa \
         --name zero_shot_500                          # what this CPU affords (see docs/benchmarks.md)
     python benchmarks/zero_shot.py --resume           # keep the models a previous run finished
+    python benchmarks/zero_shot.py --limit 500 --tasks arc_easy,...,hellaswag,boolq \
+        --name zero_shot_500 --resume                 # add tasks: each model is built again (its
+                                                      # perplexity must match the saved one) and
+                                                      # evaluated on the missing tasks only
 
 Models (``--models``, in this order; default: all but the extras): dense; SparseGPT at 50 and
 70 % and Wanda at 50 % (``prune_model``, uniform); the level search at 50 and 70 % with
@@ -45,7 +49,7 @@ from optishear_moo import (  # noqa: E402
     search_optishear,
 )
 from optishear_moo.evaluation import perplexity  # noqa: E402
-from optishear_moo.evaluation.zero_shot import check_tasks, zero_shot  # noqa: E402
+from optishear_moo.evaluation.zero_shot import average_accuracy, check_tasks, zero_shot  # noqa: E402
 from optishear_moo.evopress.config import GENERATIONS  # noqa: E402
 from optishear_moo.pruning import DenseSnapshot  # noqa: E402
 
@@ -57,8 +61,11 @@ MODELS = ["dense", "sparsegpt 50%", "EvoPress levels 50%", "sparsegpt 70%", "Evo
 EXTRAS = ["wanda 2:4", "sparsegpt 2:4", "OptiShear + OBS update 50%"]
 COMPARED = {"50%": ("sparsegpt 50%", "EvoPress levels 50%"), "70%": ("sparsegpt 70%", "EvoPress levels 70%")}
 """The searched plan each uniform recipe is held against, per sparsity."""
-RESUMED = ("limit", "tasks", "eval_segments", "level_gens")
-"""The settings a resumed run must share with the rows it keeps."""
+RESUMED = ("limit", "eval_segments", "level_gens")
+"""The settings a resumed run must share with the rows it keeps (``--tasks`` may add tasks)."""
+SAME_MODEL = 1e-4
+"""How far (relative) a rebuilt model's perplexity may stray from the saved row's before a resumed
+run that adds tasks stops: further means the recipe no longer builds the model that was evaluated."""
 
 
 def nonzero_parameters(model) -> int:
@@ -97,6 +104,7 @@ def main() -> None:
         parser.error(f"--limit {args.limit}: give a positive number of examples per task")
     check_task_flag(parser, args.tasks)
 
+    tasks = [t.strip() for t in args.tasks.split(",")]
     path = RESULTS / f"{args.name}.json"
     payload = json.loads(path.read_text()) if args.resume and path.exists() else None
     if payload is not None:
@@ -104,10 +112,15 @@ def main() -> None:
         if differ:
             parser.error(f"--resume: {args.name}.json was run with other --{differ[0].replace('_', '-')} "
                          f"({payload['settings'].get(differ[0])}); rerun with it or choose another --name")
+        dropped = [t for t in saved_tasks(payload) if t not in tasks]
+        if dropped:
+            parser.error(f"--resume: {args.name}.json holds task {dropped[0]}; keep it in --tasks "
+                         "(a resumed run may only add tasks) or choose another --name")
+        payload["settings"]["tasks"] = args.tasks
     else:
         payload = {"benchmark": "zero_shot", "model": "smollm2-135m", "settings": vars(args),
                    "environment": environment(), "rows": []}
-    done = {row["model"] for row in payload["rows"]}
+    rows = {row["model"]: row for row in payload["rows"]}
     model, tokenizer = load_model("smollm2-135m")
     calibration = load_calibration(tokenizer, 32, 512, seed=0)
     search_calibration = load_calibration(tokenizer, 8, 128, seed=0)
@@ -146,7 +159,9 @@ def main() -> None:
             recipes[f"{method} {pattern}"] = baseline(method, pattern)
 
     for label in models:
-        if label in done:
+        saved = rows.get(label)
+        missing = [t for t in tasks if saved is None or t not in saved["tasks"]]
+        if not missing:
             continue
         started = time.perf_counter()
         try:
@@ -154,18 +169,35 @@ def main() -> None:
             prepared = time.perf_counter() - started
             parameters = nonzero_parameters(evaluated)
             ppl = perplexity(evaluated, tokenizer, 1024, args.eval_segments).perplexity
-            result = zero_shot(evaluated, tokenizer, args.tasks, args.limit, args.batch_size)
+            if saved is not None and abs(ppl / saved["ppl"] - 1) > SAME_MODEL:
+                raise SystemExit(f"{label}: built again, its WikiText-2 ppl is {ppl:.4f}, not the saved "
+                                 f"{saved['ppl']:.4f}, so it is not the model {args.name}.json evaluated; "
+                                 "evaluate every task under another --name")
+            result = zero_shot(evaluated, tokenizer, ",".join(missing), args.limit, args.batch_size)
         finally:
             snapshot.restore()
-        row = {"model": label, "ppl": ppl, "parameters": parameters, **result,
-               "prepare_seconds": prepared, "seconds": time.perf_counter() - started}
-        payload["rows"].append(row)
+        seconds = time.perf_counter() - started
+        if saved is None:
+            row = {"model": label, "ppl": ppl, "parameters": parameters, **result,
+                   "prepare_seconds": prepared, "seconds": seconds}
+            payload["rows"].append(row)
+        else:  # the added tasks' results beside the saved ones, in --tasks order
+            row = saved
+            merged = {**row["tasks"], **result["tasks"]}
+            row["tasks"] = {t: merged[t] for t in tasks if t in merged}
+            row["average"] = average_accuracy(row["tasks"])
+            row["added_seconds"] = row.get("added_seconds", 0.0) + seconds
         save_json(args.name, payload)
         average = row_average(row)
         print(f"{label:<44} {parameters / 1e6:6.1f} M  ppl {ppl:9.2f}  acc {average['acc']:.4f}  "
               f"acc_norm {average['acc_norm']:.4f} ±{average['acc_norm_stderr']:.4f}  "
               f"{row['seconds']:.0f} s", flush=True)
     write_table(payload, args.name)
+
+
+def saved_tasks(payload: dict) -> list[str]:
+    """The tasks the saved rows hold, in order (every row holds them once a run has finished)."""
+    return list(dict.fromkeys(task for row in payload["rows"] for task in row["tasks"]))
 
 
 def row_average(row: dict) -> dict:
@@ -188,6 +220,8 @@ def comparisons(rows: dict) -> list[str]:
     for sparsity, (uniform, searched) in COMPARED.items():
         if uniform not in rows or searched not in rows:
             continue
+        if list(rows[uniform]["tasks"]) != list(rows[searched]["tasks"]):
+            continue  # a resumed run that adds tasks was stopped between the two
         a, b = row_average(rows[uniform]), row_average(rows[searched])
         parts = []
         for metric in ("acc", "acc_norm"):
@@ -200,12 +234,15 @@ def comparisons(rows: dict) -> list[str]:
 
 
 def write_table(payload: dict, name: str) -> None:
-    tasks = list(payload["rows"][0]["tasks"])
+    tasks = saved_tasks(payload)
     header = ["model", "params (M)", "WikiText-2 ppl", *tasks, "average"]
     rows = []
     for row in payload["rows"]:
         cells = []
         for task in tasks:
+            if task not in row["tasks"]:  # a resumed run that adds tasks has not reached this row
+                cells.append("not run")
+                continue
             result = row["tasks"][task]
             error = result["acc_norm_stderr"]
             spread = f" ±{error:.3f}" if isinstance(error, (int, float)) else ""
@@ -213,11 +250,13 @@ def write_table(payload: dict, name: str) -> None:
         average = row_average(row)
         spread = f" ±{average['acc_norm_stderr']:.3f}" if average["acc_norm_stderr"] is not None else ""
         size = row["parameters"] / 1e6 if "parameters" in row else None
+        partial = f" ({len(row['tasks'])} tasks)" if len(row["tasks"]) < len(tasks) else ""
         rows.append([row["model"], size, row["ppl"], *cells,
-                     f"{average['acc']:.3f} / {average['acc_norm']:.3f}{spread}"])
+                     f"{average['acc']:.3f} / {average['acc_norm']:.3f}{spread}{partial}"])
     limit = payload["settings"]["limit"]
     device = device_label(payload["environment"])
-    counts = ", ".join(f"{t} {payload['rows'][0]['tasks'][t]['n']}" for t in tasks)
+    counts = ", ".join(f"{t} {next(r['tasks'][t]['n'] for r in payload['rows'] if t in r['tasks'])}"
+                       for t in tasks)
     lines = comparisons({row["model"]: row for row in payload["rows"]})
     text = (f"SmolLM2-135M, 0-shot, acc / acc_norm ± acc_norm's standard error; examples per task: {counts}"
             f"{' (the first ' + str(limit) + ' at most)' if limit else ''}; {device}\n\n"
@@ -228,8 +267,9 @@ def write_table(payload: dict, name: str) -> None:
 
 
 def plot(payload: dict, name: str, n_tasks: int) -> None:
-    """Average accuracy (both metrics, ± one standard error) against nonzero parameters."""
-    rows = [row for row in payload["rows"] if "parameters" in row]
+    """Average accuracy (both metrics, ± one standard error) against nonzero parameters, for the rows
+    that hold all ``n_tasks`` tasks."""
+    rows = [row for row in payload["rows"] if "parameters" in row and len(row["tasks"]) == n_tasks]
     if not rows:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)

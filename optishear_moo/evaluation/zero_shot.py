@@ -239,8 +239,13 @@ def zero_shot(model: nn.Module, tokenizer, tasks=("piqa",), limit: int | None = 
                          "acc_norm": raw.get("acc_norm,none"),
                          "acc_norm_stderr": raw.get("acc_norm_stderr,none"),
                          "n": int(counts.get("effective", raw.get("sample_len", 0)) or 0)}
-    average = {metric: _mean([r[metric] for r in results.values()]) for metric in ("acc", "acc_norm")}
-    return {"tasks": results, "average": average, "limit": limit}
+    return {"tasks": results, "average": average_accuracy(results), "limit": limit}
+
+
+def average_accuracy(results: dict) -> dict:
+    """``{"acc", "acc_norm"}``, each averaged over the tasks of ``results`` (``zero_shot``'s
+    ``"tasks"``) that report it; None where none does."""
+    return {metric: _mean([r[metric] for r in results.values()]) for metric in ("acc", "acc_norm")}
 
 
 def _mean(values) -> float | None:
