@@ -50,7 +50,7 @@ from optishear_moo.evaluation.zero_shot import zero_shot  # noqa: E402
 from optishear_moo.evop.blocks import remove_blocks_  # noqa: E402
 
 TASKS = "arc_easy,arc_challenge,piqa,winogrande,openbookqa"
-"""The five tasks of results/zero_shot_500 (its dense and pruned rows are the reference)."""
+"""The five tasks results/zero_shot_500 first ran (its rows now hold HellaSwag and BoolQ too)."""
 DEFAULT_METHODS = ["sleb", "shortgpt", "evop 1+λ", "evop+sleb 1+λ"]
 
 

@@ -191,7 +191,7 @@ def main() -> None:
         average = row_average(row)
         print(f"{label:<44} {parameters / 1e6:6.1f} M  ppl {ppl:9.2f}  acc {average['acc']:.4f}  "
               f"acc_norm {average['acc_norm']:.4f} ±{average['acc_norm_stderr']:.4f}  "
-              f"{row['seconds']:.0f} s", flush=True)
+              f"{seconds:.0f} s", flush=True)
     write_table(payload, args.name)
 
 
