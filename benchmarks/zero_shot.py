@@ -74,11 +74,11 @@ def nonzero_parameters(model) -> int:
     return sum(int(parameter.count_nonzero()) for parameter in model.parameters())
 
 
-def check_task_flag(parser: argparse.ArgumentParser, tasks: str) -> None:
-    """Stop with the parser's one-line error, before any model loads, when ``--tasks`` names a task
-    that neither the offline files nor lm-eval knows."""
+def check_task_flag(parser: argparse.ArgumentParser, tasks: str) -> list[str]:
+    """``--tasks`` as a list of names (``check_tasks``); the parser's one-line error, before any
+    model loads, when it names a task that neither the offline files nor lm-eval knows."""
     try:
-        check_tasks(tasks)
+        return check_tasks(tasks)
     except ValueError as error:
         parser.error(str(error))
 
@@ -102,9 +102,8 @@ def main() -> None:
         parser.error(f"--models {unknown[0]!r}: choose from {', '.join(MODELS + EXTRAS)}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit {args.limit}: give a positive number of examples per task")
-    check_task_flag(parser, args.tasks)
+    tasks = check_task_flag(parser, args.tasks)
 
-    tasks = [t.strip() for t in args.tasks.split(",")]
     path = RESULTS / f"{args.name}.json"
     payload = json.loads(path.read_text()) if args.resume and path.exists() else None
     if payload is not None:
@@ -173,7 +172,7 @@ def main() -> None:
                 raise SystemExit(f"{label}: built again, its WikiText-2 ppl is {ppl:.4f}, not the saved "
                                  f"{saved['ppl']:.4f}, so it is not the model {args.name}.json evaluated; "
                                  "evaluate every task under another --name")
-            result = zero_shot(evaluated, tokenizer, ",".join(missing), args.limit, args.batch_size)
+            result = zero_shot(evaluated, tokenizer, missing, args.limit, args.batch_size)
         finally:
             snapshot.restore()
         seconds = time.perf_counter() - started
